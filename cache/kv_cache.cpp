@@ -1,0 +1,138 @@
+#include "cache/kv_cache.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace sinkserve {
+
+Policy parse_policy(const std::string& s) {
+  if (s == "sink") return Policy::Sink;
+  if (s == "window") return Policy::Window;
+  if (s == "dense") return Policy::Dense;
+  if (s == "recompute") return Policy::Recompute;
+  throw std::invalid_argument("unknown cache policy '" + s +
+                              "' (expected sink, window, dense or recompute)");
+}
+
+std::string policy_name(Policy p) {
+  switch (p) {
+    case Policy::Sink: return "sink";
+    case Policy::Window: return "window";
+    case Policy::Dense: return "dense";
+    case Policy::Recompute: return "recompute";
+  }
+  return "?";
+}
+
+KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots)
+    : backend_(backend), cfg_(cfg), n_layers_(n_layers), kv_dim_(kv_dim) {
+  if (cfg_.policy != Policy::Sink) cfg_.sink = 0;
+  if (cfg_.sink < 0 || cfg_.window < 1 || cfg_.chunk < 1 || n_slots < 1 || n_layers < 1 ||
+      kv_dim < 1)
+    throw std::invalid_argument("cache: need sink >= 0, window >= 1, chunk >= 1, slots >= 1");
+  sink_rows_ = cfg_.sink;
+  // Dense and recompute slots never wrap: they hold at most `window` tokens.
+  const bool ring = cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window;
+  ring_ = ring ? cfg_.window + cfg_.chunk : cfg_.window;
+  slots_.resize(size_t(n_slots));
+  const size_t bytes = size_t(n_slots) * size_t(slot_rows()) * size_t(kv_dim) * sizeof(float);
+  for (int l = 0; l < n_layers; ++l) {
+    // Not zeroed on purpose: rows are always written before they are read, and untouched pages
+    // of a large dense cache stay unresident until the stream reaches them.
+    k_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+    v_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+  }
+}
+
+KVCache::~KVCache() {
+  for (float* p : k_) backend_.release(p);
+  for (float* p : v_) backend_.release(p);
+}
+
+int KVCache::acquire() {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!slots_[i].used) {
+      slots_[i] = Slot{true, 0, 0};
+      return int(i);
+    }
+  }
+  return -1;
+}
+
+void KVCache::release(int slot) { slots_.at(size_t(slot)).used = false; }
+bool KVCache::in_use(int slot) const { return slots_.at(size_t(slot)).used; }
+
+int KVCache::free_slots() const {
+  return int(std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.used; }));
+}
+
+void KVCache::reset(int slot, int64_t offset) {
+  Slot& s = slots_.at(size_t(slot));
+  s.n = 0;
+  s.offset = offset;
+}
+
+void KVCache::plan(int slot, int n, TokenPlan* out) const {
+  const Slot& s = slots_.at(size_t(slot));
+  const bool ring = cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window;
+  if (ring && n > cfg_.chunk)
+    throw std::invalid_argument("cache: a step may append at most " + std::to_string(cfg_.chunk) +
+                                " tokens to a slot, got " + std::to_string(n));
+  if (!ring && s.n + n > cfg_.window)
+    throw std::length_error("cache: the " + policy_name(cfg_.policy) + " policy holds at most " +
+                            std::to_string(cfg_.window) + " tokens (context full at " +
+                            std::to_string(s.n) + " + " + std::to_string(n) + ")");
+  const int64_t S = sink_rows_, W = cfg_.window, R = ring_;
+  const int64_t row0 = int64_t(slot) * slot_rows();
+  for (int i = 0; i < n; ++i) {
+    const int64_t p = s.n + i;
+    TokenPlan& t = out[i];
+    t.store_row = row0 + (p < S ? p : S + (p - S) % R);
+    t.pos_win = s.offset + p;
+    t.pos_sink = s.offset + std::min(p, S + W - 1);
+    const int64_t first_win = std::max(S, p - W + 1);
+    t.span.row0 = row0;
+    t.span.sink_rows = int32_t(S);
+    t.span.n_sink = int32_t(std::min(S, p + 1));
+    t.span.ring_size = int32_t(R);
+    t.span.win_begin = int32_t(p >= S ? (first_win - S) % R : 0);
+    t.span.n_win = int32_t(p >= S ? p - first_win + 1 : 0);
+  }
+}
+
+void KVCache::commit(int slot, int n) { slots_.at(size_t(slot)).n += n; }
+
+int64_t KVCache::stream_tokens(int slot) const { return slots_.at(size_t(slot)).n; }
+
+int64_t KVCache::cached_tokens(int slot) const {
+  const int64_t n = stream_tokens(slot), S = sink_rows_;
+  return std::min<int64_t>(n, S) + std::min<int64_t>(std::max<int64_t>(n - S, 0), cfg_.window);
+}
+
+int64_t KVCache::live_bytes(int slot) const {
+  return cached_tokens(slot) * int64_t(kv_dim_) * int64_t(sizeof(float)) * 2 * n_layers_;
+}
+
+int64_t KVCache::pool_bytes() const {
+  return int64_t(slots_.size()) * slot_rows() * kv_dim_ * int64_t(sizeof(float)) * 2 * n_layers_;
+}
+
+uint64_t KVCache::metadata_hash() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&h](uint64_t x) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (x >> (8 * i)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  };
+  mix(uint64_t(sink_rows_));
+  mix(uint64_t(ring_));
+  for (const Slot& s : slots_) {
+    mix(s.used);
+    mix(uint64_t(s.n));
+    mix(uint64_t(s.offset));
+  }
+  return h;
+}
+
+}  // namespace sinkserve

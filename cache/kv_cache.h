@@ -1,0 +1,103 @@
+// The attention-sink KV cache: a fixed pool of session slots allocated once.
+//
+// Each slot keeps, per layer, the keys and values of the first `sink` tokens of its stream and of
+// the most recent tokens in a ring. A query at stream position p (counted from the slot's start)
+// attends to exactly:
+//   sinks  = { j : j < sink, j <= p }
+//   window = { j : max(sink, p - window + 1) <= j <= p }        (the current token included)
+// whatever the stream's length and however the tokens were batched into steps. Eviction is the
+// ring overwriting its oldest row: no data moves. The ring holds `window + chunk` rows so that a
+// step appending up to `chunk` tokens never overwrites a key that an earlier token of the same
+// step still attends to.
+//
+// Keys are stored rotated (RoPE) once, at their stream position. The window is then scored with
+// the query rotated at its own stream position, and the sinks with the query rotated at its
+// in-cache position: sink positions are 0..sink-1 and the window follows them, so the query sits
+// at min(p, sink + window - 1). See docs/design.md for the derivation.
+//
+// The cache knows no model: it hands out rows and attention spans, and owns the K/V buffers.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace sinkserve {
+
+enum class Policy { Sink, Window, Dense, Recompute };
+Policy parse_policy(const std::string& s);  // throws std::invalid_argument naming the value
+std::string policy_name(Policy p);
+
+struct CacheConfig {
+  Policy policy = Policy::Sink;
+  int sink = 4;        // attention sinks (forced to 0 for window/dense/recompute)
+  int window = 1020;   // recent tokens attended (dense: the context capacity)
+  int chunk = 64;      // most tokens one step may append to a slot
+};
+
+// Where one appended token goes and what it attends to.
+struct TokenPlan {
+  int64_t store_row = 0;  // row of the layer buffer receiving its K and V
+  int64_t pos_win = 0;    // rotation of its key and of its window query (stream position)
+  int64_t pos_sink = 0;   // rotation of its sink query (in-cache position)
+  AttnSpan span;
+};
+
+class KVCache {
+ public:
+  // n_layers x n_slots x (sink + ring) rows of kv_dim floats for K and for V, in `backend` memory.
+  KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots);
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+
+  const CacheConfig& config() const { return cfg_; }
+  int n_slots() const { return int(slots_.size()); }
+  int n_layers() const { return n_layers_; }
+  int kv_dim() const { return kv_dim_; }
+  int64_t slot_rows() const { return sink_rows_ + ring_; }
+
+  // A free slot, reset to an empty stream; -1 when none is free.
+  int acquire();
+  void release(int slot);
+  bool in_use(int slot) const;
+  int free_slots() const;
+  // Empties the slot's stream (keeps it acquired). `offset` is the stream position of its first
+  // token: keys rotate by offset + p. Nonzero offsets exist to test position invariance.
+  void reset(int slot, int64_t offset = 0);
+
+  // Plans appending n tokens to the slot (n <= chunk for ring policies). Throws
+  // std::length_error when a dense slot would exceed its capacity. Does not change state.
+  void plan(int slot, int n, TokenPlan* out) const;
+  // Records that n planned tokens were written.
+  void commit(int slot, int n);
+
+  int64_t stream_tokens(int slot) const;   // tokens ever appended since reset
+  int64_t cached_tokens(int slot) const;   // tokens a next query would see (excluding itself)
+  // Bytes of K/V memory holding live tokens of this slot, and of the whole pool as allocated.
+  int64_t live_bytes(int slot) const;
+  int64_t pool_bytes() const;
+  // A hash of every slot's metadata: equal on every rank that evicted in lockstep.
+  uint64_t metadata_hash() const;
+
+  float* k(int layer) { return k_[layer]; }
+  float* v(int layer) { return v_[layer]; }
+
+ private:
+  struct Slot {
+    bool used = false;
+    int64_t n = 0;       // stream tokens appended
+    int64_t offset = 0;  // rotation offset of stream position 0
+  };
+  Backend& backend_;
+  CacheConfig cfg_;
+  int n_layers_;
+  int kv_dim_;
+  int sink_rows_;
+  int ring_;
+  std::vector<Slot> slots_;
+  std::vector<float*> k_, v_;
+};
+
+}  // namespace sinkserve

@@ -1,0 +1,103 @@
+// The compute interface the forward pass is written against. A backend owns a memory space (host
+// memory for the CPU, device memory for CUDA) and runs every operation of a Llama-family forward
+// pass on buffers in that space. Shapes and raw buffers in, results out: nothing here knows about
+// models, sessions or caches beyond the plain descriptors below.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/dtype.h"
+
+namespace sinkserve {
+
+// A weight matrix in backend memory: rows = output features, cols = input features, row-major
+// (GGUF's ne0 is cols). bias (rows floats, backend memory) may be null.
+struct Weight {
+  DType type = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const float* bias = nullptr;
+};
+
+// Which cached keys one query token attends to. A cache slot is `sink_rows` rows of attention
+// sinks followed by a ring of `ring_size` rows; row r of the slot is row `row0 + r` of the layer
+// buffer. The query sees the first `n_sink` sink rows, scored with its sink-rotated query, and
+// `n_win` ring rows starting at ring index `win_begin` (wrapping), scored with its window-rotated
+// query. docs/design.md derives why two rotations make this equal to re-rotating the cache.
+struct AttnSpan {
+  int64_t row0 = 0;
+  int32_t sink_rows = 0;
+  int32_t n_sink = 0;
+  int32_t ring_size = 0;
+  int32_t win_begin = 0;
+  int32_t n_win = 0;
+};
+
+struct RopeParams {
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;  // linear scaling: angle = pos * freq_scale * base^(-2i/d)
+  bool neox = false;        // rotate pairs (i, i + d/2) instead of (2i, 2i + 1)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory in this backend's space. Buffers live until release() or the backend's destruction.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+  virtual void to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void zero(void* dst, size_t bytes) = 0;
+  // Waits until every queued operation has finished (a no-op on synchronous backends).
+  virtual void synchronize() = 0;
+
+  // Makes a weight usable by matmul from host memory (e.g. an mmapped GGUF tensor). The backend
+  // may keep the host pointer (CPU) or copy/repack it into its own memory (CUDA); the host memory
+  // must outlive the weight unless the backend copied it. bias may be null.
+  virtual Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
+                                const float* host_bias) = 0;
+
+  // y[t][r] = sum_c W[r][c] * x[t][c] (+ bias[r]) for t < n_tok. F32 accumulation.
+  virtual void matmul(const Weight& w, const float* x, int64_t n_tok, float* y) = 0;
+  // out[t] = row tokens[t] of the table, as F32. tokens is a host array.
+  virtual void embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out) = 0;
+  // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of length dim.
+  virtual void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
+                       float eps) = 0;
+  // Rotates n_heads heads of head_dim in each of n_tok rows in place; token t at position pos[t]
+  // (host array). Angles are computed in double from the 64-bit position.
+  virtual void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
+                    const RopeParams& p) = 0;
+  // out = silu(gate) * up, elementwise over n values.
+  virtual void swiglu(float* out, const float* gate, const float* up, int64_t n) = 0;
+  // x += y over n values.
+  virtual void add(float* x, const float* y, int64_t n) = 0;
+  // dst row rows[i] (row width `width` floats) = src row i, for i < n. rows is a host array.
+  virtual void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                            int64_t n) = 0;
+  // dst row i = src row rows[i], for i < n. rows is a host array.
+  virtual void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                           int64_t n) = 0;
+  // Causal softmax attention for n_tok query tokens. q_win/q_sink/out: [n_tok][n_heads*head_dim];
+  // k/v: the layer's cache, rows of n_kv_heads*head_dim; query head h reads KV head
+  // h / (n_heads / n_kv_heads). spans: host array of n_tok descriptors. Scale 1/sqrt(head_dim).
+  virtual void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
+                         int n_kv_heads, int head_dim, const float* k, const float* v,
+                         const AttnSpan* spans, float* out) = 0;
+};
+
+// The CPU backend with `threads` worker threads (0 = one per core), pinned to distinct cores.
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+// The CUDA backend on device `device`; throws std::runtime_error when CUDA is not compiled in or
+// no usable device exists.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+bool cuda_compiled_in();
+int cuda_device_count();  // 0 when not compiled in or no driver
+
+}  // namespace sinkserve

@@ -1,0 +1,139 @@
+#include "kernels/dtype.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace sinkserve {
+
+std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::Q8_0: return "Q8_0";
+  }
+  return "?";
+}
+
+int64_t dtype_block_values(DType t) { return t == DType::Q8_0 ? kQ8Block : 1; }
+
+int64_t dtype_block_bytes(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16:
+    case DType::BF16: return 2;
+    case DType::Q8_0: return sizeof(BlockQ8_0);
+  }
+  return 0;
+}
+
+int64_t dtype_row_bytes(DType t, int64_t n) { return n / dtype_block_values(t) * dtype_block_bytes(t); }
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400)) { mant <<= 1; --exp; }
+      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  const uint32_t absx = x & 0x7fffffff;
+  if (absx >= 0x7f800000) return sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0);
+  if (absx >= 0x477ff000) return sign | 0x7c00;  // overflows to inf after rounding
+  if (absx < 0x38800000) {  // subnormal or zero in half precision
+    const float a = std::fabs(f);
+    return sign | uint16_t(std::nearbyint(a * 16777216.0f));  // a / 2^-24, ties to even
+  }
+  const uint32_t mant_rounded = absx + 0xfff + ((absx >> 13) & 1);
+  return sign | uint16_t((mant_rounded - (112u << 23)) >> 13);
+}
+
+float bf16_to_f32(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return uint16_t((x >> 16) | 0x40);  // quiet NaN
+  return uint16_t((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
+  switch (t) {
+    case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
+    case DType::F16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    case DType::BF16: {
+      const auto* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+    case DType::Q8_0: {
+      const auto* b = static_cast<const BlockQ8_0*>(src);
+      for (int64_t i = 0; i < n / kQ8Block; ++i) {
+        const float d = f16_to_f32(b[i].d);
+        for (int j = 0; j < kQ8Block; ++j) dst[i * kQ8Block + j] = d * float(b[i].qs[j]);
+      }
+      return;
+    }
+  }
+  throw std::invalid_argument("dequantize_row: unknown dtype");
+}
+
+void quantize_row(DType t, const float* src, void* dst, int64_t n) {
+  switch (t) {
+    case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
+    case DType::F16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    case DType::BF16: {
+      auto* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    case DType::Q8_0: {
+      auto* b = static_cast<BlockQ8_0*>(dst);
+      for (int64_t i = 0; i < n / kQ8Block; ++i) {
+        float amax = 0;
+        for (int j = 0; j < kQ8Block; ++j) amax = std::fmax(amax, std::fabs(src[i * kQ8Block + j]));
+        const float d = amax / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        b[i].d = f32_to_f16(d);
+        for (int j = 0; j < kQ8Block; ++j) b[i].qs[j] = int8_t(std::lround(src[i * kQ8Block + j] * id));
+      }
+      return;
+    }
+  }
+  throw std::invalid_argument("quantize_row: unknown dtype");
+}
+
+}  // namespace sinkserve

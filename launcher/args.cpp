@@ -1,0 +1,113 @@
+#include "launcher/args.h"
+
+#include <charconv>
+#include <cstdio>
+#include <sstream>
+
+namespace sinkserve {
+
+ArgParser::ArgParser(std::string command, std::string description)
+    : command_(std::move(command)), description_(std::move(description)) {}
+
+ArgParser& ArgParser::add(const std::string& names, const std::string& metavar,
+                          const std::string& help, Target target, bool required) {
+  Opt o{{}, metavar, help, target, required};
+  std::stringstream ss(names);
+  for (std::string n; std::getline(ss, n, ',');) o.names.push_back(n);
+  opts_.push_back(std::move(o));
+  return *this;
+}
+
+ArgParser& ArgParser::epilog(std::string text) {
+  epilog_ = std::move(text);
+  return *this;
+}
+
+ArgParser::Opt* ArgParser::find(const std::string& name) {
+  for (Opt& o : opts_)
+    for (const std::string& n : o.names)
+      if (n == name) return &o;
+  return nullptr;
+}
+
+bool ArgParser::given(const std::string& name) const {
+  for (const Opt& o : opts_)
+    for (const std::string& n : o.names)
+      if (n == name) return o.seen;
+  return false;
+}
+
+namespace {
+
+template <class T>
+T parse_number(const std::string& opt, const std::string& v, const char* what) {
+  T out{};
+  const char* end = v.data() + v.size();
+  auto [p, ec] = std::from_chars(v.data(), end, out);
+  if (ec != std::errc() || p != end || v.empty())
+    throw UsageError(opt + " expects " + what + ", got '" + v + "'");
+  return out;
+}
+
+}  // namespace
+
+bool ArgParser::parse(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::fputs(help().c_str(), stdout);
+      return false;
+    }
+    std::string value;
+    bool has_inline = false;
+    if (a.rfind("--", 0) == 0) {
+      if (auto eq = a.find('='); eq != std::string::npos) {
+        value = a.substr(eq + 1);
+        a = a.substr(0, eq);
+        has_inline = true;
+      }
+    }
+    Opt* o = find(a);
+    if (!o) throw UsageError("unknown argument '" + a + "' (see: sinkserve " + command_ + " --help)");
+    o->seen = true;
+    if (auto* b = std::get_if<bool*>(&o->target)) {
+      if (has_inline) throw UsageError(a + " takes no value");
+      **b = true;
+      continue;
+    }
+    if (!has_inline) {
+      if (i + 1 >= argc) throw UsageError(a + " needs a value (" + o->metavar + ")");
+      value = argv[++i];
+    }
+    std::visit(
+        [&](auto* t) {
+          using T = std::remove_pointer_t<decltype(t)>;
+          if constexpr (std::is_same_v<T, std::string>) *t = value;
+          else if constexpr (std::is_same_v<T, int>) *t = parse_number<int>(a, value, "an integer");
+          else if constexpr (std::is_same_v<T, int64_t>) *t = parse_number<int64_t>(a, value, "an integer");
+          else if constexpr (std::is_same_v<T, float>) *t = parse_number<float>(a, value, "a number");
+          else if constexpr (std::is_same_v<T, double>) *t = parse_number<double>(a, value, "a number");
+        },
+        o->target);
+  }
+  for (const Opt& o : opts_)
+    if (o.required && !o.seen) throw UsageError("missing required option " + o.names.back());
+  return true;
+}
+
+std::string ArgParser::help() const {
+  std::string s = "usage: sinkserve " + command_ + " [options]\n\n" + description_ + "\n\noptions:\n";
+  for (const Opt& o : opts_) {
+    std::string left = "  ";
+    for (size_t i = 0; i < o.names.size(); ++i) left += (i ? ", " : "") + o.names[i];
+    if (!o.metavar.empty()) left += " " + o.metavar;
+    if (left.size() < 28) left.resize(28, ' ');
+    else left += "\n" + std::string(28, ' ');
+    s += left + o.help + (o.required ? " (required)" : "") + "\n";
+  }
+  s += "  -h, --help                  this help\n";
+  if (!epilog_.empty()) s += "\n" + epilog_ + "\n";
+  return s;
+}
+
+}  // namespace sinkserve

@@ -1,0 +1,68 @@
+// A llama-family transformer (llama, mistral, qwen2) written once against the Backend interface,
+// sharded Megatron-style over the ranks of a Communicator.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "cache/kv_cache.h"
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "runtime/model_config.h"
+
+namespace sinkserve {
+
+class GGUFFile;
+
+// One session's share of a forward step: `n` tokens appended to cache slot `slot`.
+struct SeqStep {
+  int slot = -1;
+  const int32_t* tokens = nullptr;  // host memory
+  int n = 0;
+  bool all_logits = false;  // logits for every token, or only the last
+};
+
+class LlamaModel {
+ public:
+  // Loads this rank's shard of the weights of `f` (which must outlive the model). Throws
+  // GGUFError / std::runtime_error naming the problem (missing tensor, shape that does not
+  // divide by the number of ranks, ...).
+  LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm);
+  ~LlamaModel();
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() { return backend_; }
+  Communicator& comm() { return comm_; }
+  // Width of one cache row on this rank (its KV heads x head_dim).
+  int local_kv_dim() const { return n_kv_local_ * cfg_.head_dim; }
+  // Bytes of weights this rank holds (or maps) for its shard.
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes of weights read from memory per forward token (every matrix once).
+  int64_t weight_bytes_per_token() const { return weight_bytes_; }
+
+  // Runs one step on every rank in lockstep (all ranks pass the same steps). Appends the tokens
+  // to their slots in `cache` and writes logits to host memory `logits` (full vocabulary, on
+  // every rank): one row per token for steps with all_logits, else one row for the last token.
+  void forward(KVCache& cache, std::span<const SeqStep> steps, float* logits);
+  // Rows of logits forward() writes for these steps.
+  static int64_t logit_rows(std::span<const SeqStep> steps);
+
+ private:
+  struct Layer;
+  void ensure_scratch(int64_t n_tok, int64_t n_out);
+
+  ModelConfig cfg_;
+  Backend& backend_;
+  Communicator& comm_;
+  int n_heads_local_ = 0, n_kv_local_ = 0, ffn_local_ = 0, vocab_local_ = 0, vocab_begin_ = 0;
+  int64_t weight_bytes_ = 0;
+  std::vector<Layer> layers_;
+  Weight tok_embd_, output_;
+  float* output_norm_ = nullptr;
+  std::vector<std::vector<uint8_t>> owned_;  // host copies of row-parallel shards
+  struct Scratch;
+  std::unique_ptr<Scratch> s_;
+};
+
+}  // namespace sinkserve
