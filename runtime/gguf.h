@@ -2,6 +2,7 @@
 // bounds. Errors throw GGUFError whose message names the file and the problem.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -97,15 +98,28 @@ class GGUFWriter {
   void set_u32(const std::string& key, uint32_t v);
   void set_f32(const std::string& key, float v);
   void set_string(const std::string& key, const std::string& v);
-  // Adds a tensor; data is copied. ne[0] innermost.
+  // Adds a tensor; data is copied. ne[0] innermost. Throws std::invalid_argument when the name
+  // repeats, a dimension is not positive, ne[0] does not divide into blocks or `bytes` is wrong.
   void add_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne,
                   const void* data, size_t bytes);
+  // Adds a tensor whose bytes are produced only while write() streams the file, so that files
+  // larger than memory can be written: fill(dst, bytes) must fill all `bytes` of dst.
+  using Fill = std::function<void(uint8_t* dst, size_t bytes)>;
+  void add_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne, Fill fill);
   // Writes header, metadata, tensor infos and aligned data. Throws std::runtime_error on I/O errors.
   void write(const std::string& path, uint64_t alignment = 32) const;
 
  private:
   std::vector<std::pair<std::string, GGUFValue>> kv_;
-  struct T { std::string name; DType type; std::vector<int64_t> ne; std::vector<uint8_t> data; };
+  struct T {
+    std::string name;
+    DType type;
+    std::vector<int64_t> ne;
+    uint64_t bytes;
+    std::vector<uint8_t> data;  // empty when `fill` produces the bytes
+    Fill fill;
+  };
+  uint64_t check_new_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne) const;
   std::vector<T> tensors_;
 };
 

@@ -38,8 +38,8 @@ class LlamaModel {
   int local_kv_dim() const { return n_kv_local_ * cfg_.head_dim; }
   // Bytes of weights this rank holds (or maps) for its shard.
   int64_t weight_bytes() const { return weight_bytes_; }
-  // Bytes of weights read from memory per forward token (every matrix once).
-  int64_t weight_bytes_per_token() const { return weight_bytes_; }
+  // Bytes of weights this rank reads per forward step (every matrix once): the roofline's numerator.
+  int64_t streamed_bytes() const { return streamed_bytes_; }
 
   // Runs one step on every rank in lockstep (all ranks pass the same steps). Appends the tokens
   // to their slots in `cache` and writes logits to host memory `logits` (full vocabulary, on
@@ -56,7 +56,7 @@ class LlamaModel {
   Backend& backend_;
   Communicator& comm_;
   int n_heads_local_ = 0, n_kv_local_ = 0, ffn_local_ = 0, vocab_local_ = 0, vocab_begin_ = 0;
-  int64_t weight_bytes_ = 0;
+  int64_t weight_bytes_ = 0, streamed_bytes_ = 0;
   std::vector<Layer> layers_;
   Weight tok_embd_, output_;
   float* output_norm_ = nullptr;

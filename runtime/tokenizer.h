@@ -26,6 +26,9 @@ class Tokenizer {
   // Id of a token whose text is exactly `text` (e.g. "<|im_end|>"), or -1.
   virtual int32_t find(std::string_view text) const = 0;
   virtual std::string model_name() const = 0;  // "llama" or "gpt2"
+  // True when decoding drops one leading space from the first piece of a sequence, undoing the
+  // space SentencePiece prepends at encoding (add_space_prefix).
+  virtual bool strips_leading_space() const { return false; }
   // Decodes a whole sequence (as a streaming decoder would, joined).
   std::string decode(const std::vector<int32_t>& ids) const;
 };
@@ -40,7 +43,7 @@ class StreamDecoder {
   explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
   // Text that became complete with this token (may be empty).
   std::string push(int32_t id);
-  // Whatever is still held back (invalid trailing bytes), at the end of a stream.
+  // Whatever is still held back (an incomplete character, as U+FFFD), at the end of a stream.
   std::string flush();
 
  private:

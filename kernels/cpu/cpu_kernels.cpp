@@ -1,0 +1,146 @@
+// Portable reference implementations and the run-time choice of instruction set.
+#include "kernels/cpu/cpu_kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace sinkserve::cpu {
+namespace {
+
+float row_value(DType type, const void* row, int64_t k) {
+  switch (type) {
+    case DType::F32: return static_cast<const float*>(row)[k];
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(row)[k]);
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[k]);
+    case DType::Q8_0: {
+      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(row)[k / kQ8Block];
+      return f16_to_f32(b.d) * float(b.qs[k % kQ8Block]);
+    }
+  }
+  return 0.0f;
+}
+
+void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = row_value(type, row, k0 + k);
+}
+
+void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+          const float* x, int n_tok, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* row = static_cast<const char*>(w) + size_t(r) * row_bytes;
+    for (int t = 0; t < n_tok; ++t) {
+      const float* xt = x + t * cols;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < cols; ++k) acc += row_value(type, row, k) * xt[k];
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
+constexpr int kMr = 4, kNr = 4;
+
+void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy, int m_valid,
+               int n_valid, bool accumulate) {
+  float acc[kNr][kMr] = {};
+  for (int64_t k = 0; k < kc; ++k)
+    for (int j = 0; j < kNr; ++j)
+      for (int i = 0; i < kMr; ++i) acc[j][i] += wp[k * kMr + i] * xp[k * kNr + j];
+  for (int j = 0; j < n_valid; ++j)
+    for (int i = 0; i < m_valid; ++i)
+      y[j * ldy + i] = accumulate ? y[j * ldy + i] + acc[j][i] : acc[j][i];
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void scale(float* x, float a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+float exp_sum(float* s, int64_t n, float max) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - max);
+    sum += s[i];
+  }
+  return sum;
+}
+
+void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float eps) {
+  float ss = 0.0f;
+  for (int64_t i = 0; i < dim; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / float(dim) + eps);
+  for (int64_t i = 0; i < dim; ++i) out[i] = x[i] * r * w[i];
+}
+
+void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+const Kernels& scalar_kernels() {
+  static const Kernels k{Isa::Scalar, gemv,  decode_row, kMr,         kNr,    gemm_tile, dot,
+                         axpy,        scale, exp_sum,    rmsnorm_row, swiglu, add};
+  return k;
+}
+
+std::string_view isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+#if defined(__x86_64__)
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::Avx512:
+      return isa_supported(Isa::Avx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq");
+#else
+    default: return false;
+#endif
+  }
+  return false;
+}
+
+Isa best_isa() {
+  if (isa_supported(Isa::Avx512)) return Isa::Avx512;
+  if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+const Kernels& kernels_for(Isa isa) {
+  if (!isa_supported(isa))
+    throw std::runtime_error("CPU kernels: instruction set " + std::string(isa_name(isa)) +
+                             " is not supported by this CPU");
+  switch (isa) {
+    case Isa::Avx512: return avx512_kernels();
+    case Isa::Avx2: return avx2_kernels();
+    case Isa::Scalar: break;
+  }
+  return scalar_kernels();
+}
+
+}  // namespace sinkserve::cpu

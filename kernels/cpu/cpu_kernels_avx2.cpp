@@ -1,0 +1,297 @@
+// AVX2 + FMA + F16C kernels. Internal linkage only and no standard-library templates, for the same
+// reason as in the AVX-512 file.
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace sinkserve::cpu {
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float bf16_scalar(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline __m256 q8_quarter(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+struct LoadF32 {
+  static __m256 v8(const void* row, int64_t k) { return _mm256_loadu_ps(static_cast<const float*>(row) + k); }
+  static float one(const void* row, int64_t k) { return static_cast<const float*>(row)[k]; }
+};
+struct LoadF16 {
+  static __m256 v8(const void* row, int64_t k) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + k)));
+  }
+  static float one(const void* row, int64_t k) { return _cvtsh_ss(static_cast<const uint16_t*>(row)[k]); }
+};
+struct LoadBF16 {
+  static __m256 v8(const void* row, int64_t k) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + k));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static float one(const void* row, int64_t k) { return bf16_scalar(static_cast<const uint16_t*>(row)[k]); }
+};
+
+template <int NT, class L>
+void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+                const float* x, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* row = static_cast<const char*>(w) + size_t(r) * row_bytes;
+    __m256 acc[NT][2];
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= cols; k += 16) {
+      const __m256 w0 = L::v8(row, k), w1 = L::v8(row, k + 8);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + k), acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + k + 8), acc[t][1]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      float s = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+      for (int64_t kk = k; kk < cols; ++kk) s += L::one(row, kk) * x[t * cols + kk];
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+template <int NT>
+void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+             const float* x, float* y, int64_t ldy) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
+    __m256 acc[NT][2];
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
+      const int64_t k = b * kQ8Block;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; q += 2) {
+        const __m256 w0 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d);
+        const __m256 w1 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q + 8), d);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; ++t) {
+          acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + k + 8 * q), acc[t][0]);
+          acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + k + 8 * q + 8), acc[t][1]);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+  }
+}
+
+template <int NT>
+void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+             const float* x, float* y, int64_t ldy) {
+  switch (type) {
+    case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+  }
+}
+
+void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+          const float* x, int n_tok, float* y, int64_t ldy) {
+  switch (n_tok) {
+    case 1: return gemv_nt<1>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 2: return gemv_nt<2>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 3: return gemv_nt<3>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 4: return gemv_nt<4>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: break;
+  }
+}
+
+template <class L>
+void decode_plain(const void* row, int64_t k0, int64_t n, float* out) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(out + k, L::v8(row, k0 + k));
+  for (; k < n; ++k) out[k] = L::one(row, k0 + k);
+}
+
+void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
+  switch (type) {
+    case DType::F32: return decode_plain<LoadF32>(row, k0, n, out);
+    case DType::F16: return decode_plain<LoadF16>(row, k0, n, out);
+    case DType::BF16: return decode_plain<LoadBF16>(row, k0, n, out);
+    case DType::Q8_0: {
+      const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
+      for (int64_t b = 0; b < n / kQ8Block; ++b) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
+        for (int q = 0; q < 4; ++q)
+          _mm256_storeu_ps(out + b * kQ8Block + 8 * q, _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d));
+      }
+      return;
+    }
+  }
+}
+
+constexpr int kMr = 16, kNr = 6;
+
+// 12 accumulators + 2 weight vectors + 1 broadcast of the 16 registers.
+void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy, int m_valid,
+               int n_valid, bool accumulate) {
+  __m256 c[kNr][2];
+#pragma GCC unroll 6
+  for (int j = 0; j < kNr; ++j) c[j][0] = c[j][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 a0 = _mm256_load_ps(wp + k * kMr), a1 = _mm256_load_ps(wp + k * kMr + 8);
+    const float* b = xp + k * kNr;
+#pragma GCC unroll 6
+    for (int j = 0; j < kNr; ++j) {
+      const __m256 bj = _mm256_broadcast_ss(b + j);
+      c[j][0] = _mm256_fmadd_ps(a0, bj, c[j][0]);
+      c[j][1] = _mm256_fmadd_ps(a1, bj, c[j][1]);
+    }
+  }
+  for (int j = 0; j < n_valid; ++j) {
+    float* yj = y + j * ldy;
+    if (m_valid == kMr) {
+      if (accumulate) {
+        c[j][0] = _mm256_add_ps(c[j][0], _mm256_loadu_ps(yj));
+        c[j][1] = _mm256_add_ps(c[j][1], _mm256_loadu_ps(yj + 8));
+      }
+      _mm256_storeu_ps(yj, c[j][0]);
+      _mm256_storeu_ps(yj + 8, c[j][1]);
+    } else {
+      alignas(32) float tmp[kMr];
+      _mm256_store_ps(tmp, c[j][0]);
+      _mm256_store_ps(tmp + 8, c[j][1]);
+      for (int i = 0; i < m_valid; ++i) yj[i] = accumulate ? yj[i] + tmp[i] : tmp[i];
+    }
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  float s = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+void scale(float* x, float a, int64_t n) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(va, _mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) x[i] *= a;
+}
+
+// Same range reduction and polynomial as the AVX-512 version; 2^n is built in the exponent bits,
+// so x is clamped to where 2^n stays a normal float.
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33f)), _mm256_set1_ps(88.72f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // n in [-126, 128]: split 2^n = 2^(n/2) * 2^(n - n/2) so 2^128 never has to be represented.
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i h = _mm256_srai_epi32(ni, 1);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
+  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+float exp_sum(float* s, int64_t n, float max) {
+  const __m256 vmax = _mm256_set1_ps(max);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), vmax));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  if (i < n) {
+    alignas(32) float tail[8] = {};
+    for (int64_t j = i; j < n; ++j) tail[j - i] = s[j] - max;
+    _mm256_store_ps(tail, exp_ps(_mm256_load_ps(tail)));
+    for (int64_t j = i; j < n; ++j) {
+      s[j] = tail[j - i];
+      sum += s[j];
+    }
+  }
+  return sum;
+}
+
+void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float eps) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= dim; i += 16) {
+    const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+    acc0 = _mm256_fmadd_ps(a, a, acc0);
+    acc1 = _mm256_fmadd_ps(b, b, acc1);
+  }
+  float ss = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < dim; ++i) ss += x[i] * x[i];
+  const float rs = 1.0f / __builtin_sqrtf(ss / float(dim) + eps);
+  const __m256 r = _mm256_set1_ps(rs);
+  for (i = 0; i + 8 <= dim; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), r), _mm256_loadu_ps(w + i)));
+  for (; i < dim; ++i) out[i] = x[i] * rs * w[i];
+}
+
+void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+  }
+  if (i < n) {
+    alignas(32) float g[8] = {}, e[8];
+    for (int64_t j = i; j < n; ++j) g[j - i] = -gate[j];
+    _mm256_store_ps(e, exp_ps(_mm256_load_ps(g)));
+    for (int64_t j = i; j < n; ++j) out[j] = gate[j] / (1.0f + e[j - i]) * up[j];
+  }
+}
+
+void add(float* x, const float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+const Kernels& avx2_kernels() {
+  static const Kernels k{Isa::Avx2, gemv,  decode_row, kMr,         kNr,    gemm_tile, dot,
+                         axpy,      scale, exp_sum,    rmsnorm_row, swiglu, add};
+  return k;
+}
+
+}  // namespace sinkserve::cpu

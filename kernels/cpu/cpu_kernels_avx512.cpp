@@ -1,0 +1,288 @@
+// AVX-512 (F/BW/VL/DQ) kernels. Everything here has internal linkage and no standard-library
+// templates are instantiated: a weak symbol compiled with AVX-512 could otherwise be picked by the
+// linker for the portable code paths and fault on older CPUs.
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace sinkserve::cpu {
+namespace {
+
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
+inline __m512 load_f16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load_f16(const uint16_t* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m512 widen_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load_bf16(const uint16_t* p) {
+  return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load_bf16(const uint16_t* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
+
+inline __m512 q8_half(const int8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+}
+
+// Loads 16 weight values at column k (masked for the row tail) as F32.
+struct LoadF32 {
+  static __m512 full(const void* row, int64_t k) { return _mm512_loadu_ps(static_cast<const float*>(row) + k); }
+  static __m512 part(const void* row, int64_t k, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + k);
+  }
+};
+struct LoadF16 {
+  static __m512 full(const void* row, int64_t k) { return load_f16(static_cast<const uint16_t*>(row) + k); }
+  static __m512 part(const void* row, int64_t k, __mmask16 m) {
+    return load_f16(static_cast<const uint16_t*>(row) + k, m);
+  }
+};
+struct LoadBF16 {
+  static __m512 full(const void* row, int64_t k) { return load_bf16(static_cast<const uint16_t*>(row) + k); }
+  static __m512 part(const void* row, int64_t k, __mmask16 m) {
+    return load_bf16(static_cast<const uint16_t*>(row) + k, m);
+  }
+};
+
+// One pass over each weight row serves all NT tokens: decode is bound by reading the weights.
+template <int NT, class L>
+void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+                const float* x, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* row = static_cast<const char*>(w) + size_t(r) * row_bytes;
+    __m512 acc[NT][2];
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= cols; k += 32) {
+      const __m512 w0 = L::full(row, k), w1 = L::full(row, k + 16);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + k), acc[t][0]);
+        acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + k + 16), acc[t][1]);
+      }
+    }
+    for (; k < cols; k += 16) {
+      const __mmask16 m = tail_mask(cols - k);
+      const __m512 w0 = L::part(row, k, m);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t)
+        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x + t * cols + k), acc[t][0]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+  }
+}
+
+// Q8_0 is dequantized in registers (int8 -> F32, times the block scale) and multiplied in F32,
+// so the activations keep full precision; the conversions hide under the memory reads.
+template <int NT>
+void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+             const float* x, float* y, int64_t ldy) {
+  const int64_t nb = cols / kQ8Block;
+  for (int64_t r = r0; r < r1; ++r) {
+    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
+    __m512 acc[NT][2];
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+      const __m512 w0 = _mm512_mul_ps(q8_half(blocks[b].qs), d);
+      const __m512 w1 = _mm512_mul_ps(q8_half(blocks[b].qs + 16), d);
+      const int64_t k = b * kQ8Block;
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + k), acc[t][0]);
+        acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + k + 16), acc[t][1]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+  }
+}
+
+template <int NT>
+void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+             const float* x, float* y, int64_t ldy) {
+  switch (type) {
+    case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+  }
+}
+
+void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
+          const float* x, int n_tok, float* y, int64_t ldy) {
+  switch (n_tok) {
+    case 1: return gemv_nt<1>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 2: return gemv_nt<2>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 3: return gemv_nt<3>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    case 4: return gemv_nt<4>(type, w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: break;
+  }
+}
+
+void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
+  if (type == DType::Q8_0) {
+    const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
+    for (int64_t b = 0; b < n / kQ8Block; ++b) {
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+      _mm512_storeu_ps(out + b * kQ8Block, _mm512_mul_ps(q8_half(blocks[b].qs), d));
+      _mm512_storeu_ps(out + b * kQ8Block + 16, _mm512_mul_ps(q8_half(blocks[b].qs + 16), d));
+    }
+    return;
+  }
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 m = tail_mask(n - k);
+    __m512 v;
+    switch (type) {
+      case DType::F32: v = LoadF32::part(row, k0 + k, m); break;
+      case DType::F16: v = LoadF16::part(row, k0 + k, m); break;
+      default: v = LoadBF16::part(row, k0 + k, m); break;
+    }
+    _mm512_mask_storeu_ps(out + k, m, v);
+  }
+}
+
+constexpr int kMr = 32, kNr = 12;
+
+// 24 accumulators + 2 weight vectors of the 32 registers; activations are broadcast from memory.
+void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy, int m_valid,
+               int n_valid, bool accumulate) {
+  __m512 c[kNr][2];
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j) c[j][0] = c[j][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 a0 = _mm512_load_ps(wp + k * kMr), a1 = _mm512_load_ps(wp + k * kMr + 16);
+    const float* b = xp + k * kNr;
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j) {
+      const __m512 bj = _mm512_set1_ps(b[j]);
+      c[j][0] = _mm512_fmadd_ps(a0, bj, c[j][0]);
+      c[j][1] = _mm512_fmadd_ps(a1, bj, c[j][1]);
+    }
+  }
+  const __mmask16 m0 = tail_mask(m_valid), m1 = m_valid > 16 ? tail_mask(m_valid - 16) : 0;
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j) {
+    if (j >= n_valid) break;
+    float* yj = y + j * ldy;
+    if (accumulate) {
+      c[j][0] = _mm512_add_ps(c[j][0], _mm512_maskz_loadu_ps(m0, yj));
+      c[j][1] = _mm512_add_ps(c[j][1], _mm512_maskz_loadu_ps(m1, yj + 16));
+    }
+    _mm512_mask_storeu_ps(yj, m0, c[j][0]);
+    _mm512_mask_storeu_ps(yj + 16, m1, c[j][1]);
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+void scale(float* x, float a, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+// exp(x) = 2^n * e^r with r = x - n ln2, |r| <= ln2/2; Cephes' degree-6 polynomial (about 2 ulp).
+// scalef applies 2^n with correct underflow to zero for very negative x.
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.72f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+float exp_sum(float* s, int64_t n, float max) {
+  const __m512 vmax = _mm512_set1_ps(max);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), vmax));
+    _mm512_mask_storeu_ps(s + i, m, e);
+    sum = _mm512_mask_add_ps(sum, m, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float eps) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= dim; i += 32) {
+    const __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+    acc0 = _mm512_fmadd_ps(a, a, acc0);
+    acc1 = _mm512_fmadd_ps(b, b, acc1);
+  }
+  for (; i < dim; i += 16) {
+    const __m512 a = _mm512_maskz_loadu_ps(tail_mask(dim - i), x + i);
+    acc0 = _mm512_fmadd_ps(a, a, acc0);
+  }
+  const float ss = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  const __m512 r = _mm512_set1_ps(1.0f / __builtin_sqrtf(ss / float(dim) + eps));
+  for (i = 0; i < dim; i += 16) {
+    const __mmask16 m = tail_mask(dim - i);
+    const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), r), _mm512_maskz_loadu_ps(m, w + i));
+    _mm512_mask_storeu_ps(out + i, m, v);
+  }
+}
+
+void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
+
+void add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+}  // namespace
+
+const Kernels& avx512_kernels() {
+  static const Kernels k{Isa::Avx512, gemv,  decode_row, kMr,         kNr,    gemm_tile, dot,
+                         axpy,        scale, exp_sum,    rmsnorm_row, swiglu, add};
+  return k;
+}
+
+}  // namespace sinkserve::cpu

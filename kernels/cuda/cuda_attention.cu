@@ -1,0 +1,252 @@
+// Attention over the sink cache, flash-decoding style. A block owns one (query token, KV head)
+// pair and one split of that token's keys; all query heads of the GQA group share each loaded key
+// and value row. Within a split the scores stay in shared memory (two passes, exact softmax);
+// across splits the partial results are merged with their log-sum-exp, so a long window is spread
+// over many SMs even for a single decoding token.
+//
+// A token's keys, in order: its n_sink sink rows (row0 + j, scored with q_sink), then n_win ring
+// rows starting at ring index win_begin and wrapping (scored with q_win). Prefill chunks need no
+// mask: each token's span already excludes later tokens.
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace sinkserve::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kKeysPerWarpStep = 4;  // key rows in flight per warp in the scoring pass
+
+struct AttnArgs {
+  const float* q_win;
+  const float* q_sink;
+  const float* k;
+  const float* v;
+  const AttnSpan* spans;
+  float* partials;  // [n_tok][n_heads][n_splits] x (head_dim values, m, l)
+  float* out;
+  int n_heads, n_kv, head_dim, group;
+  int split, n_splits;
+  float scale;
+};
+
+__device__ __forceinline__ int64_t key_row(const AttnSpan& s, int j) {
+  if (j < s.n_sink) return s.row0 + j;
+  int ring = s.win_begin + (j - s.n_sink);
+  if (ring >= s.ring_size) ring -= s.ring_size;
+  return s.row0 + s.sink_rows + ring;
+}
+
+// DPL = values of a head that each lane holds (head_dim <= 32 * DPL).
+template <int DPL>
+__global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int G = a.group, hd = a.head_dim;
+  float* q_s = reinterpret_cast<float*>(smem_raw);  // [2][G][hd]: window, then sink
+  float* sc = q_s + 2 * G * hd;                     // [G][split]: scores, then probabilities
+  float* ml = sc + G * a.split;                     // [G][2]: max, sum
+  int64_t* rows = reinterpret_cast<int64_t*>(ml + ((2 * G + 1) & ~1));  // [split], 8-aligned
+
+  const int t = blockIdx.x / a.n_kv, kh = blockIdx.x % a.n_kv, sp = blockIdx.y;
+  const AttnSpan span = a.spans[t];
+  const int n_keys = span.n_sink + span.n_win;
+  const int j0 = sp * a.split, j1 = min(n_keys, j0 + a.split), nj = max(0, j1 - j0);
+  const int64_t q_stride = int64_t(a.n_heads) * hd, kv_stride = int64_t(a.n_kv) * hd;
+  const int h0 = kh * G;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  for (int i = threadIdx.x; i < 2 * G * hd; i += kThreads) {
+    const float* q = i < G * hd ? a.q_win : a.q_sink;
+    const int gi = i % (G * hd);
+    q_s[i] = q[t * q_stride + int64_t(h0) * hd + gi] * a.scale;
+  }
+  for (int j = threadIdx.x; j < nj; j += kThreads) rows[j] = key_row(span, j0 + j);
+  __syncthreads();
+
+  // Scores: a warp per key row, lanes across head_dim, several rows loaded before use.
+  for (int jb = warp * kKeysPerWarpStep; jb < nj; jb += kWarps * kKeysPerWarpStep) {
+    float kv[kKeysPerWarpStep][DPL];
+#pragma unroll
+    for (int u = 0; u < kKeysPerWarpStep; ++u) {
+      const int j = jb + u;
+      const float* kr = a.k + (j < nj ? rows[j] : 0) * kv_stride + int64_t(kh) * hd;
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) {
+        const int d = lane + 32 * e;
+        kv[u][e] = (j < nj && d < hd) ? __ldg(kr + d) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kKeysPerWarpStep; ++u) {
+      const int j = jb + u;
+      if (j >= nj) break;
+      const float* qb = q_s + (j0 + j < span.n_sink ? G * hd : 0);
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < DPL; ++e) {
+          const int d = lane + 32 * e;
+          if (d < hd) dot = fmaf(kv[u][e], qb[g * hd + d], dot);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (lane == 0) sc[g * a.split + j] = dot;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Softmax statistics of this split, a warp per head.
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int j = lane; j < nj; j += 32) m = fmaxf(m, sc[g * a.split + j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int j = lane; j < nj; j += 32) {
+      const float p = expf(sc[g * a.split + j] - m);
+      sc[g * a.split + j] = p;
+      l += p;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) {
+      ml[2 * g] = m;
+      ml[2 * g + 1] = l;
+    }
+  }
+  __syncthreads();
+
+  // Weighted values: a thread per (head, dim); consecutive threads read consecutive floats of a
+  // value row, and the heads of the group hit the same row in L1.
+  for (int i = threadIdx.x; i < G * hd; i += kThreads) {
+    const int g = i / hd, d = i % hd;
+    const float* vb = a.v + int64_t(kh) * hd + d;
+    const float* p = sc + g * a.split;
+    float acc0 = 0.f, acc1 = 0.f;
+    int j = 0;
+    for (; j + 1 < nj; j += 2) {
+      acc0 = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc0);
+      acc1 = fmaf(p[j + 1], __ldg(vb + rows[j + 1] * kv_stride), acc1);
+    }
+    if (j < nj) acc0 = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc0);
+    const float acc = acc0 + acc1;
+    const int h = h0 + g;
+    if (a.n_splits == 1) {
+      const float l = ml[2 * g + 1];
+      a.out[t * q_stride + int64_t(h) * hd + d] = l > 0.f ? acc / l : 0.f;
+    } else {
+      float* part = a.partials + ((int64_t(t) * a.n_heads + h) * a.n_splits + sp) * (hd + 2);
+      part[d] = acc;
+      if (d == 0) {
+        part[hd] = nj > 0 ? ml[2 * g] : -FLT_MAX;
+        part[hd + 1] = nj > 0 ? ml[2 * g + 1] : 0.f;
+      }
+    }
+  }
+}
+
+// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, one block per (token, head).
+__global__ void attention_merge_kernel(const float* __restrict__ partials, int n_splits,
+                                       int head_dim, float* __restrict__ out) {
+  const int64_t th = blockIdx.x;  // token * n_heads + head: out rows are laid out the same way
+  const float* part = partials + th * n_splits * (head_dim + 2);
+  float m = -FLT_MAX;
+  for (int s = 0; s < n_splits; ++s) m = fmaxf(m, part[s * (head_dim + 2) + head_dim]);
+  float l = 0.f;
+  for (int s = 0; s < n_splits; ++s) {
+    const float ls = part[s * (head_dim + 2) + head_dim + 1];
+    if (ls > 0.f) l += expf(part[s * (head_dim + 2) + head_dim] - m) * ls;
+  }
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const float* ps = part + s * (head_dim + 2);
+      if (ps[head_dim + 1] > 0.f) acc += expf(ps[head_dim] - m) * ps[d];
+    }
+    out[th * head_dim + d] = l > 0.f ? acc / l : 0.f;
+  }
+}
+
+size_t smem_bytes(int group, int head_dim, int split) {
+  const size_t floats = size_t(2 * group * head_dim + group * split + ((2 * group + 1) & ~1));
+  return floats * sizeof(float) + size_t(split) * sizeof(int64_t);
+}
+
+template <int DPL>
+void launch_split(const AttnShape& s, const AttnPlan& p, const AttnArgs& args,
+                  cudaStream_t stream) {
+  const dim3 grid(unsigned(s.n_tok * s.n_kv_heads), unsigned(p.n_splits));
+  attention_split_kernel<DPL><<<grid, kThreads, p.smem, stream>>>(args);
+  SS_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+AttnPlan plan_attention(const AttnShape& s, int num_sms, size_t smem_limit) {
+  if (s.head_dim < 1 || s.head_dim > 256)
+    throw std::invalid_argument("CUDA attention: head_dim " + std::to_string(s.head_dim) +
+                                " is outside 1..256");
+  if (s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0)
+    throw std::invalid_argument("CUDA attention: " + std::to_string(s.n_heads) +
+                                " query heads do not divide into " +
+                                std::to_string(s.n_kv_heads) + " KV heads");
+  const int group = s.n_heads / s.n_kv_heads;
+  const int64_t pairs = s.n_tok * s.n_kv_heads;
+  // Aim for about four resident blocks per SM; a split never drops below 64 keys, where the
+  // fixed cost of a block (loading the queries, the merge) would dominate.
+  const int64_t want_splits = std::max<int64_t>(1, (4 * int64_t(num_sms) + pairs - 1) / pairs);
+  int split = int(std::max<int64_t>(1, (s.max_keys + want_splits - 1) / want_splits));
+  split = std::clamp((split + 31) / 32 * 32, 64, 1024);
+  while (split > 32 && smem_bytes(group, s.head_dim, split) > smem_limit) split /= 2;
+  if (smem_bytes(group, s.head_dim, split) > smem_limit)
+    throw std::invalid_argument("CUDA attention: a group of " + std::to_string(group) +
+                                " heads of " + std::to_string(s.head_dim) +
+                                " values does not fit in shared memory");
+  AttnPlan p;
+  p.split = split;
+  p.n_splits = std::max(1, (s.max_keys + split - 1) / split);
+  p.smem = smem_bytes(group, s.head_dim, split);
+  return p;
+}
+
+int64_t attention_partial_floats(const AttnShape& s, const AttnPlan& p) {
+  return p.n_splits > 1 ? s.n_tok * s.n_heads * int64_t(p.n_splits) * (s.head_dim + 2) : 0;
+}
+
+void enable_attention_smem(size_t bytes) {
+  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<1>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<2>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<4>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<8>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
+                      const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
+                      float* partials, float* out, cudaStream_t stream) {
+  if (s.n_tok == 0) return;
+  AttnArgs args{q_win, q_sink, k, v, spans, partials, out,
+                s.n_heads, s.n_kv_heads, s.head_dim, s.n_heads / s.n_kv_heads,
+                p.split, p.n_splits, float(1.0 / std::sqrt(double(s.head_dim)))};
+  const int dpl = (s.head_dim + 31) / 32;
+  if (dpl <= 1) launch_split<1>(s, p, args, stream);
+  else if (dpl <= 2) launch_split<2>(s, p, args, stream);
+  else if (dpl <= 4) launch_split<4>(s, p, args, stream);
+  else launch_split<8>(s, p, args, stream);
+  if (p.n_splits > 1) {
+    attention_merge_kernel<<<unsigned(s.n_tok * s.n_heads), 128, 0, stream>>>(
+        partials, p.n_splits, s.head_dim, out);
+    SS_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace sinkserve::cuda

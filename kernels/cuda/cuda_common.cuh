@@ -1,0 +1,87 @@
+// Shared pieces of the CUDA backend: error checking and the kernel launchers that
+// cuda_backend.cu dispatches to. Every launcher queues work on `stream` and returns at once.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "kernels/backend.h"
+
+namespace sinkserve::cuda {
+
+[[noreturn]] inline void fail(const char* what, const char* detail, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA backend: ") + what + " failed: " + detail + " (" +
+                           file + ":" + std::to_string(line) + ")");
+}
+
+#define SS_CUDA_CHECK(expr)                                                              \
+  do {                                                                                   \
+    const cudaError_t ss_err_ = (expr);                                                  \
+    if (ss_err_ != cudaSuccess)                                                          \
+      ::sinkserve::cuda::fail(#expr, cudaGetErrorString(ss_err_), __FILE__, __LINE__);   \
+  } while (0)
+
+#define SS_CUBLAS_CHECK(expr)                                                             \
+  do {                                                                                    \
+    const cublasStatus_t ss_st_ = (expr);                                                 \
+    if (ss_st_ != CUBLAS_STATUS_SUCCESS)                                                  \
+      ::sinkserve::cuda::fail(#expr, cublasGetStatusString(ss_st_), __FILE__, __LINE__);  \
+  } while (0)
+
+// A launch error (bad configuration, missing kernel image) surfaces here; faults inside a kernel
+// surface at the next synchronizing call.
+#define SS_LAUNCH_CHECK() SS_CUDA_CHECK(cudaGetLastError())
+
+// Q8_0 weights are repacked on upload from GGUF's 34-byte blocks into two planes, so that a warp
+// reads the quants with aligned 16-byte loads: rows*cols int8 quants, then (at a 256-byte aligned
+// offset) rows*cols/32 F16 scales. The values are unchanged.
+inline int64_t q8_scales_offset(int64_t rows, int64_t cols) {
+  return (rows * cols + 255) / 256 * 256;
+}
+
+// y[t][r] = W[r] . x[t] (+ bias[r]) with the weights streamed once per group of up to 8 tokens.
+void launch_gemv(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStream_t stream);
+// x (F32) to the weight's 16-bit type, for the cuBLAS path.
+void launch_convert_activations(DType t, const float* x, void* dst, int64_t n, cudaStream_t stream);
+void launch_add_bias(float* y, const float* bias, int64_t n_tok, int64_t rows, cudaStream_t stream);
+
+void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
+                  cudaStream_t stream);
+void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
+                    float eps, cudaStream_t stream);
+void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
+                 const RopeParams& p, cudaStream_t stream);
+void launch_swiglu(float* out, const float* gate, const float* up, int64_t n, cudaStream_t stream);
+void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
+void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                         int64_t n, cudaStream_t stream);
+void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                        int64_t n, cudaStream_t stream);
+// Index of the largest value of each of n_rows rows (ties: the lowest index).
+void launch_argmax(const float* x, int64_t n_rows, int64_t width, int32_t* out,
+                   cudaStream_t stream);
+
+// Attention as Backend::attention describes it. `spans` is in device memory; `host_spans` (the
+// same descriptors) sizes the grid. `partials` must hold attention_partial_floats(...) floats.
+struct AttnShape {
+  int64_t n_tok;
+  int n_heads, n_kv_heads, head_dim;
+  int max_keys;  // the largest n_sink + n_win over the tokens
+};
+struct AttnPlan {
+  int split;     // keys per block
+  int n_splits;  // blocks per (token, KV head)
+  size_t smem;   // dynamic shared memory per block
+};
+AttnPlan plan_attention(const AttnShape& s, int num_sms, size_t smem_limit);
+int64_t attention_partial_floats(const AttnShape& s, const AttnPlan& p);
+void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
+                      const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
+                      float* partials, float* out, cudaStream_t stream);
+// Raises the kernels' dynamic shared-memory ceiling to `bytes` (once per device).
+void enable_attention_smem(size_t bytes);
+
+}  // namespace sinkserve::cuda

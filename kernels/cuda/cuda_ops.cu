@@ -1,0 +1,210 @@
+// The element-wise and row-wise kernels of the forward pass. All are memory bound and tiny next to
+// the matmuls; they are written for exactness first (F32 math, RoPE angles in double) and
+// coalesced access.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace sinkserve::cuda {
+namespace {
+
+unsigned grid_for(int64_t n, int threads) {
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535)));
+}
+
+__device__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < n_warps; ++i) s += red[i];
+  __syncthreads();  // red may be reused by the caller
+  return s;
+}
+
+template <DType T>
+__device__ float load_weight(const void* data, int64_t rows, int64_t cols, int64_t r, int64_t c) {
+  if constexpr (T == DType::F32) {
+    return static_cast<const float*>(data)[r * cols + c];
+  } else if constexpr (T == DType::F16) {
+    return __half2float(static_cast<const __half*>(data)[r * cols + c]);
+  } else if constexpr (T == DType::BF16) {
+    return __uint_as_float(uint32_t(static_cast<const uint16_t*>(data)[r * cols + c]) << 16);
+  } else {
+    const auto* base = static_cast<const uint8_t*>(data);
+    const auto* scales = reinterpret_cast<const __half*>(base + q8_scales_offset(rows, cols));
+    return __half2float(scales[(r * cols + c) / 32]) *
+           float(reinterpret_cast<const int8_t*>(base)[r * cols + c]);
+  }
+}
+
+template <DType T>
+__global__ void embed_kernel(const void* __restrict__ table, int64_t rows, int64_t cols,
+                             const int32_t* __restrict__ tokens, float* __restrict__ out) {
+  const int64_t t = blockIdx.x;
+  const int64_t r = tokens[t];
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+    out[t * cols + c] = load_weight<T>(table, rows, cols, r, c);
+}
+
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w,
+                               int64_t dim, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* yr = out + int64_t(blockIdx.x) * dim;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  // In place (out == x) is fine: each element is read and written by the same thread.
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}
+
+// One thread per (token, rotation pair); the angle is shared by every head of the token. Stream
+// positions grow without bound, so the angle is formed and reduced in double: in float, pos *
+// inv_freq loses all fractional precision past a few million tokens.
+__global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
+                            const int64_t* __restrict__ pos, double log2_base, double freq_scale,
+                            bool neox) {
+  const int half = head_dim / 2;
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n_tok * half) return;
+  const int64_t t = idx / half;
+  const int i = int(idx % half);
+  const double inv_freq = exp2(-2.0 * double(i) / double(head_dim) * log2_base);
+  double s, c;
+  sincos(double(pos[t]) * freq_scale * inv_freq, &s, &c);
+  const float sf = float(s), cf = float(c);
+  float* row = x + t * int64_t(n_heads) * head_dim;
+  for (int h = 0; h < n_heads; ++h) {
+    float* hp = row + int64_t(h) * head_dim;
+    const int a = neox ? i : 2 * i;
+    const int b = neox ? i + half : 2 * i + 1;
+    const float x0 = hp[a], x1 = hp[b];
+    hp[a] = x0 * cf - x1 * sf;
+    hp[b] = x0 * sf + x1 * cf;
+  }
+}
+
+__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] += y[i];
+}
+
+// scatter: dst[rows[i]] = src[i]; gather: dst[i] = src[rows[i]]. One block per row.
+template <bool kScatter>
+__global__ void move_rows_kernel(float* __restrict__ dst, int64_t width,
+                                 const int64_t* __restrict__ rows, const float* __restrict__ src) {
+  const int64_t i = blockIdx.x;
+  const int64_t d = kScatter ? rows[i] : i;
+  const int64_t s = kScatter ? i : rows[i];
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dst[d * width + c] = src[s * width + c];
+}
+
+__global__ void argmax_kernel(const float* __restrict__ x, int64_t width, int32_t* out) {
+  __shared__ float best_v[32];
+  __shared__ int64_t best_i[32];
+  const float* row = x + int64_t(blockIdx.x) * width;
+  float bv = -FLT_MAX;
+  int64_t bi = width;  // sentinel above every index: loses every tie
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    const float v = row[c];
+    if (v > bv || (v == bv && c < bi)) { bv = v; bi = c; }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x >> 5); ++w)
+      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) { bv = best_v[w]; bi = best_i[w]; }
+    // A row of NaNs or -inf only: report index 0 rather than an out-of-range sentinel.
+    out[blockIdx.x] = int32_t(bi < width ? bi : 0);
+  }
+}
+
+}  // namespace
+
+void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
+                  cudaStream_t stream) {
+  if (n_tok == 0) return;
+  const dim3 grid(unsigned(n_tok)), block(256);
+  switch (table.type) {
+    case DType::F32: embed_kernel<DType::F32><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
+    case DType::F16: embed_kernel<DType::F16><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
+    case DType::BF16: embed_kernel<DType::BF16><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
+    case DType::Q8_0: embed_kernel<DType::Q8_0><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
+  }
+  SS_LAUNCH_CHECK();
+}
+
+void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
+                    float eps, cudaStream_t stream) {
+  if (n_tok == 0) return;
+  rmsnorm_kernel<<<unsigned(n_tok), 256, 0, stream>>>(out, x, w, dim, eps);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
+                 const RopeParams& p, cudaStream_t stream) {
+  const int64_t n = n_tok * (head_dim / 2);
+  if (n == 0) return;
+  rope_kernel<<<unsigned((n + 127) / 128), 128, 0, stream>>>(
+      x, n_tok, n_heads, head_dim, pos, std::log2(double(p.freq_base)), double(p.freq_scale),
+      p.neox);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_swiglu(float* out, const float* gate, const float* up, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  swiglu_kernel<<<grid_for(n, 256), 256, 0, stream>>>(out, gate, up, n);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  add_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, y, n);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                         int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  move_rows_kernel<true><<<unsigned(n), 128, 0, stream>>>(dst, width, rows, src);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                        int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  move_rows_kernel<false><<<unsigned(n), 128, 0, stream>>>(dst, width, rows, src);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_argmax(const float* x, int64_t n_rows, int64_t width, int32_t* out,
+                   cudaStream_t stream) {
+  if (n_rows == 0) return;
+  argmax_kernel<<<unsigned(n_rows), 256, 0, stream>>>(x, width, out);
+  SS_LAUNCH_CHECK();
+}
+
+}  // namespace sinkserve::cuda

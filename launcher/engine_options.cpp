@@ -1,0 +1,67 @@
+#include "launcher/engine_options.h"
+
+#include <chrono>
+
+#include "parallel/communicator_factory.h"
+
+namespace sinkserve {
+
+void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
+  EngineOptions& e = f.engine;
+  p.add("-m,--model", "FILE", "GGUF model file", &e.model, true);
+  p.add("--device", "cpu|cuda", "where to compute (default cpu)", &e.device);
+  p.add("-t,--threads", "N", "CPU threads per rank (default: one per core)", &e.threads);
+  if (with_policy)
+    p.add("--policy", "NAME", "KV cache policy: sink (default), window, dense, recompute", &f.policy);
+  p.add("--sink", "S", "attention-sink tokens kept (default 4)", &e.sink);
+  p.add("--window", "W", "recent tokens attended (default: training context - sinks)", &e.window);
+  p.add("--chunk", "C", "prompt tokens per prefill step (default 64)", &e.chunk);
+  p.add("--ctx", "N", "capacity of the dense policy (default: training context)", &e.ctx);
+}
+
+EngineOptions finish_engine_options(const EngineFlags& f) {
+  EngineOptions e = f.engine;
+  try {
+    e.policy = parse_policy(f.policy);
+  } catch (const std::invalid_argument& ex) {
+    throw UsageError(std::string("--policy: ") + ex.what());
+  }
+  if (e.threads < 0) throw UsageError("--threads must be >= 0");
+  if (e.sink < 0) throw UsageError("--sink must be >= 0");
+  if (e.window < 0) throw UsageError("--window must be >= 1");
+  if (e.chunk < 1 || e.chunk > 65536) throw UsageError("--chunk must be in 1..65536");
+  if (e.ctx < 0) throw UsageError("--ctx must be >= 1");
+  if (e.device != "cpu" && e.device != "cuda") throw UsageError("--device must be cpu or cuda");
+  return e;
+}
+
+void add_sampling_options(ArgParser& p, SamplingFlags& f) {
+  SamplingParams& s = f.params;
+  p.add("--temp", "T", "temperature, 0 = greedy (default 0)", &s.temperature);
+  p.add("--top-k", "K", "keep the K most likely tokens, 0 = off", &s.top_k);
+  p.add("--top-p", "P", "nucleus sampling threshold, 1 = off", &s.top_p);
+  p.add("--min-p", "P", "drop tokens below P x the best probability, 0 = off", &s.min_p);
+  p.add("--repeat-penalty", "R", "penalty for recently seen tokens, 1 = off", &s.repeat_penalty);
+  p.add("--repeat-last-n", "N", "how many recent tokens the penalty looks at (default 64)",
+        &s.repeat_last_n);
+  p.add("--seed", "S", "random seed (default: from the clock)", &f.seed);
+}
+
+SamplingParams finish_sampling_options(const SamplingFlags& f) {
+  SamplingParams s = f.params;
+  if (!(s.temperature >= 0)) throw UsageError("--temp must be >= 0");
+  if (s.top_k < 0) throw UsageError("--top-k must be >= 0");
+  if (!(s.top_p > 0 && s.top_p <= 1)) throw UsageError("--top-p must be in (0, 1]");
+  if (!(s.min_p >= 0 && s.min_p <= 1)) throw UsageError("--min-p must be in [0, 1]");
+  if (!(s.repeat_penalty > 0)) throw UsageError("--repeat-penalty must be > 0");
+  if (s.repeat_last_n < 0) throw UsageError("--repeat-last-n must be >= 0");
+  s.seed = f.seed >= 0 ? uint64_t(f.seed)
+                       : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+  return s;
+}
+
+std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o) {
+  return make_communicator(o.device == "cuda" ? "nccl" : "auto");
+}
+
+}  // namespace sinkserve

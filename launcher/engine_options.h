@@ -1,0 +1,31 @@
+// Command-line options shared by every subcommand that runs a model.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "launcher/args.h"
+#include "parallel/communicator.h"
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+namespace sinkserve {
+
+struct EngineFlags {
+  EngineOptions engine;
+  std::string policy = "sink";
+};
+void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy = true);
+// Checks the values and resolves the policy name; throws UsageError naming the bad option.
+EngineOptions finish_engine_options(const EngineFlags& f);
+
+struct SamplingFlags {
+  SamplingParams params;
+  int64_t seed = -1;  // -1: from the clock
+};
+void add_sampling_options(ArgParser& p, SamplingFlags& f);
+SamplingParams finish_sampling_options(const SamplingFlags& f);
+
+// The communicator for this launch: MPI ranks under mpirun (NCCL between GPUs), else one rank.
+std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o);
+
+}  // namespace sinkserve

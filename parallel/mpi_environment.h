@@ -1,0 +1,35 @@
+// Process-wide MPI state shared by the MPI and NCCL communicators: one MPI_Init_thread per process,
+// one MPI_Finalize at exit, and what the launcher tells us before MPI is even initialized.
+#pragma once
+#include <mpi.h>
+
+#include <string>
+
+namespace sinkserve::mpi {
+
+// Whether this process was started by an MPI launcher (mpirun/mpiexec, or srun with PMI/PMIx).
+bool launched_by_mpirun();
+// The job size the launcher advertises in the environment, or -1 when it does not say.
+int launcher_world_size();
+
+// Initializes MPI once (thread level at least MPI_THREAD_FUNNELED: only the thread that creates the
+// communicator may call into it) and registers MPI_Finalize for normal process exit.
+void ensure_initialized();
+bool initialized();  // initialized and not yet finalized
+
+// This process's index among the job's processes on the same node, and how many there are: from
+// MPI_COMM_TYPE_SHARED when MPI is up, else from the launcher's environment, else (0, 1).
+struct NodePlacement {
+  int local_rank = 0;
+  int local_size = 1;
+};
+NodePlacement node_placement();
+
+// Throws std::runtime_error("<what>: <MPI's error string>") when rc is not MPI_SUCCESS. MPI errors
+// become exceptions (the communicators set MPI_ERRORS_RETURN), so run_ranked can report them.
+void check(int rc, const char* what);
+
+// Prints "sinkserve: rank R: <message>" and ends the whole job (MPI_Abort when MPI is up).
+[[noreturn]] void abort_job(int rank, const std::string& message);
+
+}  // namespace sinkserve::mpi

@@ -1,0 +1,48 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace sinkserve {
+
+CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
+  CacheConfig c;
+  c.policy = o.policy;
+  c.chunk = o.chunk;
+  const int64_t train = m.ctx_train > 0 ? m.ctx_train : 2048;
+  switch (o.policy) {
+    case Policy::Sink:
+    case Policy::Window:
+      c.sink = o.policy == Policy::Sink ? o.sink : 0;
+      c.window = o.window > 0 ? o.window : int(std::min<int64_t>(train, 4096) - c.sink);
+      break;
+    case Policy::Dense:
+      c.sink = 0;
+      c.window = int(o.ctx > 0 ? o.ctx : train);
+      break;
+    case Policy::Recompute:
+      c.sink = 0;
+      c.window = o.window > 0 ? o.window : int(std::min<int64_t>(train, 4096));
+      break;
+  }
+  if (c.window < 1) throw std::invalid_argument("the cache window must hold at least one token");
+  return c;
+}
+
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm) {
+  auto e = std::make_unique<Engine>();
+  e->comm = std::move(comm);
+  e->file = std::make_unique<GGUFFile>(o.model);
+  if (o.device == "cpu") e->backend = make_cpu_backend(o.threads);
+  else if (o.device == "cuda") e->backend = make_cuda_backend(e->comm->rank() % std::max(1, cuda_device_count()));
+  else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
+  e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
+  e->tokenizer = load_tokenizer(*e->file);
+  const CacheConfig cc = resolve_cache_config(o, e->model->config());
+  e->cache = std::make_unique<KVCache>(*e->backend, e->model->config().n_layers,
+                                       e->model->local_kv_dim(), cc, o.slots);
+  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache);
+  return e;
+}
+
+}  // namespace sinkserve

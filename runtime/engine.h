@@ -1,0 +1,47 @@
+// Everything one rank needs to run a model: communicator, weights, backend, tokenizer, the cache
+// slot pool and the lockstep driver, built from one set of options.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "cache/kv_cache.h"
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "runtime/gguf.h"
+#include "runtime/llama_model.h"
+#include "runtime/lockstep.h"
+#include "runtime/tokenizer.h"
+
+namespace sinkserve {
+
+struct EngineOptions {
+  std::string model;
+  std::string device = "cpu";  // cpu or cuda
+  int threads = 0;             // CPU worker threads, 0 = one per core
+  Policy policy = Policy::Sink;
+  int sink = 4;
+  int window = 0;    // 0: the model's training context minus the sinks (at most 4096)
+  int chunk = 64;    // tokens per prefill step and slot
+  int64_t ctx = 0;   // dense/recompute capacity; 0: the training context (dense) or window
+  int slots = 1;
+};
+
+struct Engine {
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<GGUFFile> file;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<KVCache> cache;
+  std::unique_ptr<Lockstep> lockstep;
+  bool leader() const { return comm->rank() == 0; }
+};
+
+// The communicator comes first (it initialises MPI under mpirun) so that every later failure can
+// end the whole job; open_engine builds the rest on it.
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm);
+
+// The cache geometry the options describe for this model (resolving the defaults).
+CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m);
+
+}  // namespace sinkserve

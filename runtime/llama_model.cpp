@@ -1,0 +1,272 @@
+#include "runtime/llama_model.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "runtime/gguf.h"
+
+namespace sinkserve {
+
+struct LlamaModel::Layer {
+  float* attn_norm = nullptr;
+  float* ffn_norm = nullptr;
+  Weight wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+// Activations of one step, sized for the largest step seen so far.
+struct LlamaModel::Scratch {
+  int64_t cap_tok = 0, cap_out = 0;
+  float *x = nullptr, *xb = nullptr, *q = nullptr, *q_sink = nullptr, *k = nullptr, *v = nullptr,
+        *att = nullptr, *o = nullptr, *gate = nullptr, *up = nullptr, *xo = nullptr,
+        *logits = nullptr, *gathered = nullptr;
+  std::vector<float*> all() { return {x, xb, q, q_sink, k, v, att, o, gate, up, xo, logits, gathered}; }
+};
+
+namespace {
+
+std::string shard_error(const GGUFFile& f, const std::string& what, int64_t n, int ranks) {
+  return f.path() + ": cannot shard over " + std::to_string(ranks) + " ranks: " + what + " (" +
+         std::to_string(n) + ") does not divide by " + std::to_string(ranks);
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
+    : cfg_(read_model_config(f)), backend_(backend), comm_(comm), s_(std::make_unique<Scratch>()) {
+  const int R = comm.size(), r = comm.rank();
+  const int hd = cfg_.head_dim, dim = cfg_.dim;
+  if (cfg_.n_heads % R) throw std::runtime_error(shard_error(f, "attention heads", cfg_.n_heads, R));
+  if (cfg_.ffn % R) throw std::runtime_error(shard_error(f, "feed-forward width", cfg_.ffn, R));
+  n_heads_local_ = cfg_.n_heads / R;
+  // KV heads are split like the query heads when they divide; otherwise every rank keeps the one
+  // KV head its query heads share (replication), which needs ranks to be a multiple of KV heads.
+  int kv_begin;
+  if (cfg_.n_kv_heads % R == 0) {
+    n_kv_local_ = cfg_.n_kv_heads / R;
+    kv_begin = r * n_kv_local_;
+  } else if (R % cfg_.n_kv_heads == 0) {
+    n_kv_local_ = 1;
+    kv_begin = r * n_heads_local_ / (cfg_.n_heads / cfg_.n_kv_heads);
+  } else {
+    throw std::runtime_error(f.path() + ": cannot shard " + std::to_string(cfg_.n_kv_heads) +
+                             " KV heads over " + std::to_string(R) +
+                             " ranks: one must be a multiple of the other");
+  }
+  ffn_local_ = cfg_.ffn / R;
+  vocab_local_ = (cfg_.vocab + R - 1) / R;
+  vocab_begin_ = r * vocab_local_;
+  const int vocab_rows = std::max(0, std::min(cfg_.vocab - vocab_begin_, vocab_local_));
+
+  auto vec = [&](const std::string& name, int64_t n) {
+    const GGUFTensorInfo& t = f.tensor(name, {n});
+    if (t.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + name + "' must be F32");
+    auto* p = static_cast<float*>(backend_.alloc(size_t(n) * 4));
+    backend_.to_device(p, t.data, size_t(n) * 4);
+    weight_bytes_ += n * 4;
+    return p;
+  };
+  // Rows [row0, row0 + rows) of a [rows_total][cols] matrix: contiguous, so a view of the file.
+  auto rows_of = [&](const std::string& name, int64_t cols, int64_t rows_total, int64_t row0,
+                     int64_t rows, const std::string& bias_name = "") {
+    const GGUFTensorInfo& t = f.tensor(name, {cols, rows_total});
+    const int64_t rb = dtype_row_bytes(t.type, cols);
+    const float* bias = nullptr;
+    if (!bias_name.empty()) {
+      const GGUFTensorInfo& b = f.tensor(bias_name, {rows_total});
+      if (b.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + bias_name + "' must be F32");
+      bias = reinterpret_cast<const float*>(b.data) + row0;
+      weight_bytes_ += rows * 4;
+    }
+    weight_bytes_ += rows * rb;
+    return backend_.prepare_weight(t.type, t.data + row0 * rb, rows, cols, bias);
+  };
+  // Columns [col0, col0 + cols) of every row: strided in the file, so this rank copies its shard.
+  auto cols_of = [&](const std::string& name, int64_t cols_total, int64_t rows, int64_t col0,
+                     int64_t cols) {
+    const GGUFTensorInfo& t = f.tensor(name, {cols_total, rows});
+    if (cols == cols_total) {
+      weight_bytes_ += int64_t(t.bytes);
+      return backend_.prepare_weight(t.type, t.data, rows, cols, nullptr);
+    }
+    const int64_t bv = dtype_block_values(t.type);
+    if (col0 % bv || cols % bv)
+      throw std::runtime_error(f.path() + ": cannot shard '" + name + "': " + std::to_string(cols) +
+                               "-column slices do not align to " + std::string(dtype_name(t.type)) +
+                               " blocks");
+    const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
+                  ob = dtype_row_bytes(t.type, col0);
+    std::vector<uint8_t>& buf = owned_.emplace_back(size_t(rows * sb));
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(&buf[size_t(i * sb)], t.data + i * rb + ob, size_t(sb));
+    weight_bytes_ += rows * sb;
+    return backend_.prepare_weight(t.type, buf.data(), rows, cols, nullptr);
+  };
+
+  const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
+  tok_embd_ = backend_.prepare_weight(f.tensor("token_embd.weight", {dim, cfg_.vocab}).type,
+                                      f.tensor("token_embd.weight").data, cfg_.vocab, dim, nullptr);
+  layers_.resize(size_t(cfg_.n_layers));
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& L = layers_[size_t(l)];
+    L.attn_norm = vec(p + "attn_norm.weight", dim);
+    L.ffn_norm = vec(p + "ffn_norm.weight", dim);
+    const bool b = cfg_.qkv_bias;
+    L.wq = rows_of(p + "attn_q.weight", dim, q_dim, int64_t(r) * n_heads_local_ * hd,
+                   int64_t(n_heads_local_) * hd, b ? p + "attn_q.bias" : "");
+    L.wk = rows_of(p + "attn_k.weight", dim, kv_dim, int64_t(kv_begin) * hd, int64_t(n_kv_local_) * hd,
+                   b ? p + "attn_k.bias" : "");
+    L.wv = rows_of(p + "attn_v.weight", dim, kv_dim, int64_t(kv_begin) * hd, int64_t(n_kv_local_) * hd,
+                   b ? p + "attn_v.bias" : "");
+    L.wo = cols_of(p + "attn_output.weight", q_dim, dim, int64_t(r) * n_heads_local_ * hd,
+                   int64_t(n_heads_local_) * hd);
+    L.w_gate = rows_of(p + "ffn_gate.weight", dim, cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_);
+    L.w_up = rows_of(p + "ffn_up.weight", dim, cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_);
+    L.w_down = cols_of(p + "ffn_down.weight", cfg_.ffn, dim, int64_t(r) * ffn_local_, ffn_local_);
+  }
+  output_norm_ = vec("output_norm.weight", dim);
+  output_ = rows_of(cfg_.tied_output ? "token_embd.weight" : "output.weight", dim, cfg_.vocab,
+                    vocab_begin_, vocab_rows);
+  // Every matrix above is read once per forward step; the embedding table only row by row.
+  streamed_bytes_ = weight_bytes_;
+  const int64_t embd = int64_t(f.tensor("token_embd.weight").bytes);
+  weight_bytes_ += cfg_.tied_output ? embd - dtype_row_bytes(output_.type, dim) * vocab_rows : embd;
+}
+
+LlamaModel::~LlamaModel() {
+  for (float* p : s_->all()) if (p) backend_.release(p);
+  for (Layer& L : layers_) {
+    backend_.release(L.attn_norm);
+    backend_.release(L.ffn_norm);
+  }
+  backend_.release(output_norm_);
+}
+
+int64_t LlamaModel::logit_rows(std::span<const SeqStep> steps) {
+  int64_t n = 0;
+  for (const SeqStep& s : steps) n += s.all_logits ? s.n : 1;
+  return n;
+}
+
+void LlamaModel::ensure_scratch(int64_t n_tok, int64_t n_out) {
+  if (n_tok <= s_->cap_tok && n_out <= s_->cap_out) return;
+  for (float* p : s_->all()) if (p) backend_.release(p);
+  Scratch& s = *s_;
+  s.cap_tok = std::max(n_tok, s.cap_tok);
+  s.cap_out = std::max(n_out, s.cap_out);
+  auto a = [&](int64_t rows, int64_t width) {
+    return static_cast<float*>(backend_.alloc(size_t(rows * width) * sizeof(float)));
+  };
+  const int64_t T = s.cap_tok, O = s.cap_out, hd = cfg_.head_dim;
+  s.x = a(T, cfg_.dim);
+  s.xb = a(T, cfg_.dim);
+  s.q = a(T, n_heads_local_ * hd);
+  s.q_sink = a(T, n_heads_local_ * hd);
+  s.k = a(T, n_kv_local_ * hd);
+  s.v = a(T, n_kv_local_ * hd);
+  s.att = a(T, n_heads_local_ * hd);
+  s.o = a(T, cfg_.dim);
+  s.gate = a(T, ffn_local_);
+  s.up = a(T, ffn_local_);
+  s.xo = a(O, cfg_.dim);
+  s.logits = a(O, vocab_local_);
+  s.gathered = comm_.size() > 1 ? a(O * comm_.size(), vocab_local_) : nullptr;
+}
+
+void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* logits) {
+  if (cache.kv_dim() != local_kv_dim() || cache.n_layers() != cfg_.n_layers)
+    throw std::invalid_argument("forward: the cache was not built for this model's shard");
+  int64_t T = 0;
+  for (const SeqStep& s : steps) {
+    if (s.n < 1) throw std::invalid_argument("forward: a step needs at least one token");
+    for (int i = 0; i < s.n; ++i)
+      if (s.tokens[i] < 0 || s.tokens[i] >= cfg_.vocab)
+        throw std::invalid_argument("forward: token id " + std::to_string(s.tokens[i]) +
+                                    " is outside the vocabulary of " + std::to_string(cfg_.vocab));
+    T += s.n;
+  }
+  if (T == 0) return;
+  const int64_t O = logit_rows(steps);
+
+  // Host-side plan: where each token's K/V go, its two rotations and its attention span.
+  std::vector<int32_t> tokens(size_t(T));
+  std::vector<TokenPlan> plan(size_t(T));
+  std::vector<int64_t> store(size_t(T)), pos_win(size_t(T)), pos_sink(size_t(T)), out_rows;
+  std::vector<AttnSpan> spans(size_t(T));
+  out_rows.reserve(size_t(O));
+  int64_t t = 0;
+  for (const SeqStep& s : steps) {
+    cache.plan(s.slot, s.n, &plan[size_t(t)]);
+    std::copy(s.tokens, s.tokens + s.n, &tokens[size_t(t)]);
+    for (int i = 0; i < s.n; ++i)
+      if (s.all_logits || i == s.n - 1) out_rows.push_back(t + i);
+    t += s.n;
+  }
+  bool shifted = false;  // whether any query sees its sinks from a shifted position
+  for (int64_t i = 0; i < T; ++i) {
+    store[size_t(i)] = plan[size_t(i)].store_row;
+    pos_win[size_t(i)] = plan[size_t(i)].pos_win;
+    pos_sink[size_t(i)] = plan[size_t(i)].pos_sink;
+    spans[size_t(i)] = plan[size_t(i)].span;
+    shifted |= pos_sink[size_t(i)] != pos_win[size_t(i)];
+  }
+
+  ensure_scratch(T, O);
+  Scratch& s = *s_;
+  Backend& be = backend_;
+  const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
+  const int64_t q_w = int64_t(n_heads_local_) * hd;
+  be.embed(tok_embd_, tokens.data(), T, s.x);
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    const Layer& L = layers_[size_t(l)];
+    // Attention block.
+    be.rmsnorm(s.xb, s.x, L.attn_norm, T, dim, cfg_.norm_eps);
+    be.matmul(L.wq, s.xb, T, s.q);
+    be.matmul(L.wk, s.xb, T, s.k);
+    be.matmul(L.wv, s.xb, T, s.v);
+    be.rope(s.k, T, n_kv_local_, hd, pos_win.data(), cfg_.rope);
+    if (shifted) {
+      be.copy(s.q_sink, s.q, size_t(T * q_w) * sizeof(float));
+      be.rope(s.q_sink, T, n_heads_local_, hd, pos_sink.data(), cfg_.rope);
+    }
+    be.rope(s.q, T, n_heads_local_, hd, pos_win.data(), cfg_.rope);
+    be.scatter_rows(cache.k(l), kv_w, store.data(), s.k, T);
+    be.scatter_rows(cache.v(l), kv_w, store.data(), s.v, T);
+    be.attention(s.q, shifted ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
+                 cache.v(l), spans.data(), s.att);
+    be.matmul(L.wo, s.att, T, s.o);
+    if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
+    be.add(s.x, s.o, T * dim);
+    // Feed-forward block.
+    be.rmsnorm(s.xb, s.x, L.ffn_norm, T, dim, cfg_.norm_eps);
+    be.matmul(L.w_gate, s.xb, T, s.gate);
+    be.matmul(L.w_up, s.xb, T, s.up);
+    be.swiglu(s.gate, s.gate, s.up, T * ffn_local_);
+    be.matmul(L.w_down, s.gate, T, s.o);
+    if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
+    be.add(s.x, s.o, T * dim);
+  }
+  // Output head, only for the rows whose logits were asked for.
+  be.gather_rows(s.xo, dim, out_rows.data(), s.x, O);
+  be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
+  be.matmul(output_, s.xo, O, s.logits);
+  for (const SeqStep& st : steps) cache.commit(st.slot, st.n);
+  if (comm_.size() == 1) {
+    be.to_host(logits, s.logits, size_t(O * cfg_.vocab) * sizeof(float));
+    return;
+  }
+  // Each rank computed a vocabulary slice; gather them and interleave into full rows.
+  comm_.all_gather(s.logits, s.gathered, size_t(O) * vocab_local_);
+  std::vector<float> host(size_t(O * vocab_local_ * comm_.size()));
+  be.to_host(host.data(), s.gathered, host.size() * sizeof(float));
+  for (int rk = 0; rk < comm_.size(); ++rk) {
+    const int64_t begin = int64_t(rk) * vocab_local_;
+    const int64_t n = std::min<int64_t>(vocab_local_, cfg_.vocab - begin);
+    for (int64_t o = 0; n > 0 && o < O; ++o)
+      std::memcpy(logits + o * cfg_.vocab + begin, &host[size_t((rk * O + o) * vocab_local_)],
+                  size_t(n) * sizeof(float));
+  }
+}
+
+}  // namespace sinkserve

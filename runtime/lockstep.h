@@ -1,0 +1,51 @@
+// Keeps every rank's model and cache in lockstep. Rank 0 (the leader) decides each step: cache
+// slot operations and forward steps. Each decision is broadcast before it is carried out, and the
+// other ranks (followers) replay them in order inside follow(). Eviction is a pure function of
+// the operations, so identical replays give identical caches; every `verify_every` steps the
+// ranks compare a hash of their cache metadata and abort together on a mismatch.
+#pragma once
+#include <cstdint>
+#include <span>
+
+#include "cache/kv_cache.h"
+#include "runtime/llama_model.h"
+
+namespace sinkserve {
+
+class Lockstep {
+ public:
+  Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64);
+  bool leader() const { return model_.comm().rank() == 0; }
+  LlamaModel& model() { return model_; }
+  KVCache& cache() { return cache_; }
+
+  // Leader only: each call runs on every rank.
+  int acquire();  // -1 when no slot is free
+  void release(int slot);
+  void reset(int slot, int64_t offset = 0);
+  void step(std::span<const SeqStep> steps, float* logits);
+  // Ends follow() on the other ranks after a final consistency check.
+  void finish();
+
+  // Followers: replay the leader's calls until finish(). Returns normally on finish.
+  void follow();
+
+ private:
+  enum class Op : uint32_t { Acquire, Release, Reset, Step, Finish };
+  struct Header {
+    Op op;
+    int32_t slot;
+    int64_t arg;  // Reset: offset; Step: number of sequences
+    int64_t n_tokens;
+  };
+  void send(const Header& h);
+  void run_step(std::span<const SeqStep> steps, float* logits);
+  void verify();
+
+  LlamaModel& model_;
+  KVCache& cache_;
+  int verify_every_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace sinkserve

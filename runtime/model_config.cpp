@@ -1,0 +1,122 @@
+#include "runtime/model_config.h"
+
+#include <cmath>
+#include <optional>
+
+#include "runtime/gguf.h"
+
+namespace sinkserve {
+
+namespace {
+
+// Bounds far beyond any released model but small enough that products of them (buffer sizes)
+// stay far from overflowing: a value past them is a corrupt file, not a big model.
+constexpr int64_t kMaxDim = 1 << 20;
+constexpr int64_t kMaxLayers = 1 << 12;
+constexpr int64_t kMaxVocab = 1 << 24;
+
+struct Reader {
+  const GGUFFile& f;
+  const std::string& arch;
+
+  [[noreturn]] void fail(const std::string& what) const { throw GGUFError(f.path() + ": " + what); }
+
+  int checked(const std::string& key, int64_t v, int64_t max) const {
+    if (v <= 0 || v > max)
+      fail("metadata key '" + key + "' is " + std::to_string(v) + " (must be 1 to " + std::to_string(max) + ")");
+    return int(v);
+  }
+  int get(const std::string& suffix, int64_t max) const {
+    const std::string key = arch + "." + suffix;
+    return checked(key, f.get_int(key), max);
+  }
+  std::optional<int> find(const std::string& suffix, int64_t max) const {
+    const std::string key = arch + "." + suffix;
+    auto v = f.find_int(key);
+    if (!v) return std::nullopt;
+    return checked(key, *v, max);
+  }
+  double positive_float(const std::string& key, double v, double max) const {
+    if (!std::isfinite(v) || v <= 0 || v > max)
+      fail("metadata key '" + key + "' is " + std::to_string(v) + " (must be positive and at most " +
+           std::to_string(max) + ")");
+    return v;
+  }
+};
+
+}  // namespace
+
+ModelConfig read_model_config(const GGUFFile& f) {
+  ModelConfig c;
+  c.arch = f.get_string("general.architecture");
+  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2")
+    throw GGUFError(f.path() + ": architecture '" + c.arch +
+                    "' is not supported (supported: llama, mistral, qwen2)");
+  c.name = f.find_string("general.name").value_or("");
+  const Reader r{f, c.arch};
+  const std::string& a = c.arch;
+
+  c.n_layers = r.get("block_count", kMaxLayers);
+  c.dim = r.get("embedding_length", kMaxDim);
+  c.ffn = r.get("feed_forward_length", kMaxDim * 4);
+  c.n_heads = r.get("attention.head_count", c.dim);
+  c.n_kv_heads = r.find("attention.head_count_kv", c.n_heads).value_or(c.n_heads);
+  if (c.dim % c.n_heads != 0)
+    r.fail(a + ".attention.head_count " + std::to_string(c.n_heads) + " does not divide " + a +
+           ".embedding_length " + std::to_string(c.dim));
+  if (c.n_heads % c.n_kv_heads != 0)
+    r.fail(a + ".attention.head_count_kv " + std::to_string(c.n_kv_heads) + " does not divide " + a +
+           ".attention.head_count " + std::to_string(c.n_heads));
+  c.head_dim = c.dim / c.n_heads;
+  for (const char* k : {"attention.key_length", "attention.value_length"})
+    if (auto v = r.find(k, kMaxDim); v && *v != c.head_dim)
+      r.fail(a + "." + k + " is " + std::to_string(*v) + ", but sinkserve needs heads of " + a +
+             ".embedding_length / head_count = " + std::to_string(c.head_dim));
+  if (c.head_dim % 2 != 0) r.fail("head dimension " + std::to_string(c.head_dim) + " is odd: RoPE rotates pairs");
+  if (auto rd = r.find("rope.dimension_count", kMaxDim); rd && *rd != c.head_dim)
+    r.fail(a + ".rope.dimension_count is " + std::to_string(*rd) + ", but partial rotary embeddings are not "
+           "supported (it must equal the head dimension " + std::to_string(c.head_dim) + ")");
+
+  const std::string eps_key = a + ".attention.layer_norm_rms_epsilon";
+  c.norm_eps = float(r.positive_float(eps_key, f.get_float(eps_key), 1.0));
+
+  const std::string base_key = a + ".rope.freq_base";
+  c.rope.freq_base = float(r.positive_float(base_key, f.find_float(base_key).value_or(10000.0), 1e12));
+  const std::string type_key = a + ".rope.scaling.type";
+  const std::string scaling = f.find_string(type_key).value_or("none");
+  if (scaling == "linear") {
+    const std::string factor_key = a + ".rope.scaling.factor";
+    c.rope.freq_scale = float(1.0 / r.positive_float(factor_key, f.get_float(factor_key), 1e6));
+  } else if (scaling != "none") {
+    r.fail(type_key + " is '" + scaling + "': only 'linear' RoPE scaling is supported");
+  } else if (auto legacy = f.find_float(a + ".rope.scale_linear")) {
+    // Older converters wrote the linear factor under this key instead.
+    c.rope.freq_scale = float(1.0 / r.positive_float(a + ".rope.scale_linear", *legacy, 1e6));
+  }
+  c.rope.neox = a == "qwen2";
+  c.qkv_bias = a == "qwen2";
+
+  const std::string ctx_key = a + ".context_length";
+  c.ctx_train = f.get_int(ctx_key);
+  if (c.ctx_train <= 0 || c.ctx_train > (int64_t(1) << 32))
+    r.fail("metadata key '" + ctx_key + "' is " + std::to_string(c.ctx_train) + " (must be 1 to 2^32)");
+  if (auto w = f.find_int(a + ".attention.sliding_window")) {
+    if (*w < 0) r.fail(a + ".attention.sliding_window is negative");
+    c.sliding_window = *w;
+  }
+
+  const GGUFTensorInfo* embd = f.find_tensor("token_embd.weight");
+  std::optional<int64_t> n_tokens;
+  if (f.find("tokenizer.ggml.tokens")) n_tokens = int64_t(f.get_array("tokenizer.ggml.tokens").items.size());
+  if (n_tokens && embd && embd->ne.size() == 2 && embd->ne[1] != *n_tokens)
+    r.fail("the tokenizer has " + std::to_string(*n_tokens) + " tokens but token_embd.weight has " +
+           std::to_string(embd->ne[1]) + " rows");
+  if (n_tokens) c.vocab = r.checked("tokenizer.ggml.tokens (count)", *n_tokens, kMaxVocab);
+  else if (embd && embd->ne.size() == 2) c.vocab = r.checked("token_embd.weight rows", embd->ne[1], kMaxVocab);
+  else r.fail("no vocabulary: neither tokenizer.ggml.tokens nor a 2-D token_embd.weight is present");
+
+  c.tied_output = f.find_tensor("output.weight") == nullptr;
+  return c;
+}
+
+}  // namespace sinkserve

@@ -1,0 +1,200 @@
+// Continuous batching over the cache slot pool. Many requests share every forward step: each
+// decoding stream contributes its one next token, prompts are cut into chunks of at most the
+// cache's chunk size and interleaved round-robin, so a long prompt never stalls the streams that
+// are already decoding. Sessions keep their cache slot between requests: a new turn encodes only
+// what the session has not seen yet.
+//
+// Threading: run() is the compute loop and the only code that touches the model, the cache and
+// the communicator (rank 0; the other ranks replay its steps in Lockstep::follow()). Every other
+// public member is thread-safe and never waits for a forward step. Requests report back through
+// their EventSink, called on the compute thread: it must not block.
+//
+// The scheduler knows tokens, sessions and slots; it knows nothing of HTTP or JSON.
+#pragma once
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/chat_template.h"
+#include "runtime/lockstep.h"
+#include "runtime/sampler.h"
+#include "runtime/tokenizer.h"
+
+namespace sinkserve {
+
+enum class FinishReason { Stop, Length, Cancelled, Shutdown };
+const char* finish_reason_name(FinishReason r);
+
+// Why a request was refused before it produced anything.
+enum class RejectReason { BadRequest, NoSlot, SessionBusy, ShuttingDown };
+
+struct Usage {
+  int64_t prompt_tokens = 0;      // tokens this request encoded
+  int64_t completion_tokens = 0;  // tokens it generated
+  int64_t cached_tokens = 0;      // session tokens already in the cache when it started
+};
+
+struct StreamEvent {
+  enum class Kind { Started, Token, Done, Rejected };
+  Kind kind = Kind::Started;
+  int32_t token = -1;  // Token: the generated id
+  std::string text;    // Token: text that became final with it (may be empty: stop-string
+                       // look-ahead or an incomplete UTF-8 character holds text back)
+  FinishReason finish = FinishReason::Stop;  // Done
+  Usage usage;                                // Done
+  RejectReason reject = RejectReason::BadRequest;  // Rejected
+  std::string message;                             // Rejected: what was wrong
+};
+
+// Returns false to cancel the request (the client is gone or cannot keep up): no further event
+// is delivered for it, and its slot is freed before the next step.
+using EventSink = std::function<bool(const StreamEvent&)>;
+
+struct GenerationRequest {
+  std::string session;  // empty: stateless, the slot is freed when the request ends
+  bool chat = false;
+  // Chat: the full conversation. On a session, the prefix the session has already seen (its
+  // earlier requests' messages and replies) must be repeated verbatim and is skipped.
+  std::vector<ChatMessage> messages;
+  std::string prompt;  // completion: raw text appended to the stream
+  SamplingParams sampling;
+  int max_tokens = -1;  // -1: the scheduler's default
+  std::vector<std::string> stop;
+  EventSink sink;
+};
+
+struct SchedulerOptions {
+  double session_ttl_s = 600;    // idle sessions older than this are dropped
+  int default_max_tokens = 256;  // for requests that do not say
+  int step_tokens = 0;           // token budget of one step for prompt chunks; 0: 4 x chunk
+  ChatTemplate chat_template = ChatTemplate::None;
+};
+
+struct SessionInfo {
+  std::string id;
+  int64_t tokens = 0;  // tokens streamed through its slot
+  int64_t messages = 0;
+  double last_use_unix = 0;  // seconds since the epoch
+  bool busy = false;
+};
+
+// Cumulative latency distribution with fixed upper bounds (seconds), Prometheus-style.
+struct LatencyHistogram {
+  static constexpr std::array<double, 14> kBounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                     0.1,   0.25,   0.5,   1,    2.5,   5,
+                                                     10,    30};
+  std::array<uint64_t, kBounds.size() + 1> counts{};  // last: above every bound
+  uint64_t count = 0;
+  double sum = 0;
+  void observe(double seconds);
+};
+
+struct SchedulerStats {
+  uint64_t requests_started = 0;
+  uint64_t requests_finished[4] = {};  // by FinishReason
+  uint64_t requests_rejected[4] = {};  // by RejectReason
+  uint64_t prompt_tokens = 0;
+  uint64_t generated_tokens = 0;
+  uint64_t steps = 0;
+  uint64_t sessions_evicted = 0;
+  uint64_t sessions_expired = 0;
+  LatencyHistogram ttft;  // submit to first generated token
+  LatencyHistogram itl;   // between consecutive generated tokens of a request
+  int sessions = 0;       // sessions holding a slot
+  int running = 0;        // requests being computed
+  int free_slots = 0;
+  int total_slots = 0;
+};
+
+class Scheduler {
+ public:
+  // `ls` must be the leader's (rank 0). The tokenizer must outlive the scheduler.
+  Scheduler(Lockstep& ls, const Tokenizer& tok, SchedulerOptions opt);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request; its sink hears Started or Rejected first. Returns an id for cancel().
+  uint64_t submit(GenerationRequest r);
+  // Ends a request with FinishReason::Cancelled at the next step; unknown ids are ignored.
+  void cancel(uint64_t id);
+  // Drops a session and frees its slot (cancelling its running request). False when unknown.
+  bool delete_session(const std::string& id);
+  std::vector<SessionInfo> sessions() const;
+  SchedulerStats stats() const;
+
+  // The compute loop: returns after stop(), once every request has ended and the other ranks
+  // have been released from Lockstep::follow().
+  void run();
+  // Thread-safe and async-signal-unsafe: ends run() at the next step, finishing running requests
+  // with FinishReason::Shutdown and refusing queued ones.
+  void stop();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Session {
+    std::string id;
+    int slot = -1;
+    bool busy = false;
+    bool doomed = false;  // deleted while busy: dropped when its request ends
+    uint64_t active_id = 0;
+    int64_t tokens = 0;
+    // Fingerprints of the messages the cache holds (the replies included), to find where a
+    // request's history ends and its new turns begin without keeping the text.
+    std::vector<uint64_t> history;
+    ChatTurnState chat;  // where the incremental template renderer stands
+    std::vector<int32_t> carry;  // sampled last but never fed: the next turn starts with them
+    Clock::time_point last_use;
+    std::chrono::system_clock::time_point last_use_wall;
+  };
+  struct Active;
+  struct Pending {
+    uint64_t id;
+    GenerationRequest req;
+    Clock::time_point submitted;
+  };
+
+  void admit(Pending& p);
+  bool take_slot(int* slot);
+  void drop_session_locked(std::unordered_map<std::string, Session>::iterator it);
+  void expire_sessions_locked(Clock::time_point now);
+  void release_pending_slots();
+  void run_step();
+  bool deliver(Active& a, const StreamEvent& e);
+  void on_token(Active& a, int32_t token, Clock::time_point now);
+  void finish(Active& a, FinishReason why);
+  void reject(Pending& p, RejectReason why, std::string message);
+  std::vector<int32_t> encode_request(Session* s, const GenerationRequest& r, std::string* err,
+                                      std::vector<uint64_t>* new_history, ChatTurnState* turn);
+
+  Lockstep& ls_;
+  const Tokenizer& tok_;
+  SchedulerOptions opt_;
+  std::vector<std::string> template_stops_;
+  std::vector<int32_t> end_tokens_;  // EOS and the template's end-of-turn tokens
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> inbox_;
+  std::vector<uint64_t> cancels_;
+  std::vector<int> releases_;  // slots of deleted sessions, freed by the compute thread
+  std::unordered_map<std::string, Session> sessions_;
+  SchedulerStats stats_;
+  bool stop_ = false;
+  uint64_t next_id_ = 1;
+
+  // Compute thread only.
+  std::vector<std::unique_ptr<Active>> active_;
+  size_t rr_ = 0;  // round-robin position among prompt-feeding requests
+  std::vector<float> logits_;
+};
+
+}  // namespace sinkserve

@@ -1,0 +1,36 @@
+// One endless token stream through one cache slot, under the cache's policy. Long inputs are fed
+// in chunks of at most the cache's chunk size; the recompute policy rebuilds the window's KV from
+// scratch for every token (the correct but slow baseline of the StreamingLLM paper).
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <span>
+
+#include "runtime/lockstep.h"
+
+namespace sinkserve {
+
+class Stream {
+ public:
+  // Acquires a slot (throws std::runtime_error when none is free). `offset` is the position of
+  // the stream's first token (a test hook: streams must not depend on it).
+  explicit Stream(Lockstep& ls, int64_t offset = 0);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Appends tokens and writes logits (vocab floats per row) of the last token, or of every token
+  // when `all` is set (tokens.size() rows).
+  void feed(std::span<const int32_t> tokens, float* logits, bool all = false);
+  int64_t tokens() const { return n_; }
+  int slot() const { return slot_; }
+
+ private:
+  Lockstep& ls_;
+  int slot_;
+  int64_t offset_;
+  int64_t n_ = 0;
+  std::deque<int32_t> recent_;  // recompute: the last `window` tokens
+};
+
+}  // namespace sinkserve

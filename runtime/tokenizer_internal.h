@@ -1,0 +1,89 @@
+// Shared pieces of the tokenizer implementations (runtime/tokenizer*.cpp); not a public interface.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/tokenizer.h"
+
+namespace sinkserve {
+class GGUFFile;
+}
+
+namespace sinkserve::tok {
+
+// ---- Unicode -------------------------------------------------------------------------------
+
+// The general-category classes the pre-tokenizer regexes name (\p{L}, \p{N}, \p{P}).
+enum class CharClass : uint8_t { kOther, kLetter, kNumber, kPunct };
+CharClass char_class(uint32_t cp);
+// \s of the regex engines the reference tokenizers use (White_Space property).
+bool is_whitespace(uint32_t cp);
+
+// Returned by utf8_next for a byte that does not start a well-formed character.
+inline constexpr uint32_t kInvalidCodepoint = 0xFFFFFFFF;
+
+// Decodes the character at s[i]. Returns its length in bytes (>= 1 when i < s.size()) and sets
+// *cp; a malformed sequence yields kInvalidCodepoint and the length of its maximal valid prefix
+// (at least 1), the Unicode "maximal subpart" convention.
+size_t utf8_next(std::string_view s, size_t i, uint32_t* cp);
+// Like utf8_next, but reports an incomplete yet so far valid sequence at the end of `s` by
+// returning 0 (more bytes could still make it whole).
+size_t utf8_next_or_incomplete(std::string_view s, size_t i, uint32_t* cp);
+void utf8_append(std::string& out, uint32_t cp);
+
+// ---- Vocabulary ----------------------------------------------------------------------------
+
+// Token types of tokenizer.ggml.token_type (llama.cpp's numbering).
+enum TokenType : int32_t {
+  kTypeNormal = 1, kTypeUnknown = 2, kTypeControl = 3, kTypeUserDefined = 4, kTypeUnused = 5,
+  kTypeByte = 6,
+};
+
+// A run of the input: raw text to tokenize, or a special token matched literally.
+struct Fragment {
+  std::string_view text;
+  int32_t token = -1;  // -1: raw text
+};
+
+// Token strings, scores and types as the GGUF file stores them, plus the lookups every
+// tokenizer needs. Not copyable: `ids_` holds views into `text`.
+class Vocab {
+ public:
+  Vocab(const GGUFFile& f, bool spm);
+  Vocab(const Vocab&) = delete;
+  Vocab& operator=(const Vocab&) = delete;
+
+  int32_t size() const { return int32_t(text.size()); }
+  int32_t find(std::string_view s) const {
+    auto it = ids_.find(s);
+    return it == ids_.end() ? -1 : it->second;
+  }
+  // Splits `s` at every literal occurrence of a control, user-defined or unknown token (as
+  // llama.cpp does with parse_special), leftmost first and the longest token at a position.
+  void partition(std::string_view s, std::vector<Fragment>& out) const;
+
+  std::vector<std::string> text;
+  std::vector<float> score;
+  std::vector<int32_t> type;
+  int32_t bos = -1, eos = -1, unk = -1;
+  bool add_bos = false;
+
+ private:
+  std::unordered_map<std::string_view, int32_t> ids_;
+  // Special tokens by their first byte, longest first, so that a scan of the input touches only
+  // the candidates that can start at each position.
+  std::array<std::vector<int32_t>, 256> special_by_first_byte_;
+};
+
+// Reads an optional boolean metadata key (GGUF bool, or an integer as some converters write).
+bool find_bool(const GGUFFile& f, const std::string& key, bool fallback);
+
+std::unique_ptr<Tokenizer> make_spm_tokenizer(const GGUFFile& f);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const GGUFFile& f);
+
+}  // namespace sinkserve::tok

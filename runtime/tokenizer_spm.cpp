@@ -1,0 +1,196 @@
+// SentencePiece-style BPE over scored pieces ("llama" vocabularies), the algorithm of llama.cpp's
+// llm_tokenizer_spm: start from single characters, repeatedly merge the adjacent pair whose
+// concatenation is the highest-scoring token (leftmost on ties), and spell what never became a
+// token with <0xNN> byte tokens. A heap of candidate pairs over a linked list of symbols keeps it
+// O(n log n) in the text length; SentencePiece has no pre-split, so whole texts go through at once.
+#include <cstdio>
+#include <limits>
+#include <queue>
+#include <stdexcept>
+
+#include "runtime/gguf.h"
+#include "runtime/tokenizer_internal.h"
+
+namespace sinkserve::tok {
+
+namespace {
+
+constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
+
+class SpmTokenizer final : public Tokenizer {
+ public:
+  explicit SpmTokenizer(const GGUFFile& f)
+      : v_(f, /*spm=*/true), add_space_prefix_(find_bool(f, "tokenizer.ggml.add_space_prefix", true)) {
+    byte_token_.fill(-1);
+    pieces_.resize(v_.text.size());
+    for (int32_t id = 0; id < v_.size(); ++id) {
+      const std::string& t = v_.text[id];
+      switch (v_.type[id]) {
+        case kTypeByte: {
+          unsigned b = 0;
+          int end = 0;
+          if (std::sscanf(t.c_str(), "<0x%2X>%n", &b, &end) != 1 || size_t(end) != t.size())
+            throw GGUFError(f.path() + ": byte token " + std::to_string(id) + " is '" + t +
+                            "', expected the form <0xNN>");
+          if (byte_token_[b] < 0) byte_token_[b] = id;
+          pieces_[id] = std::string(1, char(b));
+          break;
+        }
+        case kTypeNormal:
+          pieces_[id] = unescape(t);
+          break;
+        case kTypeUserDefined:
+          pieces_[id] = t;
+          break;
+        case kTypeUnknown:
+          pieces_[id] = " \xE2\x81\x87 ";  // SentencePiece's surface for <unk>: " ⁇ "
+          break;
+        default:  // control and unused tokens have no text
+          break;
+      }
+    }
+  }
+
+  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
+    std::vector<int32_t> out;
+    if (add_bos && v_.add_bos) out.push_back(v_.bos);
+    std::vector<Fragment> fragments;
+    v_.partition(text, fragments);
+    // As SentencePiece sees it, every run of text after a special token starts a new sentence.
+    bool after_special = true;
+    std::string escaped;
+    for (const Fragment& fr : fragments) {
+      if (fr.token >= 0) {
+        out.push_back(fr.token);
+        after_special = true;
+        continue;
+      }
+      escaped.clear();
+      if (add_space_prefix_ && after_special) escaped += kSpace;
+      for (char c : fr.text) {
+        if (c == ' ')
+          escaped += kSpace;
+        else
+          escaped += c;
+      }
+      tokenize(escaped, out);
+      after_special = false;
+    }
+    return out;
+  }
+
+  std::string piece(int32_t id) const override {
+    if (id < 0 || id >= v_.size())
+      throw std::out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                              std::to_string(v_.size()) + " tokens");
+    return pieces_[id];
+  }
+  int32_t bos() const override { return v_.bos; }
+  int32_t eos() const override { return v_.eos; }
+  int32_t vocab_size() const override { return v_.size(); }
+  int32_t find(std::string_view text) const override { return v_.find(text); }
+  std::string model_name() const override { return "llama"; }
+  bool strips_leading_space() const override { return add_space_prefix_; }
+
+ private:
+  struct Symbol {
+    int32_t prev, next;
+    uint32_t offset, len;  // bytes of the escaped text; len 0 once merged into its left neighbour
+    int32_t token;         // -1: not a token (spelled with byte tokens at the end)
+  };
+  struct Pair {
+    float score;
+    int32_t left, right;
+    uint32_t len;  // len of left + right when queued: a mismatch later means the pair is stale
+    int32_t token;
+  };
+  struct PairOrder {  // highest score first, then leftmost
+    bool operator()(const Pair& a, const Pair& b) const {
+      return a.score < b.score || (a.score == b.score && a.left > b.left);
+    }
+  };
+
+  static std::string unescape(const std::string& t) {
+    std::string out;
+    for (size_t i = 0; i < t.size();) {
+      if (t.compare(i, kSpace.size(), kSpace) == 0) {
+        out += ' ';
+        i += kSpace.size();
+      } else {
+        out += t[i++];
+      }
+    }
+    return out;
+  }
+
+  void tokenize(std::string_view text, std::vector<int32_t>& out) const {
+    if (text.empty()) return;
+    if (text.size() > size_t(std::numeric_limits<int32_t>::max()))
+      throw std::length_error("text of " + std::to_string(text.size()) + " bytes is too long to tokenize");
+
+    std::vector<Symbol> sym;
+    sym.reserve(text.size());
+    for (size_t i = 0; i < text.size();) {
+      uint32_t cp;
+      // A malformed byte stays a symbol of its own, which byte fallback then spells exactly.
+      const size_t n = utf8_next(text, i, &cp);
+      const int32_t idx = int32_t(sym.size());
+      sym.push_back({idx - 1, i + n < text.size() ? idx + 1 : -1, uint32_t(i), uint32_t(n),
+                     v_.find(text.substr(i, n))});
+      i += n;
+    }
+
+    std::vector<Pair> storage;
+    storage.reserve(sym.size());
+    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue(PairOrder{}, std::move(storage));
+    auto try_pair = [&](int32_t l, int32_t r) {
+      if (l < 0 || r < 0) return;
+      const uint32_t len = sym[l].len + sym[r].len;
+      const int32_t id = v_.find(text.substr(sym[l].offset, len));
+      if (id >= 0) queue.push({v_.score[id], l, r, len, id});
+    };
+    for (int32_t i = 1; i < int32_t(sym.size()); ++i) try_pair(i - 1, i);
+
+    while (!queue.empty()) {
+      const Pair p = queue.top();
+      queue.pop();
+      Symbol& l = sym[p.left];
+      Symbol& r = sym[p.right];
+      // Symbols only grow, so an unchanged total length means neither side merged since.
+      if (l.len == 0 || r.len == 0 || l.len + r.len != p.len) continue;
+      l.len += r.len;
+      l.token = p.token;
+      r.len = 0;
+      l.next = r.next;
+      if (r.next >= 0) sym[r.next].prev = p.left;
+      try_pair(l.prev, p.left);
+      try_pair(p.left, l.next);
+    }
+
+    for (int32_t i = 0; i >= 0; i = sym[i].next) {
+      const Symbol& s = sym[i];
+      if (s.token >= 0) {
+        out.push_back(s.token);
+        continue;
+      }
+      bool spellable = true;
+      for (uint32_t k = 0; k < s.len; ++k) spellable &= byte_token_[uint8_t(text[s.offset + k])] >= 0;
+      if (!spellable) {  // a vocabulary without byte fallback: one <unk> per character
+        if (v_.unk >= 0) out.push_back(v_.unk);
+        continue;
+      }
+      for (uint32_t k = 0; k < s.len; ++k) out.push_back(byte_token_[uint8_t(text[s.offset + k])]);
+    }
+  }
+
+  Vocab v_;
+  bool add_space_prefix_;
+  std::array<int32_t, 256> byte_token_;
+  std::vector<std::string> pieces_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> make_spm_tokenizer(const GGUFFile& f) { return std::make_unique<SpmTokenizer>(f); }
+
+}  // namespace sinkserve::tok
