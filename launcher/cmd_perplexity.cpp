@@ -85,7 +85,7 @@ int run(int argc, char** argv) {
       std::fprintf(csv.get(), "index,nll,ppl,cache_tokens,kv_bytes,rss_bytes,latency_ms\n");
     }
     const int vocab = e->model->config().vocab;
-    std::vector<float> logits(size_t(vocab));
+    std::vector<float> logits(static_cast<size_t>(vocab));
     std::vector<double> nll;
     nll.reserve(size_t(n));
     double sum = 0, latency_sum = 0;

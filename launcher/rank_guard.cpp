@@ -21,6 +21,8 @@ int run_ranked(const char* cmd, Communicator& comm, const std::function<int()>& 
   std::fprintf(stderr, "sinkserve %s: rank %d: error: %s\n", cmd, comm.rank(), what.c_str());
   std::fflush(stderr);
   comm.abort("ending all " + std::to_string(comm.size()) + " ranks after the error above");
+  // GCC does not carry [[noreturn]] through a virtual call.
+  __builtin_unreachable();
 }
 
 }  // namespace sinkserve

@@ -1,5 +1,6 @@
 #include "parallel/lockstep.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
@@ -15,10 +16,21 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
-std::string rank_list(const std::vector<int>& ranks) {
-  std::string s = ranks.size() == 1 ? "rank " : "ranks ";
-  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? "," : "") + std::to_string(ranks[i]);
+std::string joined(const std::vector<int>& ranks) {
+  std::string s;
+  for (int r : ranks) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(r);
+  }
   return s;
+}
+
+std::string rank_list(const std::vector<int>& ranks) {
+  return (ranks.size() == 1 ? "rank " : "ranks ") + joined(ranks);
+}
+
+std::string have(const std::vector<int>& ranks, uint64_t hash) {
+  return rank_list(ranks) + (ranks.size() == 1 ? " has " : " have ") + hex(hash);
 }
 
 }  // namespace
@@ -39,15 +51,18 @@ void verify_lockstep(Communicator& comm, uint64_t hash, const char* what) {
   uint64_t reference = hashes[0];
   for (const auto& [h, ranks] : groups)
     if (ranks.size() > groups[reference].size()) reference = h;
-  std::string diverged, detail;
+  std::vector<int> diverged;
+  std::string detail;
   for (const auto& [h, ranks] : groups) {
     if (h == reference) continue;
-    for (int r : ranks) diverged += (diverged.empty() ? "" : ",") + std::to_string(r);
-    detail += (detail.empty() ? "" : ", ") + rank_list(ranks) + " has " + hex(h);
+    diverged.insert(diverged.end(), ranks.begin(), ranks.end());
+    if (!detail.empty()) detail += ", ";
+    detail += have(ranks, h);
   }
-  throw std::runtime_error(std::string("ranks out of lockstep in ") + what + ": diverged rank(s) " +
-                           diverged + " (" + detail + "; " + rank_list(groups[reference]) +
-                           " has " + hex(reference) + ")");
+  std::sort(diverged.begin(), diverged.end());
+  throw std::runtime_error(std::string("ranks out of lockstep in ") + what + ": diverged " +
+                           rank_list(diverged) + " (" + detail + ", " +
+                           have(groups[reference], reference) + ")");
 }
 
 }  // namespace sinkserve

@@ -11,7 +11,7 @@ namespace sinkserve {
 
 // Collective: every rank calls it with its own hash. Returns when all hashes are equal; otherwise
 // throws std::runtime_error on every rank, naming the ranks that diverged (those outside the
-// largest group of equal hashes; on a tie, outside rank 0's group) and their hashes. Under
+// largest group of equal hashes, rank 0's group when no group is larger) and their hashes. Under
 // run_ranked that ends the job.
 void verify_lockstep(Communicator& comm, uint64_t hash, const char* what);
 

@@ -190,10 +190,10 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   const int64_t O = logit_rows(steps);
 
   // Host-side plan: where each token's K/V go, its two rotations and its attention span.
-  std::vector<int32_t> tokens(size_t(T));
-  std::vector<TokenPlan> plan(size_t(T));
-  std::vector<int64_t> store(size_t(T)), pos_win(size_t(T)), pos_sink(size_t(T)), out_rows;
-  std::vector<AttnSpan> spans(size_t(T));
+  std::vector<int32_t> tokens(static_cast<size_t>(T));
+  std::vector<TokenPlan> plan(static_cast<size_t>(T));
+  std::vector<int64_t> store(static_cast<size_t>(T)), pos_win(static_cast<size_t>(T)), pos_sink(static_cast<size_t>(T)), out_rows;
+  std::vector<AttnSpan> spans(static_cast<size_t>(T));
   out_rows.reserve(size_t(O));
   int64_t t = 0;
   for (const SeqStep& s : steps) {

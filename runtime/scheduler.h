@@ -68,6 +68,7 @@ struct GenerationRequest {
   SamplingParams sampling;
   int max_tokens = -1;  // -1: the scheduler's default
   std::vector<std::string> stop;
+  bool ignore_eos = false;  // generate exactly max_tokens (benchmarks): end tokens are fed on
   EventSink sink;
 };
 
@@ -75,7 +76,7 @@ struct SchedulerOptions {
   double session_ttl_s = 600;    // idle sessions older than this are dropped
   int default_max_tokens = 256;  // for requests that do not say
   int step_tokens = 0;           // token budget of one step for prompt chunks; 0: 4 x chunk
-  ChatTemplate chat_template = ChatTemplate::None;
+  ChatTemplate chat_template = ChatTemplate::Raw;
 };
 
 struct SessionInfo {
@@ -150,8 +151,8 @@ class Scheduler {
     // Fingerprints of the messages the cache holds (the replies included), to find where a
     // request's history ends and its new turns begin without keeping the text.
     std::vector<uint64_t> history;
-    ChatTurnState chat;  // where the incremental template renderer stands
-    std::vector<int32_t> carry;  // sampled last but never fed: the next turn starts with them
+    // The reply's last token when it ended by length: sampled, never fed, the next turn's first.
+    std::vector<int32_t> carry;
     Clock::time_point last_use;
     std::chrono::system_clock::time_point last_use_wall;
   };
@@ -173,7 +174,7 @@ class Scheduler {
   void finish(Active& a, FinishReason why);
   void reject(Pending& p, RejectReason why, std::string message);
   std::vector<int32_t> encode_request(Session* s, const GenerationRequest& r, std::string* err,
-                                      std::vector<uint64_t>* new_history, ChatTurnState* turn);
+                                      std::vector<uint64_t>* new_history);
 
   Lockstep& ls_;
   const Tokenizer& tok_;

@@ -1,6 +1,10 @@
 // AVX-512 (F/BW/VL/DQ) kernels. Everything here has internal linkage and no standard-library
 // templates are instantiated: a weak symbol compiled with AVX-512 could otherwise be picked by the
 // linker for the portable code paths and fault on older CPUs.
+// GCC 12's AVX-512 headers build undefined vectors by self-initialisation, which its own
+// -W(maybe-)uninitialized then reports at every use (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_kernels.h"

@@ -9,6 +9,7 @@
 // mask: each token's span already excludes later tokens.
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -50,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
   float* q_s = reinterpret_cast<float*>(smem_raw);  // [2][G][hd]: window, then sink
   float* sc = q_s + 2 * G * hd;                     // [G][split]: scores, then probabilities
   float* ml = sc + G * a.split;                     // [G][2]: max, sum
-  int64_t* rows = reinterpret_cast<int64_t*>(ml + ((2 * G + 1) & ~1));  // [split], 8-aligned
+  int64_t* rows = reinterpret_cast<int64_t*>(ml + 2 * G);  // [split]: 8-aligned, every count above is even
 
   const int t = blockIdx.x / a.n_kv, kh = blockIdx.x % a.n_kv, sp = blockIdx.y;
   const AttnSpan span = a.spans[t];
@@ -174,7 +175,7 @@ __global__ void attention_merge_kernel(const float* __restrict__ partials, int n
 }
 
 size_t smem_bytes(int group, int head_dim, int split) {
-  const size_t floats = size_t(2 * group * head_dim + group * split + ((2 * group + 1) & ~1));
+  const size_t floats = size_t(2 * group * head_dim + group * split + 2 * group);
   return floats * sizeof(float) + size_t(split) * sizeof(int64_t);
 }
 

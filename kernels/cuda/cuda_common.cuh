@@ -38,7 +38,7 @@ namespace sinkserve::cuda {
 // Q8_0 weights are repacked on upload from GGUF's 34-byte blocks into two planes, so that a warp
 // reads the quants with aligned 16-byte loads: rows*cols int8 quants, then (at a 256-byte aligned
 // offset) rows*cols/32 F16 scales. The values are unchanged.
-inline int64_t q8_scales_offset(int64_t rows, int64_t cols) {
+__host__ __device__ inline int64_t q8_scales_offset(int64_t rows, int64_t cols) {
   return (rows * cols + 255) / 256 * 256;
 }
 

@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 template <DType T, int NT>
 void gemv_nt(const Weight& w, const float* x, float* y, bool vec, cudaStream_t stream) {
-  const dim3 grid(unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock));
+  const dim3 grid{unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock)};
   gemv_kernel<T, NT><<<grid, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, w.rows, w.cols, vec,
                                                                w.bias, y, w.rows);
   SS_LAUNCH_CHECK();

@@ -147,7 +147,7 @@ __global__ void argmax_kernel(const float* __restrict__ x, int64_t width, int32_
 void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
                   cudaStream_t stream) {
   if (n_tok == 0) return;
-  const dim3 grid(unsigned(n_tok)), block(256);
+  const dim3 grid{unsigned(n_tok)}, block{256};
   switch (table.type) {
     case DType::F32: embed_kernel<DType::F32><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
     case DType::F16: embed_kernel<DType::F16><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;

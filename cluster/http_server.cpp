@@ -1,0 +1,639 @@
+#include "cluster/http_server.h"
+
+#include <atomic>
+#include <csignal>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "cluster/metrics.h"
+#include "cluster/openai_api.h"
+
+namespace sinkserve {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+constexpr size_t kHeaderLimit = 16 * 1024;
+// What one queued event costs against a client's output bound beside its text: the SSE framing
+// and JSON envelope of a chunk.
+constexpr size_t kEventOverhead = 192;
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string chunk_frame(std::string_view data) {
+  char size[20];
+  std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+  std::string out = size;
+  out.append(data);
+  out += "\r\n";
+  return out;
+}
+
+ApiError make_error(int status, std::string message, std::string type, std::string code = {},
+                    std::string param = {}) {
+  ApiError e;
+  e.status = status;
+  e.message = std::move(message);
+  e.type = std::move(type);
+  e.code = std::move(code);
+  e.param = std::move(param);
+  return e;
+}
+
+}  // namespace
+
+class Connection;
+
+struct HttpServer::Impl {
+  Impl(Scheduler& s, ServerOptions o) : sched(s), opt(std::move(o)) {}
+
+  Scheduler& sched;
+  ServerOptions opt;
+  HttpCounters counters;
+  std::atomic<int> open{0};
+  std::atomic<bool> accepting{true};
+  std::atomic<uint64_t> next_response{1};
+  std::mutex conns_mu;
+  std::vector<std::weak_ptr<Connection>> conns;
+  std::function<void(int)> signal_fn;
+
+  // Destroyed before the counters above: pending handlers own connections that count themselves.
+  net::io_context ioc;
+  tcp::acceptor acceptor{net::make_strand(ioc)};
+  net::signal_set signals{ioc, SIGINT, SIGTERM};
+  std::vector<std::thread> threads;
+  int bound_port = 0;
+
+  void do_accept();
+  void refuse(tcp::socket s);
+  void wait_signal();
+};
+
+// One request's generation: filled by the scheduler's compute thread through the sink, drained
+// on the connection's strand.
+struct Gen {
+  Gen(bool chat_, bool stream_, bool usage_, std::string route_, ResponseFormat f)
+      : chat(chat_), stream(stream_), include_usage(usage_), route(std::move(route_)), fmt(std::move(f)) {}
+  std::mutex mu;
+  std::vector<StreamEvent> events;
+  bool posted = false;
+  bool closed = false;    // the connection gave up: the sink refuses further events
+  bool overflow = false;  // ... because the client fell too far behind
+  size_t pending = 0;     // bytes queued in events or written but not yet sent
+
+  uint64_t id = 0;
+  const bool chat, stream, include_usage;
+  const std::string route;
+  const ResponseFormat fmt;
+  std::string text;  // whole (non-streamed) reply
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(HttpServer::Impl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) { ++srv_->open; }
+  ~Connection() { --srv_->open; }
+
+  void start() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_request(); });
+  }
+  // Server shutdown: closes the connection unless a response is still being produced or sent.
+  void close_when_idle() {
+    net::post(stream_.get_executor(), [self = shared_from_this()] {
+      self->keep_alive_ = false;
+      if (!self->gen_ && !self->writing_ && self->outq_.empty()) self->close();
+    });
+  }
+
+ private:
+  void read_request() {
+    if (closed_) return;
+    response_done_ = false;
+    parser_.emplace();
+    parser_->body_limit(srv_->opt.max_body);
+    parser_->header_limit(kHeaderLimit);
+    stream_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(srv_->opt.idle_timeout_s)));
+    http::async_read_header(stream_, buf_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec == http::error::header_limit) return fail_request(431, "request headers are too large");
+    if (ec == http::error::body_limit) return too_large();
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
+        ec == net::error::eof || ec == net::error::connection_reset)
+      return close();
+    if (ec) return fail_request(400, std::string("malformed HTTP request: ") + ec.message());
+    if (auto len = parser_->content_length(); len && *len > srv_->opt.max_body) return too_large();
+    auto& req = parser_->get();
+    auto expect = req.find(http::field::expect);
+    if (expect != req.end() && beast::iequals(expect->value(), "100-continue")) {
+      net::async_write(stream_, net::buffer(kContinue),
+                       [self = shared_from_this()](beast::error_code wec, size_t) {
+                         if (wec) return self->close();
+                         self->read_body();
+                       });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    http::async_read(stream_, buf_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_request(ec); });
+  }
+
+  void on_request(beast::error_code ec) {
+    if (ec == http::error::body_limit) return too_large();
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::eof ||
+        ec == net::error::operation_aborted || ec == net::error::connection_reset)
+      return close();
+    if (ec) return fail_request(400, std::string("malformed HTTP request: ") + ec.message());
+    stream_.expires_never();
+    handle();
+  }
+
+  void too_large() {
+    fail_request(413, "the request body exceeds the limit of " + std::to_string(srv_->opt.max_body) +
+                          " bytes (--max-body)");
+  }
+
+  // A request that cannot be read on: answer and close, since the rest of the stream is unparsed.
+  void fail_request(int status, std::string message) {
+    keep_alive_ = false;
+    respond("other", status, error_body(make_error(status, std::move(message), "invalid_request_error")));
+  }
+
+  static std::string route_of(std::string_view path) {
+    for (std::string_view r : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/sessions",
+                               "/health", "/metrics"})
+      if (path == r || (path.size() > r.size() && path.substr(0, r.size()) == r && path[r.size()] == '/'))
+        return std::string(r);
+    return "other";
+  }
+
+  void handle() {
+    auto& req = parser_->get();
+    keep_alive_ = req.keep_alive();
+    std::string_view target(req.target().data(), req.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
+    const std::string route = route_of(path);
+    const http::verb m = req.method();
+    if (!srv_->accepting) {
+      keep_alive_ = false;
+      return respond(route, 503, error_body(make_error(503, "the server is shutting down", "server_error",
+                                                       "shutting_down")));
+    }
+    auto method_not_allowed = [&](const char* allow) {
+      respond(route, 405,
+              error_body(make_error(405, std::string(req.method_string()) + " is not allowed on " +
+                                             std::string(path) + " (allowed: " + allow + ")",
+                                    "invalid_request_error", "method_not_allowed")),
+              "application/json", {{"Allow", allow}});
+    };
+    const std::string_view sessions_prefix = "/v1/sessions/";
+    const std::string_view models_prefix = "/v1/models/";
+    if (path == "/v1/chat/completions" || path == "/v1/completions") {
+      if (m != http::verb::post) return method_not_allowed("POST");
+      return generate(route, path == "/v1/chat/completions");
+    }
+    if (path == "/v1/models") {
+      if (m != http::verb::get) return method_not_allowed("GET");
+      return respond(route, 200, json{{"object", "list"}, {"data", json::array({model_json()})}}.dump());
+    }
+    if (path.substr(0, models_prefix.size()) == models_prefix) {
+      if (m != http::verb::get) return method_not_allowed("GET");
+      if (path.substr(models_prefix.size()) != srv_->opt.model_id)
+        return respond(route, 404, error_body(make_error(404, "model '" + std::string(path.substr(models_prefix.size())) +
+                                                                  "' does not exist",
+                                                         "invalid_request_error", "model_not_found")));
+      return respond(route, 200, model_json().dump());
+    }
+    if (path == "/v1/sessions") {
+      if (m != http::verb::get) return method_not_allowed("GET");
+      json data = json::array();
+      for (const SessionInfo& s : srv_->sched.sessions()) data.push_back(session_json(s));
+      return respond(route, 200, json{{"object", "list"}, {"data", data}}.dump());
+    }
+    if (path.substr(0, sessions_prefix.size()) == sessions_prefix) {
+      const std::string id(path.substr(sessions_prefix.size()));
+      if (m == http::verb::delete_) {
+        if (!srv_->sched.delete_session(id)) return session_not_found(route, id);
+        return respond(route, 200, json{{"id", id}, {"object", "session.deleted"}, {"deleted", true}}.dump());
+      }
+      if (m != http::verb::get) return method_not_allowed("GET, DELETE");
+      for (const SessionInfo& s : srv_->sched.sessions())
+        if (s.id == id) return respond(route, 200, session_json(s).dump());
+      return session_not_found(route, id);
+    }
+    if (path == "/health") {
+      if (m != http::verb::get) return method_not_allowed("GET");
+      const SchedulerStats st = srv_->sched.stats();
+      return respond(route, 200, json{{"status", "ok"}, {"free_slots", st.free_slots}, {"slots", st.total_slots}}.dump());
+    }
+    if (path == "/metrics") {
+      if (m != http::verb::get) return method_not_allowed("GET");
+      return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, srv_->open.load()),
+                     "text/plain; version=0.0.4; charset=utf-8");
+    }
+    respond(route, 404, error_body(make_error(404, "no route " + std::string(path), "invalid_request_error",
+                                              "not_found")));
+  }
+
+  json model_json() const {
+    return {{"id", srv_->opt.model_id}, {"object", "model"}, {"created", srv_->opt.model_created},
+            {"owned_by", "sinkserve"}};
+  }
+  static json session_json(const SessionInfo& s) {
+    return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"messages", s.messages},
+            {"last_used_at", s.last_use_unix}, {"busy", s.busy}};
+  }
+  void session_not_found(const std::string& route, const std::string& id) {
+    respond(route, 404, error_body(make_error(404, "session '" + id + "' does not exist",
+                                              "invalid_request_error", "session_not_found")));
+  }
+
+  void generate(const std::string& route, bool chat) {
+    auto& req = parser_->get();
+    ApiRequest ar;
+    ApiError err;
+    std::string_view header_session;
+    if (auto h = req.find("X-Session-Id"); h != req.end()) header_session = {h->value().data(), h->value().size()};
+    if (!parse_generation_request(req.body(), chat, srv_->opt.model_id, header_session, &ar, &err))
+      return respond(route, err.status, error_body(err));
+    const uint64_t n = srv_->next_response++;
+    ResponseFormat fmt(chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(unix_now()) + "-" + std::to_string(n),
+                       srv_->opt.model_id, unix_now(), ar.gen.session);
+    session_ = ar.gen.session;
+    auto g = std::make_shared<Gen>(chat, ar.stream, ar.include_usage, route, std::move(fmt));
+    gen_ = g;
+    response_done_ = false;
+    ar.gen.sink = [g, w = weak_from_this(), ex = stream_.get_executor(),
+                   limit = srv_->opt.max_pending_bytes](const StreamEvent& e) {
+      std::lock_guard lk(g->mu);
+      if (g->closed) return false;
+      if (e.kind == StreamEvent::Kind::Token && e.text.empty()) return true;
+      const size_t cost = e.text.size() + kEventOverhead;
+      const bool droppable = e.kind == StreamEvent::Kind::Token;
+      if (droppable && g->pending + cost > limit) {
+        g->closed = g->overflow = true;
+      } else {
+        g->pending += cost;
+        g->events.push_back(e);
+      }
+      if (!g->posted) {
+        g->posted = true;
+        net::post(ex, [w, g] {
+          if (auto c = w.lock()) c->drain(g);
+        });
+      }
+      return !g->closed;
+    };
+    g->id = srv_->sched.submit(std::move(ar.gen));
+  }
+
+  void drain(const std::shared_ptr<Gen>& g) {
+    std::vector<StreamEvent> events;
+    bool overflow;
+    {
+      std::lock_guard lk(g->mu);
+      events.swap(g->events);
+      g->posted = false;
+      overflow = g->overflow;
+    }
+    if (g != gen_) return;  // the connection already gave up on it
+    for (const StreamEvent& e : events) {
+      const size_t cost = e.text.size() + kEventOverhead;
+      switch (e.kind) {
+        case StreamEvent::Kind::Started: on_started(*g, cost); break;
+        case StreamEvent::Kind::Rejected: on_rejected(*g, e); break;
+        case StreamEvent::Kind::Token:
+          if (g->stream) enqueue(chunk_frame(g->fmt.sse_text(e.text)), cost);
+          else {
+            g->text += e.text;
+            give_back(cost);
+          }
+          break;
+        case StreamEvent::Kind::Done: on_done(*g, e, cost); break;
+      }
+      if (g != gen_) break;
+    }
+    // The scheduler has already cancelled the request when the sink refused an event.
+    if (overflow && g == gen_) {
+      gen_.reset();
+      close();
+      return;
+    }
+    flush();
+  }
+
+  void give_back(size_t cost) {
+    if (!gen_) return;
+    std::lock_guard lk(gen_->mu);
+    gen_->pending -= std::min(gen_->pending, cost);
+  }
+
+  void on_started(Gen& g, size_t cost) {
+    if (g.stream) {
+      std::string head =
+          "HTTP/1.1 200 OK\r\nServer: sinkserve\r\nContent-Type: text/event-stream\r\n"
+          "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n";
+      if (!session_.empty()) head += "X-Session-Id: " + session_ + "\r\n";
+      head += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+      const std::string first = g.fmt.sse_start();
+      if (!first.empty()) head += chunk_frame(first);
+      enqueue(std::move(head), cost);
+    } else {
+      give_back(cost);
+    }
+    watch_disconnect();
+  }
+
+  void on_rejected(Gen& g, const StreamEvent& e) {
+    int status = 400;
+    std::string type = "invalid_request_error", code;
+    std::vector<std::pair<std::string, std::string>> extra;
+    switch (e.reject) {
+      case RejectReason::BadRequest: break;
+      case RejectReason::NoSlot:
+        status = 429, type = "server_busy", code = "no_free_slot";
+        extra.push_back({"Retry-After", "1"});
+        break;
+      case RejectReason::SessionBusy: status = 409, code = "session_busy"; break;
+      case RejectReason::ShuttingDown:
+        status = 503, type = "server_error", code = "shutting_down";
+        keep_alive_ = false;
+        break;
+    }
+    const std::string route = g.route;
+    gen_.reset();
+    respond(route, status, error_body(make_error(status, e.message, type, code)), "application/json", extra);
+  }
+
+  void on_done(Gen& g, const StreamEvent& e, size_t cost) {
+    const bool ok = e.finish == FinishReason::Stop || e.finish == FinishReason::Length;
+    const ApiError failure =
+        e.finish == FinishReason::Shutdown
+            ? make_error(503, "the server shut down before the reply was complete", "server_error", "shutting_down")
+            : make_error(409, "the request was cancelled (its session was deleted)", "invalid_request_error",
+                         "request_cancelled");
+    if (!ok) keep_alive_ = keep_alive_ && e.finish != FinishReason::Shutdown;
+    if (g.stream) {
+      std::string tail;
+      if (!e.text.empty()) tail += chunk_frame(g.fmt.sse_text(e.text));
+      if (ok) {
+        tail += chunk_frame(g.fmt.sse_finish(e.finish));
+        if (g.include_usage) tail += chunk_frame(g.fmt.sse_usage(e.usage));
+      } else {
+        tail += chunk_frame(ResponseFormat::sse_error(failure));
+      }
+      tail += chunk_frame(ResponseFormat::kSseDone);
+      tail += "0\r\n\r\n";
+      srv_->counters.count(g.route, 200);
+      enqueue(std::move(tail), cost);
+      gen_.reset();
+      response_done_ = true;
+    } else {
+      const std::string route = g.route;
+      std::string body = ok ? g.fmt.body(g.text + e.text, e.finish, e.usage) : error_body(failure);
+      gen_.reset();
+      respond(route, ok ? 200 : failure.status, std::move(body));
+    }
+  }
+
+  // While a reply is being produced the client sends nothing, so readability means it closed
+  // the connection (or pipelined its next request, which waits for this reply).
+  void watch_disconnect() {
+    std::weak_ptr<Gen> wg = gen_;
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), wg](beast::error_code ec) {
+      auto g = wg.lock();
+      if (!g || g != self->gen_ || self->closed_ || ec == net::error::operation_aborted) return;
+      char c;
+      beast::error_code pe;
+      const size_t n = self->stream_.socket().receive(net::buffer(&c, 1), tcp::socket::message_peek, pe);
+      if (!ec && !pe && n > 0) return;
+      self->client_gone();
+    });
+  }
+
+  void client_gone() {
+    if (gen_) {
+      {
+        std::lock_guard lk(gen_->mu);
+        gen_->closed = true;
+      }
+      srv_->sched.cancel(gen_->id);
+      gen_.reset();
+    }
+    close();
+  }
+
+  void respond(const std::string& route, int status, std::string body,
+               const char* content_type = "application/json",
+               const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+    http::response<http::string_body> res{http::int_to_status(unsigned(status)), 11};
+    res.set(http::field::server, "sinkserve");
+    res.set(http::field::content_type, content_type);
+    if (!session_.empty() && (route == "/v1/chat/completions" || route == "/v1/completions"))
+      res.set("X-Session-Id", session_);
+    for (const auto& [k, v] : extra) res.set(k, v);
+    res.keep_alive(keep_alive_);
+    res.body() = std::move(body);
+    res.prepare_payload();
+    std::ostringstream os;
+    os << res;
+    srv_->counters.count(route, status);
+    enqueue(os.str(), 0);
+    response_done_ = true;
+    session_.clear();
+    flush();
+  }
+
+  void enqueue(std::string data, size_t credit) {
+    if (closed_) return give_back(credit);
+    outq_.push_back({std::move(data), credit});
+  }
+
+  void flush() {
+    if (writing_ || closed_) return;
+    if (outq_.empty()) {
+      if (response_done_ && !gen_) after_response();
+      return;
+    }
+    writing_ = true;
+    net::async_write(stream_, net::buffer(outq_.front().first),
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_write(ec); });
+  }
+
+  void on_write(beast::error_code ec) {
+    writing_ = false;
+    const size_t credit = outq_.front().second;
+    outq_.pop_front();
+    give_back(credit);
+    if (ec) return client_gone();
+    flush();
+  }
+
+  void after_response() {
+    if (keep_alive_ && srv_->accepting && !closed_) return read_request();
+    close();
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+    for (auto& [data, credit] : outq_) give_back(credit);
+    outq_.clear();
+  }
+
+  HttpServer::Impl* srv_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::deque<std::pair<std::string, size_t>> outq_;  // bytes to send, and their credit
+  bool writing_ = false;
+  bool response_done_ = true;
+  bool keep_alive_ = true;
+  bool closed_ = false;
+  std::string session_;  // of the request being answered, echoed as X-Session-Id
+  std::shared_ptr<Gen> gen_;
+};
+
+void HttpServer::Impl::do_accept() {
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
+    if (!acceptor.is_open()) return;
+    if (!ec) {
+      if (!accepting) {
+        beast::error_code ignored;
+        s.close(ignored);
+      } else if (open.load() >= opt.max_connections) {
+        refuse(std::move(s));
+      } else {
+        auto c = std::make_shared<Connection>(this, std::move(s));
+        {
+          std::lock_guard lk(conns_mu);
+          std::erase_if(conns, [](const std::weak_ptr<Connection>& w) { return w.expired(); });
+          conns.push_back(c);
+        }
+        c->start();
+      }
+    }
+    do_accept();
+  });
+}
+
+void HttpServer::Impl::refuse(tcp::socket s) {
+  counters.count("connection", 503);
+  static const std::string kRefusal = [] {
+    const std::string body = error_body(make_error(503, "too many open connections (--max-connections)",
+                                                   "server_error", "too_many_connections"));
+    return "HTTP/1.1 503 Service Unavailable\r\nServer: sinkserve\r\nContent-Type: application/json\r\n"
+           "Retry-After: 1\r\nConnection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+  }();
+  // Answer, then drain whatever the client sent until it closes (bounded in time), so that the
+  // close does not reset the connection before the client has read the answer.
+  auto st = std::make_shared<beast::tcp_stream>(std::move(s));
+  st->expires_after(std::chrono::seconds(2));
+  net::async_write(*st, net::buffer(kRefusal), [st](beast::error_code ec, size_t) {
+    if (ec) return;
+    beast::error_code ignored;
+    st->socket().shutdown(tcp::socket::shutdown_send, ignored);
+    auto buf = std::make_shared<std::array<char, 4096>>();
+    auto drain = std::make_shared<std::function<void(beast::error_code, size_t)>>();
+    *drain = [st, buf, drain](beast::error_code rec, size_t) {
+      if (rec) {
+        beast::error_code ig;
+        st->socket().close(ig);
+        *drain = nullptr;  // breaks the self-reference
+        return;
+      }
+      st->async_read_some(net::buffer(*buf), *drain);
+    };
+    st->async_read_some(net::buffer(*buf), *drain);
+  });
+}
+
+void HttpServer::Impl::wait_signal() {
+  signals.async_wait([this](beast::error_code ec, int sig) {
+    if (ec) return;
+    if (signal_fn) signal_fn(sig);
+    wait_signal();
+  });
+}
+
+HttpServer::HttpServer(Scheduler& scheduler, ServerOptions opt)
+    : impl_(std::make_shared<Impl>(scheduler, std::move(opt))) {}
+
+HttpServer::~HttpServer() {
+  if (!impl_->threads.empty()) stop(std::chrono::milliseconds(0));
+}
+
+void HttpServer::on_signal(std::function<void(int)> fn) { impl_->signal_fn = std::move(fn); }
+
+void HttpServer::start() {
+  Impl& s = *impl_;
+  beast::error_code ec;
+  const auto addr = net::ip::make_address(s.opt.host, ec);
+  if (ec) throw std::runtime_error("invalid --host '" + s.opt.host + "': " + ec.message());
+  const tcp::endpoint ep(addr, uint16_t(s.opt.port));
+  const std::string where = s.opt.host + ":" + std::to_string(s.opt.port);
+  s.acceptor.open(ep.protocol(), ec);
+  if (!ec) s.acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) s.acceptor.bind(ep, ec);
+  if (!ec) s.acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error("cannot listen on " + where + ": " + ec.message());
+  s.bound_port = s.acceptor.local_endpoint().port();
+  s.do_accept();
+  s.wait_signal();
+  for (int i = 0; i < std::max(1, s.opt.io_threads); ++i) s.threads.emplace_back([&s] { s.ioc.run(); });
+}
+
+int HttpServer::port() const { return impl_->bound_port; }
+
+void HttpServer::stop_accepting() {
+  Impl& s = *impl_;
+  if (!s.accepting.exchange(false)) return;
+  net::post(s.acceptor.get_executor(), [&s] {
+    beast::error_code ec;
+    s.acceptor.close(ec);
+  });
+  std::lock_guard lk(s.conns_mu);
+  for (auto& w : s.conns)
+    if (auto c = w.lock()) c->close_when_idle();
+}
+
+void HttpServer::stop(std::chrono::milliseconds grace) {
+  Impl& s = *impl_;
+  stop_accepting();
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (s.open.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  s.ioc.stop();
+  for (std::thread& t : s.threads) t.join();
+  s.threads.clear();
+}
+
+}  // namespace sinkserve

@@ -1,0 +1,55 @@
+// The HTTP/1.1 front node (Boost.Beast) on rank 0: OpenAI-compatible routes, server-sent-event
+// streaming, sessions, health and metrics. It runs its own I/O threads and talks to the
+// Scheduler only through its thread-safe queue API; it never touches the model.
+//
+// Robustness: request bodies are bounded (413), connections beyond the limit get 503 and are
+// closed, a client that disconnects has its generation cancelled, and a client that reads slower
+// than tokens arrive is cut off once its queued output exceeds a bound, so that it never holds
+// back the compute loop or other clients.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "runtime/scheduler.h"
+
+namespace sinkserve {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8080;  // 0: any free port (see HttpServer::port())
+  size_t max_body = 1 << 20;
+  int max_connections = 256;
+  int io_threads = 2;
+  size_t max_pending_bytes = 1 << 20;   // per connection: output produced but not yet sent
+  double idle_timeout_s = 60;           // keep-alive connections idle longer are closed
+  std::string model_id;                 // the one model id of /v1/models
+  int64_t model_created = 0;            // its "created" (seconds since the epoch)
+};
+
+class HttpServer {
+ public:
+  HttpServer(Scheduler& scheduler, ServerOptions opt);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds, listens and starts the I/O threads. Throws std::runtime_error naming the address.
+  void start();
+  int port() const;
+  // Calls `fn(signal)` (on an I/O thread) on SIGINT or SIGTERM. Call before start().
+  void on_signal(std::function<void(int)> fn);
+  // Stops accepting connections; requests arriving on open ones get 503. Thread-safe.
+  void stop_accepting();
+  // After the scheduler has ended every request: lets responses in flight drain for up to
+  // `grace`, closes every connection and joins the I/O threads.
+  void stop(std::chrono::milliseconds grace);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace sinkserve

@@ -1,0 +1,100 @@
+#include "cluster/metrics.h"
+
+#include <cstdio>
+
+namespace sinkserve {
+
+void HttpCounters::count(const std::string& route, int status) {
+  std::lock_guard lk(mu_);
+  ++n_[{route, status}];
+}
+
+std::map<std::pair<std::string, int>, uint64_t> HttpCounters::snapshot() const {
+  std::lock_guard lk(mu_);
+  return n_;
+}
+
+namespace {
+
+void header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void sample(std::string& out, const std::string& name, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " %.17g\n", v);
+  out += name;
+  out += buf;
+}
+
+void histogram(std::string& out, const char* name, const char* help, const LatencyHistogram& h) {
+  header(out, name, "histogram", help);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < LatencyHistogram::kBounds.size(); ++i) {
+    cumulative += h.counts[i];
+    char le[32];
+    std::snprintf(le, sizeof le, "%g", LatencyHistogram::kBounds[i]);
+    sample(out, std::string(name) + "_bucket{le=\"" + le + "\"}", double(cumulative));
+  }
+  sample(out, std::string(name) + "_bucket{le=\"+Inf\"}", double(h.count));
+  sample(out, std::string(name) + "_sum", h.sum);
+  sample(out, std::string(name) + "_count", double(h.count));
+}
+
+}  // namespace
+
+std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, int open_connections) {
+  std::string out;
+  header(out, "sinkserve_http_requests_total", "counter", "HTTP responses sent, by route and status code.");
+  for (const auto& [key, n] : http.snapshot())
+    sample(out, "sinkserve_http_requests_total{route=\"" + key.first + "\",status=\"" +
+                    std::to_string(key.second) + "\"}",
+           double(n));
+  header(out, "sinkserve_generations_total", "counter",
+         "Generation requests by outcome: finish reason, or the reason they were refused.");
+  const char* finished[] = {"stop", "length", "cancelled", "shutdown"};
+  for (int i = 0; i < 4; ++i)
+    sample(out, std::string("sinkserve_generations_total{outcome=\"") + finished[i] + "\"}",
+           double(s.requests_finished[i]));
+  const char* rejected[] = {"rejected_bad_request", "rejected_no_slot", "rejected_session_busy",
+                            "rejected_shutting_down"};
+  for (int i = 0; i < 4; ++i)
+    sample(out, std::string("sinkserve_generations_total{outcome=\"") + rejected[i] + "\"}",
+           double(s.requests_rejected[i]));
+  header(out, "sinkserve_prompt_tokens_total", "counter",
+         "Prompt tokens encoded (on a session: only the new turns).");
+  sample(out, "sinkserve_prompt_tokens_total", double(s.prompt_tokens));
+  header(out, "sinkserve_generated_tokens_total", "counter", "Tokens generated.");
+  sample(out, "sinkserve_generated_tokens_total", double(s.generated_tokens));
+  header(out, "sinkserve_steps_total", "counter", "Batched forward steps run.");
+  sample(out, "sinkserve_steps_total", double(s.steps));
+  header(out, "sinkserve_sessions_evicted_total", "counter", "Idle sessions evicted to free a slot.");
+  sample(out, "sinkserve_sessions_evicted_total", double(s.sessions_evicted));
+  header(out, "sinkserve_sessions_expired_total", "counter", "Idle sessions dropped after --session-ttl.");
+  sample(out, "sinkserve_sessions_expired_total", double(s.sessions_expired));
+  histogram(out, "sinkserve_time_to_first_token_seconds",
+            "From request arrival to its first generated token.", s.ttft);
+  histogram(out, "sinkserve_inter_token_latency_seconds",
+            "Between consecutive generated tokens of one request.", s.itl);
+  header(out, "sinkserve_active_sessions", "gauge", "Sessions holding a cache slot.");
+  sample(out, "sinkserve_active_sessions", s.sessions);
+  header(out, "sinkserve_running_requests", "gauge", "Requests being computed.");
+  sample(out, "sinkserve_running_requests", s.running);
+  header(out, "sinkserve_free_slots", "gauge", "Cache slots holding nothing.");
+  sample(out, "sinkserve_free_slots", s.free_slots);
+  header(out, "sinkserve_slots", "gauge", "Cache slots in the pool.");
+  sample(out, "sinkserve_slots", s.total_slots);
+  header(out, "sinkserve_open_connections", "gauge", "Open HTTP connections.");
+  sample(out, "sinkserve_open_connections", open_connections);
+  return out;
+}
+
+}  // namespace sinkserve

@@ -1,0 +1,63 @@
+// The OpenAI-compatible wire format: request bodies of /v1/chat/completions and /v1/completions
+// checked and turned into scheduler requests, and the scheduler's events turned into response
+// bodies and server-sent-event chunks. Pure functions of their inputs: no sockets, no model.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/scheduler.h"
+
+namespace sinkserve {
+
+// An error as the OpenAI API reports it: {"error":{"message","type","param","code"}}.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // the offending field, empty when none
+  std::string code;   // machine-readable code, empty when none
+};
+std::string error_body(const ApiError& e);
+
+// Session ids travel in URLs and headers: 1..128 characters of [A-Za-z0-9._:-].
+bool valid_session_id(std::string_view id);
+
+struct ApiRequest {
+  GenerationRequest gen;  // everything but the sink
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+};
+
+// Parses and checks a request body. `chat` selects /v1/chat/completions. `header_session` is the
+// X-Session-Id header (empty when absent). `served_model` is the one model id this server
+// answers to. Returns false and fills `err` (naming the field) when the request is not valid.
+bool parse_generation_request(std::string_view body, bool chat, const std::string& served_model,
+                              std::string_view header_session, ApiRequest* out, ApiError* err);
+
+// Formats one response, streamed or whole. `id` is unique per response.
+class ResponseFormat {
+ public:
+  ResponseFormat(bool chat, std::string id, std::string model, int64_t created,
+                 std::string session);
+  // Streaming: the first chunk (chat: announces the assistant role), each text piece, the final
+  // chunk with the finish reason, and the usage chunk. Each is a complete SSE event.
+  std::string sse_start() const;
+  std::string sse_text(const std::string& text) const;
+  std::string sse_finish(FinishReason why) const;
+  std::string sse_usage(const Usage& u) const;
+  static std::string sse_error(const ApiError& e);
+  static constexpr std::string_view kSseDone = "data: [DONE]\n\n";
+  // Whole response.
+  std::string body(const std::string& text, FinishReason why, const Usage& u) const;
+
+ private:
+  std::string chunk(nlohmann::json choice) const;
+  bool chat_;
+  std::string id_, model_, session_;
+  int64_t created_;
+};
+
+}  // namespace sinkserve

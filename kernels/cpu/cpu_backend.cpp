@@ -1,0 +1,238 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace sinkserve::cpu {
+namespace {
+
+// Elementwise work smaller than this runs on the calling thread: waking the pool costs more.
+constexpr int64_t kParallelElements = 1 << 15;
+
+[[noreturn]] void bad_arg(const std::string& what) { throw std::invalid_argument("cpu backend: " + what); }
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(int threads, Isa isa) : kern_(kernels_for(isa)), pool_(threads) {}
+
+  ~CpuBackend() override {
+    for (void* p : buffers_) std::free(p);
+  }
+
+  std::string name() const override {
+    return "cpu(" + std::string(isa_name(kern_.isa)) + ", " + std::to_string(pool_.size()) + " threads)";
+  }
+
+  // Not touched here: large allocations come straight from mmap, so pages nobody writes (an
+  // oversized KV pool, say) never become resident.
+  void* alloc(size_t bytes) override {
+    const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) throw std::bad_alloc();
+    std::lock_guard lock(mu_);
+    buffers_.insert(p);
+    return p;
+  }
+
+  void release(void* p) override {
+    if (!p) return;
+    {
+      std::lock_guard lock(mu_);
+      if (buffers_.erase(p) == 0) bad_arg("release of a pointer this backend did not allocate");
+    }
+    std::free(p);
+  }
+
+  void to_device(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void synchronize() override {}
+
+  Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
+                        const float* host_bias) override {
+    if (!host_data) bad_arg("prepare_weight: null data");
+    if (rows <= 0 || cols <= 0)
+      bad_arg("prepare_weight: bad shape " + std::to_string(rows) + "x" + std::to_string(cols));
+    if (cols % dtype_block_values(type) != 0)
+      bad_arg("prepare_weight: " + std::string(dtype_name(type)) + " needs columns in multiples of " +
+              std::to_string(dtype_block_values(type)) + ", got " + std::to_string(cols));
+    return Weight{type, host_data, rows, cols, host_bias};
+  }
+
+  void matmul(const Weight& w, const float* x, int64_t n_tok, float* y) override {
+    if (n_tok < 0) bad_arg("matmul: negative token count");
+    if (!w.data) bad_arg("matmul: weight has no data");
+    cpu::matmul(kern_, pool_, w, x, n_tok, y, scratch_);
+  }
+
+  void embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out) override {
+    for (int64_t t = 0; t < n_tok; ++t)
+      if (tokens[t] < 0 || tokens[t] >= table.rows)
+        throw std::out_of_range("cpu backend: embed: token id " + std::to_string(tokens[t]) +
+                                " outside the vocabulary of " + std::to_string(table.rows));
+    const size_t row_bytes = size_t(dtype_row_bytes(table.type, table.cols));
+    for (int64_t t = 0; t < n_tok; ++t)
+      kern_.decode_row(table.type, static_cast<const char*>(table.data) + size_t(tokens[t]) * row_bytes, 0,
+                       table.cols, out + t * table.cols);
+  }
+
+  void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim, float eps) override {
+    if (dim <= 0) bad_arg("rmsnorm: dimension must be positive");
+    for_rows(n_tok, dim, [&](int64_t t) { kern_.rmsnorm_row(out + t * dim, x + t * dim, w, dim, eps); });
+  }
+
+  // Angles in double from the exact 64-bit position: a float angle loses all precision past
+  // position 2^24, and streams here run forever.
+  void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
+            const RopeParams& p) override {
+    if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
+    const int half = head_dim / 2;
+    std::vector<double> inv_freq(half);
+    for (int i = 0; i < half; ++i)
+      inv_freq[i] = double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
+    const int64_t row = int64_t(n_heads) * head_dim;
+    for_rows(n_tok, row, [&](int64_t t) {
+      std::vector<double> c(half), s(half);
+      for (int i = 0; i < half; ++i) {
+        const double theta = double(pos[t]) * inv_freq[i];
+        c[i] = std::cos(theta);
+        s[i] = std::sin(theta);
+      }
+      const int64_t stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + t * row + int64_t(h) * head_dim;
+        for (int i = 0; i < half; ++i) {
+          float* a = v + i * stride;
+          float* b = a + offset;
+          const double x0 = *a, x1 = *b;
+          *a = float(x0 * c[i] - x1 * s[i]);
+          *b = float(x0 * s[i] + x1 * c[i]);
+        }
+      }
+    });
+  }
+
+  void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
+    for_range(n, [&](int64_t b, int64_t e) { kern_.swiglu(out + b, gate + b, up + b, e - b); });
+  }
+
+  void add(float* x, const float* y, int64_t n) override {
+    for_range(n, [&](int64_t b, int64_t e) { kern_.add(x + b, y + b, e - b); });
+  }
+
+  void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(dst + rows[i] * width, src + i * width, size_t(width) * sizeof(float));
+  }
+
+  void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(dst + i * width, src + rows[i] * width, size_t(width) * sizeof(float));
+  }
+
+  // Two passes per (token, head): scores for every visible key, then a max-subtracted softmax and
+  // the weighted sum of values. The score row (at most sink_rows + ring_size floats) stays in L1.
+  void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv_heads,
+                 int head_dim, const float* k, const float* v, const AttnSpan* spans, float* out) override {
+    if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads)
+      bad_arg("attention: " + std::to_string(n_heads) + " query heads do not group evenly over " +
+              std::to_string(n_kv_heads) + " KV heads");
+    int64_t max_keys = 0;
+    for (int64_t t = 0; t < n_tok; ++t) {
+      const AttnSpan& s = spans[t];
+      if (s.n_sink < 0 || s.n_sink > s.sink_rows || s.n_win < 0 || s.n_win > s.ring_size ||
+          (s.n_win > 0 && (s.win_begin < 0 || s.win_begin >= s.ring_size)) || s.row0 < 0)
+        bad_arg("attention: inconsistent span for token " + std::to_string(t) + " (sink " +
+                std::to_string(s.n_sink) + "/" + std::to_string(s.sink_rows) + ", window " +
+                std::to_string(s.n_win) + " from " + std::to_string(s.win_begin) + " in a ring of " +
+                std::to_string(s.ring_size) + ")");
+      max_keys = std::max<int64_t>(max_keys, int64_t(s.n_sink) + s.n_win);
+    }
+    const int group = n_heads / n_kv_heads;
+    const int64_t q_row = int64_t(n_heads) * head_dim, kv_row = int64_t(n_kv_heads) * head_dim;
+    const float scale = 1.0f / std::sqrt(float(head_dim));
+    pool_.parallel_for(n_tok * n_heads, [&](int64_t b, int64_t e) {
+      std::vector<float> scores(size_t(std::max<int64_t>(max_keys, 1)));
+      for (int64_t idx = b; idx < e; ++idx) {
+        const int64_t t = idx / n_heads;
+        const int h = int(idx % n_heads);
+        const AttnSpan& s = spans[t];
+        const int64_t kv_off = int64_t(h / group) * head_dim;
+        const float* qs = q_sink + t * q_row + int64_t(h) * head_dim;
+        const float* qw = q_win + t * q_row + int64_t(h) * head_dim;
+        float* o = out + t * q_row + int64_t(h) * head_dim;
+        const int64_t n = int64_t(s.n_sink) + s.n_win;
+        auto key_row = [&](int64_t j) {
+          return j < s.n_sink ? s.row0 + j : s.row0 + s.sink_rows + (s.win_begin + (j - s.n_sink)) % s.ring_size;
+        };
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) {
+          const float* q = j < s.n_sink ? qs : qw;
+          scores[j] = kern_.dot(q, k + key_row(j) * kv_row + kv_off, head_dim) * scale;
+          mx = std::max(mx, scores[j]);
+        }
+        std::memset(o, 0, size_t(head_dim) * sizeof(float));
+        if (n == 0) continue;
+        const float sum = kern_.exp_sum(scores.data(), n, mx);
+        for (int64_t j = 0; j < n; ++j) kern_.axpy(scores[j], v + key_row(j) * kv_row + kv_off, o, head_dim);
+        kern_.scale(o, 1.0f / sum, head_dim);
+      }
+    });
+  }
+
+ private:
+  template <class F>
+  void for_rows(int64_t n_rows, int64_t row_len, F&& fn) {
+    auto body = [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) fn(t);
+    };
+    if (n_rows * row_len < kParallelElements) body(0, n_rows);
+    else pool_.parallel_for(n_rows, body);
+  }
+
+  // Splits [0, n) into cache-line aligned pieces so neighbouring threads never share a line.
+  template <class F>
+  void for_range(int64_t n, F&& fn) {
+    if (n < kParallelElements) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    constexpr int64_t kPiece = 4096;
+    pool_.parallel_for((n + kPiece - 1) / kPiece,
+                       [&](int64_t b, int64_t e) { fn(b * kPiece, std::min(n, e * kPiece)); });
+  }
+
+  const Kernels& kern_;
+  ThreadPool pool_;
+  Scratch scratch_;
+  std::mutex mu_;
+  std::unordered_set<void*> buffers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads, Isa isa) {
+  return std::make_unique<CpuBackend>(threads, isa);
+}
+
+}  // namespace sinkserve::cpu
+
+namespace sinkserve {
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return cpu::make_cpu_backend(threads, cpu::best_isa());
+}
+
+}  // namespace sinkserve

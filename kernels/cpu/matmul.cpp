@@ -1,0 +1,117 @@
+#include "kernels/cpu/matmul.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+
+namespace sinkserve::cpu {
+namespace {
+
+// Rows per matrix-vector work item: 16 rows of a 2048-column F16 matrix (64 KiB) stay in L2
+// while a second group of tokens reuses them.
+constexpr int64_t kGemvRowBlock = 16;
+// GEMM depth per packed weight panel: kKc x 32 F32 values = 32 KiB, resident in L1.
+constexpr int64_t kKc = 256;
+
+void add_bias(const float* bias, int64_t r0, int64_t r1, int64_t n_tok, float* y, int64_t ldy) {
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] += bias[r];
+}
+
+void gemv_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t row_bytes,
+               const float* x, int64_t n_tok, float* y) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const int64_t n_blocks = (rows + kGemvRowBlock - 1) / kGemvRowBlock;
+  pool.parallel_for(n_blocks, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t r0 = blk * kGemvRowBlock, r1 = std::min(rows, r0 + kGemvRowBlock);
+      for (int64_t t0 = 0; t0 < n_tok; t0 += kGemvMaxTokens) {
+        const int nt = int(std::min<int64_t>(kGemvMaxTokens, n_tok - t0));
+        kern.gemv(w.type, w.data, row_bytes, cols, r0, r1, x + t0 * cols, nt, y + t0 * rows, rows);
+      }
+      if (w.bias) add_bias(w.bias, r0, r1, n_tok, y, rows);
+    }
+  });
+}
+
+void gemm_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t row_bytes,
+               const float* x, int64_t n_tok, float* y, Scratch& scratch) {
+  const int64_t M = w.rows, K = w.cols;
+  const int mr = kern.gemm_mr, nr = kern.gemm_nr;
+  const int64_t n_tiles = (n_tok + nr - 1) / nr;
+
+  // Activations packed once per call as [tile][k][nr], zero-padded past the last token, so the
+  // micro-kernel reads each k step's nr values contiguously.
+  float* xp = scratch.floats(size_t(n_tiles) * size_t(K) * size_t(nr));
+  pool.parallel_for(n_tiles, [&](int64_t b, int64_t e) {
+    for (int64_t tile = b; tile < e; ++tile) {
+      float* dst = xp + tile * K * nr;
+      for (int j = 0; j < nr; ++j) {
+        const int64_t t = tile * nr + j;
+        if (t < n_tok) {
+          const float* src = x + t * K;
+          for (int64_t k = 0; k < K; ++k) dst[k * nr + j] = src[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * nr + j] = 0.0f;
+        }
+      }
+    }
+  });
+
+  const int64_t n_panels = (M + mr - 1) / mr;
+  pool.parallel_for(n_panels, [&](int64_t b, int64_t e) {
+    alignas(64) float wp[kKc * kGemmMaxMr];
+    alignas(64) float row_buf[kKc];
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t r0 = p * mr;
+      const int m_valid = int(std::min<int64_t>(mr, M - r0));
+      for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+        const int64_t kc = std::min(kKc, K - k0);
+        // Weight panel transposed to [k][mr] (rows past the matrix end zeroed) and decoded to
+        // F32 once, then reused by every token tile.
+        for (int i = 0; i < mr; ++i) {
+          if (i < m_valid) {
+            const void* row = static_cast<const char*>(w.data) + size_t(r0 + i) * row_bytes;
+            kern.decode_row(w.type, row, k0, kc, row_buf);
+            for (int64_t k = 0; k < kc; ++k) wp[k * mr + i] = row_buf[k];
+          } else {
+            for (int64_t k = 0; k < kc; ++k) wp[k * mr + i] = 0.0f;
+          }
+        }
+        for (int64_t tile = 0; tile < n_tiles; ++tile) {
+          const int n_valid = int(std::min<int64_t>(nr, n_tok - tile * nr));
+          kern.gemm_tile(kc, wp, xp + (tile * K + k0) * nr, y + tile * nr * M + r0, M, m_valid,
+                         n_valid, k0 > 0);
+        }
+      }
+      if (w.bias) add_bias(w.bias, r0, r0 + m_valid, n_tok, y, M);
+    }
+  });
+}
+
+}  // namespace
+
+void Scratch::Free::operator()(float* p) const { std::free(p); }
+
+float* Scratch::floats(size_t n) {
+  if (n > size_) {
+    const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    data_.reset(p);
+    size_ = n;
+  }
+  return data_.get();
+}
+
+void matmul(const Kernels& kern, ThreadPool& pool, const Weight& w, const float* x,
+            int64_t n_tok, float* y, Scratch& scratch) {
+  if (n_tok <= 0 || w.rows <= 0) return;
+  const size_t row_bytes = size_t(dtype_row_bytes(w.type, w.cols));
+  if (n_tok < kGemmMinTokens)
+    gemv_path(kern, pool, w, row_bytes, x, n_tok, y);
+  else
+    gemm_path(kern, pool, w, row_bytes, x, n_tok, y, scratch);
+}
+
+}  // namespace sinkserve::cpu

@@ -1,0 +1,36 @@
+// Weight x activations on the CPU: matrix-vector kernels for decode (bound by reading the
+// weights once) and a packed, register-blocked GEMM for prompt processing (bound by FMA
+// throughput, each decoded weight panel reused across every token).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace sinkserve::cpu {
+
+// Fewer tokens than this use the matrix-vector kernels: below it, packing the weights into GEMM
+// panels costs more than it saves.
+inline constexpr int64_t kGemmMinTokens = 8;
+
+// Grow-only, 64-byte aligned scratch memory.
+class Scratch {
+ public:
+  float* floats(size_t n);
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  std::unique_ptr<float, Free> data_;
+  size_t size_ = 0;
+};
+
+// y[t][r] = sum_c W[r][c] x[t][c] (+ bias[r]) for t < n_tok, r < w.rows.
+void matmul(const Kernels& kernels, ThreadPool& pool, const Weight& w, const float* x,
+            int64_t n_tok, float* y, Scratch& scratch);
+
+}  // namespace sinkserve::cpu

@@ -1,0 +1,363 @@
+// The CUDA backend: device memory from cudaMalloc, one stream per backend with every operation
+// queued on it asynchronously, cuBLAS for prefill-sized matmuls and the kernels of this folder
+// for everything else. Host arrays that parametrise an operation (tokens, positions, spans, rows)
+// are staged through pinned memory so that the caller never waits for the device.
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_common.cuh"
+
+namespace sinkserve {
+namespace {
+
+
+// Up to this many tokens a matmul streams the weights through the GEMV kernel (once per 8
+// tokens); beyond it, 16-bit and F32 weights go to cuBLAS's tensor-core GEMMs. Q8_0 always uses
+// the GEMV kernel, which dequantizes in registers and so never materialises a dense copy.
+constexpr int64_t kGemvMaxTokens = 8;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    SS_CUDA_CHECK(cudaSetDevice(device_));
+    cudaDeviceProp prop{};
+    SS_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    name_ = "cuda:" + std::to_string(device_) + " (" + prop.name + ")";
+    num_sms_ = prop.multiProcessorCount;
+    smem_limit_ = prop.sharedMemPerBlockOptin;
+    SS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    SS_CUBLAS_CHECK(cublasCreate(&cublas_));
+    SS_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // Plain FP32 for F32 weights: TF32 would cost ~1e-3 relative error against the CPU backend.
+    SS_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    cuda::enable_attention_smem(smem_limit_);
+    grow_staging(1 << 20);
+  }
+
+  ~CudaBackend() override {
+    // Destructors must not throw: errors here (a device already lost) are ignored.
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    for (void* p : allocs_) cudaFree(p);
+    cudaFree(scratch_);
+    cudaFree(partials_);
+    cudaFree(stage_dev_);
+    cudaFreeHost(stage_host_);
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+
+  void* alloc(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    use_device();
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA backend: cannot allocate " + std::to_string(bytes) +
+                               " bytes on " + name_ + ": " + cudaGetErrorString(e));
+    }
+    allocs_.insert(p);
+    return p;
+  }
+
+  void release(void* p) override {
+    if (!p) return;
+    if (allocs_.erase(p) == 0)
+      throw std::invalid_argument("CUDA backend: release() of a pointer it did not allocate");
+    use_device();
+    // cudaFree waits for the device, so queued work that still reads p finishes first.
+    SS_CUDA_CHECK(cudaFree(p));
+  }
+
+  void to_device(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    // From pageable memory the copy returns once the source has been read, so the caller may
+    // reuse host_src at once.
+    SS_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+
+  void to_host(void* host_dst, const void* src, size_t bytes) override {
+    use_device();
+    if (bytes) SS_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+  }
+
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    SS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  void zero(void* dst, size_t bytes) override {
+    if (bytes == 0) return;
+    use_device();
+    SS_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+  }
+
+  void synchronize() override {
+    use_device();
+    SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stage_used_ = 0;  // every staged copy has landed
+  }
+
+  Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
+                        const float* host_bias) override {
+    if (rows < 1 || cols < 1 || !host_data)
+      throw std::invalid_argument("CUDA prepare_weight: empty " + std::to_string(rows) + "x" +
+                                  std::to_string(cols) + " weight");
+    if (cols % dtype_block_values(type) != 0)
+      throw std::invalid_argument("CUDA prepare_weight: " + std::string(dtype_name(type)) +
+                                  " rows of " + std::to_string(cols) +
+                                  " values are not whole blocks");
+    use_device();
+    Weight w;
+    w.type = type;
+    w.rows = rows;
+    w.cols = cols;
+    if (type == DType::Q8_0) {
+      // Split the blocks into a quant plane and a scale plane (see q8_scales_offset).
+      const int64_t n_blocks = rows * cols / kQ8Block;
+      const int64_t off = cuda::q8_scales_offset(rows, cols);
+      std::vector<uint8_t> packed(size_t(off + n_blocks * 2));
+      const auto* blocks = static_cast<const BlockQ8_0*>(host_data);
+      auto* scales = reinterpret_cast<uint16_t*>(packed.data() + off);
+      for (int64_t b = 0; b < n_blocks; ++b) {
+        std::memcpy(packed.data() + b * kQ8Block, blocks[b].qs, kQ8Block);
+        scales[b] = blocks[b].d;
+      }
+      void* d = alloc(packed.size());
+      SS_CUDA_CHECK(cudaMemcpy(d, packed.data(), packed.size(), cudaMemcpyHostToDevice));
+      w.data = d;
+    } else {
+      const size_t bytes = size_t(dtype_row_bytes(type, cols)) * size_t(rows);
+      void* d = alloc(bytes);
+      SS_CUDA_CHECK(cudaMemcpy(d, host_data, bytes, cudaMemcpyHostToDevice));
+      w.data = d;
+    }
+    if (host_bias) {
+      void* b = alloc(size_t(rows) * sizeof(float));
+      SS_CUDA_CHECK(cudaMemcpy(b, host_bias, size_t(rows) * sizeof(float), cudaMemcpyHostToDevice));
+      w.bias = static_cast<const float*>(b);
+    }
+    return w;
+  }
+
+  void matmul(const Weight& w, const float* x, int64_t n_tok, float* y) override {
+    if (n_tok <= 0) return;
+    if (!w.data) throw std::invalid_argument("CUDA matmul: weight has no data");
+    use_device();
+    if (n_tok <= kGemvMaxTokens || w.type == DType::Q8_0) {
+      cuda::launch_gemv(w, x, n_tok, y, stream_);
+      return;
+    }
+    // Row-major W[rows][cols] is column-major W^T, so y^T = op_T(W^T) x^T in cuBLAS's terms.
+    const float alpha = 1.f, beta = 0.f;
+    const int m = int(w.rows), n = int(n_tok), k = int(w.cols);
+    if (w.type == DType::F32) {
+      SS_CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
+                                  static_cast<const float*>(w.data), k, x, k, &beta, y, m));
+    } else {
+      const cudaDataType_t ty = w.type == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+      void* xh = scratch(size_t(n_tok * w.cols) * 2);
+      cuda::launch_convert_activations(w.type, x, xh, n_tok * w.cols, stream_);
+      SS_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w.data, ty,
+                                   k, xh, ty, k, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    }
+    if (w.bias) cuda::launch_add_bias(y, w.bias, n_tok, w.rows, stream_);
+  }
+
+  void embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out) override {
+    if (n_tok <= 0) return;
+    for (int64_t t = 0; t < n_tok; ++t)
+      if (tokens[t] < 0 || tokens[t] >= table.rows)
+        throw std::out_of_range("CUDA embed: token " + std::to_string(tokens[t]) +
+                                " is outside the vocabulary of " + std::to_string(table.rows));
+    use_device();
+    cuda::launch_embed(table, stage(tokens, size_t(n_tok)), n_tok, out, stream_);
+  }
+
+  void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
+               float eps) override {
+    use_device();
+    cuda::launch_rmsnorm(out, x, w, n_tok, dim, eps, stream_);
+  }
+
+  void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
+            const RopeParams& p) override {
+    if (n_tok <= 0) return;
+    if (head_dim % 2 != 0)
+      throw std::invalid_argument("CUDA rope: head_dim " + std::to_string(head_dim) + " is odd");
+    use_device();
+    cuda::launch_rope(x, n_tok, n_heads, head_dim, stage(pos, size_t(n_tok)), p, stream_);
+  }
+
+  void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
+    use_device();
+    cuda::launch_swiglu(out, gate, up, n, stream_);
+  }
+
+  void add(float* x, const float* y, int64_t n) override {
+    use_device();
+    cuda::launch_add(x, y, n, stream_);
+  }
+
+  void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                    int64_t n) override {
+    if (n <= 0) return;
+    use_device();
+    cuda::launch_scatter_rows(dst, width, stage(rows, size_t(n)), src, n, stream_);
+  }
+
+  void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
+                   int64_t n) override {
+    if (n <= 0) return;
+    use_device();
+    cuda::launch_gather_rows(dst, width, stage(rows, size_t(n)), src, n, stream_);
+  }
+
+  void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
+                 int n_kv_heads, int head_dim, const float* k, const float* v,
+                 const AttnSpan* spans, float* out) override {
+    if (n_tok <= 0) return;
+    int max_keys = 0;
+    for (int64_t t = 0; t < n_tok; ++t) {
+      const AttnSpan& s = spans[t];
+      if (s.n_sink < 0 || s.n_sink > s.sink_rows || s.n_win < 0 || s.n_win > s.ring_size ||
+          (s.n_win > 0 && (s.win_begin < 0 || s.win_begin >= s.ring_size)) || s.row0 < 0)
+        throw std::invalid_argument("CUDA attention: span of token " + std::to_string(t) +
+                                    " is inconsistent (n_sink " + std::to_string(s.n_sink) +
+                                    " of " + std::to_string(s.sink_rows) + ", n_win " +
+                                    std::to_string(s.n_win) + " from " +
+                                    std::to_string(s.win_begin) + " in a ring of " +
+                                    std::to_string(s.ring_size) + ")");
+      max_keys = std::max(max_keys, s.n_sink + s.n_win);
+    }
+    use_device();
+    const cuda::AttnShape shape{n_tok, n_heads, n_kv_heads, head_dim, max_keys};
+    const cuda::AttnPlan plan = cuda::plan_attention(shape, num_sms_, smem_limit_);
+    float* partials = nullptr;
+    if (const int64_t nf = cuda::attention_partial_floats(shape, plan); nf > 0)
+      partials = partial_buffer(size_t(nf) * sizeof(float));
+    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, stage(spans, size_t(n_tok)),
+                           partials, out, stream_);
+  }
+
+  void argmax_rows(const float* x, int64_t n_rows, int64_t width, int32_t* host_out) {
+    if (n_rows <= 0) return;
+    use_device();
+    auto* d = static_cast<int32_t*>(scratch(size_t(n_rows) * sizeof(int32_t)));
+    cuda::launch_argmax(x, n_rows, width, d, stream_);
+    to_host(host_out, d, size_t(n_rows) * sizeof(int32_t));
+  }
+
+ private:
+  void use_device() {
+    int cur = -1;
+    SS_CUDA_CHECK(cudaGetDevice(&cur));
+    if (cur != device_) SS_CUDA_CHECK(cudaSetDevice(device_));
+  }
+
+  // Copies n host values into device memory that stays valid for the operations queued next.
+  // The pinned and device arenas are bump-allocated and recycled only after the stream has
+  // drained, so a copy still in flight is never overwritten.
+  template <typename T>
+  const T* stage(const T* host, size_t n) {
+    const size_t bytes = n * sizeof(T);
+    const size_t need = (bytes + 255) / 256 * 256;
+    if (stage_used_ + need > stage_cap_) {
+      synchronize();
+      if (need > stage_cap_) grow_staging(std::max(need, 2 * stage_cap_));
+    }
+    char* h = stage_host_ + stage_used_;
+    char* d = stage_dev_ + stage_used_;
+    stage_used_ += need;
+    std::memcpy(h, host, bytes);
+    SS_CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+    return reinterpret_cast<const T*>(d);
+  }
+
+  void grow_staging(size_t bytes) {
+    SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    SS_CUDA_CHECK(cudaFreeHost(stage_host_));
+    SS_CUDA_CHECK(cudaFree(stage_dev_));
+    stage_host_ = nullptr;
+    stage_dev_ = nullptr;
+    SS_CUDA_CHECK(cudaMallocHost(&stage_host_, bytes));
+    SS_CUDA_CHECK(cudaMalloc(&stage_dev_, bytes));
+    stage_cap_ = bytes;
+    stage_used_ = 0;
+  }
+
+  // Grow-only device buffers; growing waits for queued work that may still read the old one.
+  static void* grow(void*& buf, size_t& cap, size_t bytes, cudaStream_t stream) {
+    if (bytes <= cap) return buf;
+    SS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    SS_CUDA_CHECK(cudaFree(buf));
+    buf = nullptr;
+    cap = 0;
+    SS_CUDA_CHECK(cudaMalloc(&buf, bytes));
+    cap = bytes;
+    return buf;
+  }
+  void* scratch(size_t bytes) { return grow(scratch_, scratch_cap_, bytes, stream_); }
+  float* partial_buffer(size_t bytes) {
+    return static_cast<float*>(grow(partials_, partials_cap_, bytes, stream_));
+  }
+
+  int device_;
+  std::string name_;
+  int num_sms_ = 0;
+  size_t smem_limit_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unordered_set<void*> allocs_;
+  void* scratch_ = nullptr;
+  size_t scratch_cap_ = 0;
+  void* partials_ = nullptr;
+  size_t partials_cap_ = 0;
+  char* stage_host_ = nullptr;
+  char* stage_dev_ = nullptr;
+  size_t stage_cap_ = 0;
+  size_t stage_used_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int n = cuda_device_count();
+  if (n == 0) throw std::runtime_error("CUDA backend: no CUDA device is available");
+  if (device < 0 || device >= n)
+    throw std::runtime_error("CUDA backend: device " + std::to_string(device) +
+                             " does not exist (" + std::to_string(n) + " visible)");
+  return std::make_unique<CudaBackend>(device);
+}
+
+bool cuda_compiled_in() { return true; }
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: not an error for the caller
+    return 0;
+  }
+  return n;
+}
+
+void cuda_argmax_rows(Backend& backend, const float* x, int64_t n_rows, int64_t width,
+                      int32_t* host_out) {
+  auto* cb = dynamic_cast<CudaBackend*>(&backend);
+  if (!cb) throw std::invalid_argument("cuda_argmax_rows: " + backend.name() + " is not a CUDA backend");
+  cb->argmax_rows(x, n_rows, width, host_out);
+}
+
+}  // namespace sinkserve

@@ -1,0 +1,122 @@
+// `sinkserve serve`: the OpenAI-compatible HTTP server. Rank 0 runs the HTTP front node and the
+// continuous-batching scheduler; every rank computes each batched step in lockstep.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "cluster/http_server.h"
+#include "launcher/command.h"
+#include "launcher/engine_options.h"
+#include "launcher/rank_guard.h"
+#include "runtime/chat_template.h"
+#include "runtime/scheduler.h"
+
+namespace sinkserve {
+namespace {
+
+int run(int argc, char** argv) {
+  EngineFlags ef;
+  ef.engine.slots = 16;
+  ServerOptions so;
+  SchedulerOptions sched_opt;
+  std::string template_name, model_id;
+  int64_t max_body = int64_t(so.max_body), client_buffer = int64_t(so.max_pending_bytes);
+  ArgParser p("serve",
+              "Serves the model over an OpenAI-compatible HTTP API (/v1/chat/completions, "
+              "/v1/completions, /v1/models, /v1/sessions, /health, /metrics). Requests share every "
+              "forward step (continuous batching); a session keeps its attention-sink cache slot "
+              "between requests, so a new turn encodes only its own tokens. See docs/serving.md.");
+  add_engine_options(p, ef);
+  p.add("--host", "ADDR", "address to listen on (default 127.0.0.1)", &so.host);
+  p.add("--port", "P", "TCP port, 0 = any free one (default 8080)", &so.port);
+  p.add("--sessions", "N", "cache slots: concurrent requests plus idle sessions kept (default 16)",
+        &ef.engine.slots);
+  p.add("--session-ttl", "SEC", "drop sessions idle this long (default 600)", &sched_opt.session_ttl_s);
+  p.add("--max-tokens", "N", "generation limit of requests that set none (default 256)",
+        &sched_opt.default_max_tokens);
+  p.add("--step-tokens", "N", "prompt tokens per batched step, over all requests (default 4 x chunk)",
+        &sched_opt.step_tokens);
+  p.add("--template", "NAME",
+        "chat template: raw, llama-2, chatml, llama-3, vicuna, zephyr (default: detected from the "
+        "GGUF's tokenizer.chat_template, raw when absent)",
+        &template_name);
+  p.add("--model-id", "NAME", "model id of the API (default: the file name without .gguf)", &model_id);
+  p.add("--max-body", "BYTES", "largest request body accepted, else 413 (default 1 MiB)", &max_body);
+  p.add("--max-connections", "N", "open connections beyond this get 503 (default 256)", &so.max_connections);
+  p.add("--client-buffer", "BYTES",
+        "output a client may fall behind by before it is cut off (default 1 MiB)", &client_buffer);
+  p.add("--http-threads", "N", "HTTP I/O threads (default 2)", &so.io_threads);
+  p.epilog("Tensor parallel: mpirun -np N sinkserve serve ... (rank 0 serves HTTP).");
+  if (!p.parse(argc, argv)) return 0;
+  const EngineOptions eo = finish_engine_options(ef);
+  if (eo.slots < 1) throw UsageError("--sessions must be >= 1");
+  if (so.port < 0 || so.port > 65535) throw UsageError("--port must be in 0..65535");
+  if (!(sched_opt.session_ttl_s > 0)) throw UsageError("--session-ttl must be > 0");
+  if (sched_opt.default_max_tokens < 0) throw UsageError("--max-tokens must be >= 0");
+  if (sched_opt.step_tokens < 0) throw UsageError("--step-tokens must be >= 0");
+  if (max_body < 1) throw UsageError("--max-body must be >= 1");
+  if (so.max_connections < 1) throw UsageError("--max-connections must be >= 1");
+  if (client_buffer < 1024) throw UsageError("--client-buffer must be >= 1024");
+  if (so.io_threads < 1 || so.io_threads > 64) throw UsageError("--http-threads must be in 1..64");
+  so.max_body = size_t(max_body);
+  so.max_pending_bytes = size_t(client_buffer);
+  if (!template_name.empty()) {
+    try {
+      sched_opt.chat_template = parse_chat_template_name(template_name);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(std::string("--template: ") + e.what());
+    }
+  }
+  so.model_id = model_id.empty() ? std::filesystem::path(eo.model).stem().string() : model_id;
+
+  auto comm = launch_communicator(eo);
+  Communicator& c = *comm;
+  return run_ranked("serve", c, [&]() -> int {
+    auto e = open_engine(eo, std::move(comm));
+    if (!e->leader()) {
+      // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends,
+      // after its in-flight requests are answered, and releases this loop.
+      std::signal(SIGINT, SIG_IGN);
+      std::signal(SIGTERM, SIG_IGN);
+      e->lockstep->follow();
+      return 0;
+    }
+    if (template_name.empty())
+      sched_opt.chat_template = detect_chat_template(e->file->find_string("tokenizer.chat_template").value_or(""));
+    std::error_code fec;
+    const auto mtime = std::filesystem::last_write_time(eo.model, fec);
+    so.model_created = fec ? 0
+                           : std::chrono::duration_cast<std::chrono::seconds>(
+                                 std::chrono::clock_cast<std::chrono::system_clock>(mtime).time_since_epoch())
+                                 .count();
+
+    const CacheConfig& cc = e->cache->config();
+    std::fprintf(stderr,
+                 "serve: %s (%s), %d rank(s); %d slots of %s cache (sink %d, window %d, chunk %d): "
+                 "KV memory %.1f MiB per rank; chat template %s\n",
+                 so.model_id.c_str(), e->model->config().arch.c_str(), e->comm->size(), eo.slots,
+                 policy_name(cc.policy).c_str(), cc.sink, cc.window, cc.chunk,
+                 double(e->cache->pool_bytes()) / (1024.0 * 1024.0),
+                 std::string(chat_template_name(sched_opt.chat_template)).c_str());
+
+    Scheduler sched(*e->lockstep, *e->tokenizer, sched_opt);
+    HttpServer server(sched, so);
+    server.on_signal([&](int sig) {
+      std::fprintf(stderr, "serve: %s: finishing\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      server.stop_accepting();
+      sched.stop();
+    });
+    server.start();
+    std::fprintf(stderr, "serve: listening on http://%s:%d\n", so.host.c_str(), server.port());
+    std::fflush(stderr);
+    sched.run();
+    server.stop(std::chrono::seconds(5));
+    std::fprintf(stderr, "serve: stopped\n");
+    return 0;
+  });
+}
+
+RegisterCommand reg({"serve", "OpenAI-compatible HTTP server with continuous batching and sessions", &run});
+
+}  // namespace
+}  // namespace sinkserve

@@ -1,0 +1,524 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+
+namespace sinkserve {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Shutdown: return "shutdown";
+  }
+  return "?";
+}
+
+void LatencyHistogram::observe(double seconds) {
+  size_t i = 0;
+  while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+  ++counts[i];
+  ++count;
+  sum += seconds;
+}
+
+namespace {
+
+uint64_t fingerprint(const ChatMessage& m) {
+  // FNV-1a over role, a separator no role contains, and content.
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](std::string_view s) {
+    for (unsigned char c : s) {
+      h ^= c;
+      h *= 0x100000001b3ull;
+    }
+  };
+  mix(m.role);
+  mix(std::string_view("\0", 1));
+  mix(m.content);
+  return h;
+}
+
+// Text generated but not yet released to the client because it might begin a stop string.
+class StopMatcher {
+ public:
+  explicit StopMatcher(const std::vector<std::string>* stops) : stops_(stops) {}
+  // Adds text; returns what is now certain to be output. Sets `hit` when a stop string matched:
+  // the output then ends just before it, and whatever followed is dropped.
+  std::string push(const std::string& text, bool* hit) {
+    held_ += text;
+    size_t first = std::string::npos;
+    for (const std::string& s : *stops_)
+      if (size_t p = held_.find(s); p != std::string::npos) first = std::min(first, p);
+    if (first != std::string::npos) {
+      *hit = true;
+      std::string out = held_.substr(0, first);
+      held_.clear();
+      return out;
+    }
+    // Keep the longest tail that is a proper prefix of some stop string.
+    size_t keep = 0;
+    for (const std::string& s : *stops_)
+      for (size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k)
+        if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+          keep = k;
+          break;
+        }
+    std::string out = held_.substr(0, held_.size() - keep);
+    held_.erase(0, held_.size() - keep);
+    return out;
+  }
+  std::string flush() { return std::exchange(held_, {}); }
+
+ private:
+  const std::vector<std::string>* stops_;
+  std::string held_;
+};
+
+}  // namespace
+
+struct Scheduler::Active {
+  Active(uint64_t id_, GenerationRequest r, const Tokenizer& tok)
+      : id(id_), req(std::move(r)), sampler(req.sampling), decoder(tok), matcher(&stops) {}
+  uint64_t id;
+  GenerationRequest req;
+  int slot = -1;
+  std::vector<int32_t> feed;  // tokens to append to the slot; [fed, size) still to go
+  size_t fed = 0;
+  bool prompting = true;      // still feeding the prompt (no token sampled yet)
+  int64_t streamed = 0;       // tokens appended to the slot by this request
+  int max_tokens = 0;
+  std::vector<std::string> stops;
+  Sampler sampler;
+  StreamDecoder decoder;
+  StopMatcher matcher;
+  std::string reply;  // text released to the client
+  std::vector<uint64_t> new_history;
+  std::vector<int32_t> carry;
+  Usage usage;
+  Clock::time_point submitted, last_token;
+  bool sink_gone = false;
+  bool done = false;
+};
+
+Scheduler::Scheduler(Lockstep& ls, const Tokenizer& tok, SchedulerOptions opt)
+    : ls_(ls), tok_(tok), opt_(std::move(opt)) {
+  if (!ls_.leader()) throw std::logic_error("the scheduler runs on rank 0 only");
+  for (int32_t t : {tok_.eos(), tok_.bos()})
+    if (t >= 0) end_tokens_.push_back(t);
+  template_stops_ = stop_strings(opt_.chat_template);
+  for (const std::string& s : template_stops_)
+    if (int32_t t = tok_.find(s); t >= 0) end_tokens_.push_back(t);
+  stats_.total_slots = ls_.cache().n_slots();
+  stats_.free_slots = ls_.cache().free_slots();
+}
+
+Scheduler::~Scheduler() = default;
+
+uint64_t Scheduler::submit(GenerationRequest r) {
+  std::unique_lock lk(mu_);
+  const uint64_t id = next_id_++;
+  if (stop_) {
+    ++stats_.requests_rejected[int(RejectReason::ShuttingDown)];
+    lk.unlock();
+    StreamEvent e;
+    e.kind = StreamEvent::Kind::Rejected;
+    e.reject = RejectReason::ShuttingDown;
+    e.message = "the server is shutting down";
+    r.sink(e);
+    return id;
+  }
+  inbox_.push_back({id, std::move(r), Clock::now()});
+  cv_.notify_one();
+  return id;
+}
+
+void Scheduler::cancel(uint64_t id) {
+  std::lock_guard lk(mu_);
+  cancels_.push_back(id);
+  cv_.notify_one();
+}
+
+bool Scheduler::delete_session(const std::string& id) {
+  std::lock_guard lk(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return false;
+  if (it->second.busy) {
+    // The running request ends at the next step; its end drops the session.
+    it->second.doomed = true;
+    cancels_.push_back(it->second.active_id);
+  } else {
+    drop_session_locked(it);
+  }
+  cv_.notify_one();
+  return true;
+}
+
+std::vector<SessionInfo> Scheduler::sessions() const {
+  std::lock_guard lk(mu_);
+  std::vector<SessionInfo> out;
+  out.reserve(sessions_.size());
+  for (const auto& [id, s] : sessions_) {
+    if (s.doomed) continue;
+    out.push_back({id, s.tokens, int64_t(s.history.size()),
+                   std::chrono::duration<double>(s.last_use_wall.time_since_epoch()).count(),
+                   s.busy});
+  }
+  std::sort(out.begin(), out.end(), [](const SessionInfo& a, const SessionInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard lk(mu_);
+  SchedulerStats s = stats_;
+  s.sessions = 0;
+  for (const auto& [id, ses] : sessions_) s.sessions += ses.doomed ? 0 : 1;
+  return s;
+}
+
+void Scheduler::stop() {
+  std::lock_guard lk(mu_);
+  stop_ = true;
+  cv_.notify_one();
+}
+
+void Scheduler::drop_session_locked(std::unordered_map<std::string, Session>::iterator it) {
+  releases_.push_back(it->second.slot);
+  sessions_.erase(it);
+}
+
+void Scheduler::expire_sessions_locked(Clock::time_point now) {
+  const auto ttl = std::chrono::duration<double>(opt_.session_ttl_s);
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    auto next = std::next(it);
+    if (!it->second.busy && now - it->second.last_use > ttl) {
+      drop_session_locked(it);
+      ++stats_.sessions_expired;
+    }
+    it = next;
+  }
+}
+
+void Scheduler::release_pending_slots() {
+  std::lock_guard lk(mu_);
+  for (int slot : releases_) ls_.release(slot);
+  releases_.clear();
+  stats_.free_slots = ls_.cache().free_slots();
+}
+
+void Scheduler::run() {
+  for (;;) {
+    std::deque<Pending> incoming;
+    std::vector<uint64_t> cancels;
+    bool stopping;
+    {
+      std::unique_lock lk(mu_);
+      while (active_.empty() && inbox_.empty() && cancels_.empty() && releases_.empty() && !stop_) {
+        // Idle: sleep until work arrives or the oldest idle session is due to expire.
+        auto oldest = Clock::time_point::max();
+        for (const auto& [id, s] : sessions_)
+          if (!s.busy) oldest = std::min(oldest, s.last_use);
+        if (oldest == Clock::time_point::max()) {
+          cv_.wait(lk);
+        } else {
+          const auto due = oldest + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(opt_.session_ttl_s)) +
+                           std::chrono::milliseconds(1);
+          if (cv_.wait_until(lk, due) == std::cv_status::timeout) break;
+        }
+      }
+      expire_sessions_locked(Clock::now());
+      incoming.swap(inbox_);
+      cancels.swap(cancels_);
+      stopping = stop_;
+    }
+    if (stopping) {
+      for (auto& a : active_) finish(*a, FinishReason::Shutdown);
+      active_.clear();
+      for (Pending& p : incoming) reject(p, RejectReason::ShuttingDown, "the server is shutting down");
+      release_pending_slots();
+      ls_.finish();
+      return;
+    }
+    for (Pending& p : incoming) admit(p);
+    // After admission: a request cancelled while still queued is admitted, then ended here.
+    for (uint64_t id : cancels)
+      for (auto& a : active_)
+        if (a->id == id && !a->done) finish(*a, FinishReason::Cancelled);
+    std::erase_if(active_, [](const auto& a) { return a->done; });
+    release_pending_slots();
+    if (!active_.empty()) run_step();
+  }
+}
+
+void Scheduler::reject(Pending& p, RejectReason why, std::string message) {
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.requests_rejected[int(why)];
+  }
+  StreamEvent e;
+  e.kind = StreamEvent::Kind::Rejected;
+  e.reject = why;
+  e.message = std::move(message);
+  p.req.sink(e);
+}
+
+std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationRequest& r,
+                                               std::string* err,
+                                               std::vector<uint64_t>* new_history) {
+  std::vector<int32_t> out = s ? s->carry : std::vector<int32_t>{};
+  const bool fresh = !s;
+  if (!r.chat) {
+    const std::vector<int32_t> ids = tok_.encode(r.prompt, fresh);
+    out.insert(out.end(), ids.begin(), ids.end());
+    if (out.empty()) *err = "the prompt encodes to no tokens";
+    return out;
+  }
+  const size_t seen = s ? s->history.size() : 0;
+  for (size_t i = 0; i < std::min(seen, r.messages.size()); ++i)
+    if (fingerprint(r.messages[i]) != s->history[i]) {
+      *err = "messages[" + std::to_string(i) + "] differs from what session '" + s->id +
+             "' has seen; send the conversation so far followed by the new turn, or use a new "
+             "session";
+      return {};
+    }
+  if (r.messages.size() <= seen) {
+    *err = "no new message: session '" + (s ? s->id : std::string()) + "' has already seen all " +
+           std::to_string(seen) + " messages";
+    return {};
+  }
+  if (r.messages.back().role == "assistant") {
+    *err = "the last message must not be from the assistant";
+    return {};
+  }
+  const std::vector<ChatMessage> fresh_msgs(r.messages.begin() + ptrdiff_t(seen), r.messages.end());
+  std::string text;
+  try {
+    text = render_turn(opt_.chat_template, fresh_msgs, seen == 0, true);
+  } catch (const std::invalid_argument& e) {
+    *err = e.what();
+    return {};
+  }
+  const std::vector<int32_t> ids = tok_.encode(text, fresh);
+  out.insert(out.end(), ids.begin(), ids.end());
+  for (const ChatMessage& m : fresh_msgs) new_history->push_back(fingerprint(m));
+  if (out.empty()) *err = "the messages encode to no tokens";
+  return out;
+}
+
+bool Scheduler::take_slot(int* slot) {
+  if ((*slot = ls_.acquire()) >= 0) return true;
+  // Full: evict the session idle the longest. Busy sessions are never evicted.
+  auto victim = sessions_.end();
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+    if (!it->second.busy && (victim == sessions_.end() || it->second.last_use < victim->second.last_use))
+      victim = it;
+  if (victim == sessions_.end()) return false;
+  ls_.release(victim->second.slot);
+  sessions_.erase(victim);
+  ++stats_.sessions_evicted;
+  *slot = ls_.acquire();
+  return *slot >= 0;
+}
+
+void Scheduler::admit(Pending& p) {
+  std::unique_lock lk(mu_);
+  Session* s = nullptr;
+  if (!p.req.session.empty()) {
+    if (auto it = sessions_.find(p.req.session); it != sessions_.end()) {
+      if (it->second.busy || it->second.doomed) {
+        lk.unlock();
+        reject(p, RejectReason::SessionBusy,
+               "session '" + p.req.session + "' is busy with another request");
+        return;
+      }
+      s = &it->second;
+    }
+  }
+  auto a = std::make_unique<Active>(p.id, std::move(p.req), tok_);
+  std::string err;
+  a->feed = encode_request(s, a->req, &err, &a->new_history);
+  if (!err.empty()) {
+    lk.unlock();
+    p.req = std::move(a->req);
+    reject(p, RejectReason::BadRequest, err);
+    return;
+  }
+  if (s) {
+    a->slot = s->slot;
+    a->usage.cached_tokens = s->tokens;
+  } else {
+    if (!take_slot(&a->slot)) {
+      const int n = ls_.cache().n_slots();
+      lk.unlock();
+      p.req = std::move(a->req);
+      reject(p, RejectReason::NoSlot,
+             "all " + std::to_string(n) + " cache slots hold running requests");
+      return;
+    }
+    ls_.reset(a->slot);
+    if (!a->req.session.empty()) {
+      Session& ns = sessions_[a->req.session];
+      ns.id = a->req.session;
+      ns.slot = a->slot;
+      s = &ns;
+    }
+  }
+  if (s) {
+    s->busy = true;
+    s->active_id = a->id;
+  }
+  stats_.free_slots = ls_.cache().free_slots();
+  ++stats_.requests_started;
+  lk.unlock();
+
+  a->max_tokens = a->req.max_tokens >= 0 ? a->req.max_tokens : opt_.default_max_tokens;
+  a->stops = a->req.stop;
+  a->stops.insert(a->stops.end(), template_stops_.begin(), template_stops_.end());
+  a->usage.prompt_tokens = int64_t(a->feed.size());
+  a->submitted = p.submitted;
+  for (int32_t t : a->feed) a->sampler.accept(t);
+  StreamEvent started;
+  started.kind = StreamEvent::Kind::Started;
+  Active& ref = *a;
+  active_.push_back(std::move(a));
+  if (!deliver(ref, started)) finish(ref, FinishReason::Cancelled);
+}
+
+bool Scheduler::deliver(Active& a, const StreamEvent& e) {
+  if (a.sink_gone) return false;
+  if (!a.req.sink(e)) a.sink_gone = true;
+  return !a.sink_gone;
+}
+
+void Scheduler::run_step() {
+  const CacheConfig& cc = ls_.cache().config();
+  const int budget = opt_.step_tokens > 0 ? opt_.step_tokens : 4 * cc.chunk;
+  std::vector<SeqStep> steps;
+  std::vector<Active*> owner;
+  // Decoding streams first, one token each: they never wait behind a prompt.
+  for (auto& a : active_)
+    if (!a->prompting) {
+      steps.push_back({a->slot, a->feed.data() + a->fed, 1, false});
+      owner.push_back(a.get());
+    }
+  // Prompt chunks round-robin from where the last step stopped, within the budget (the first
+  // one always goes, so that prompts progress even under a tiny budget).
+  std::vector<Active*> prompting;
+  for (auto& a : active_)
+    if (a->prompting) prompting.push_back(a.get());
+  int left = budget;
+  size_t served = 0;
+  for (size_t k = 0; k < prompting.size() && (left > 0 || served == 0); ++k) {
+    Active* a = prompting[(rr_ + k) % prompting.size()];
+    const int n = int(std::min<size_t>({size_t(cc.chunk), a->feed.size() - a->fed,
+                                        size_t(std::max(left, 1))}));
+    steps.push_back({a->slot, a->feed.data() + a->fed, n, false});
+    owner.push_back(a);
+    left -= n;
+    ++served;
+  }
+  if (!prompting.empty()) rr_ = (rr_ + served) % prompting.size();
+
+  const int vocab = ls_.model().config().vocab;
+  logits_.resize(size_t(LlamaModel::logit_rows(steps)) * size_t(vocab));
+  ls_.step(steps, logits_.data());
+  const auto now = Clock::now();
+
+  uint64_t prompt_tokens = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    Active& a = *owner[i];
+    a.fed += size_t(steps[i].n);
+    a.streamed += steps[i].n;
+    if (a.prompting) prompt_tokens += uint64_t(steps[i].n);
+    if (a.fed < a.feed.size() || a.done) continue;
+    a.prompting = false;
+    if (a.usage.completion_tokens >= a.max_tokens) {
+      finish(a, FinishReason::Length);
+      continue;
+    }
+    const int32_t t = a.sampler.sample(logits_.data() + i * size_t(vocab), vocab);
+    on_token(a, t, now);
+  }
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.steps;
+    stats_.prompt_tokens += prompt_tokens;
+    stats_.running = int(active_.size());
+  }
+  std::erase_if(active_, [](const auto& a) { return a->done; });
+}
+
+void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.generated_tokens;
+    if (a.usage.completion_tokens == 0) stats_.ttft.observe(std::chrono::duration<double>(now - a.submitted).count());
+    else stats_.itl.observe(std::chrono::duration<double>(now - a.last_token).count());
+  }
+  a.last_token = now;
+  ++a.usage.completion_tokens;
+  a.feed.assign(1, t);
+  a.fed = 0;
+  // The end-of-turn token is never fed: the next turn's markup closes the reply (see
+  // chat_template.h). Any other last token belongs to the reply and is fed with the next turn.
+  if (!a.req.ignore_eos && std::find(end_tokens_.begin(), end_tokens_.end(), t) != end_tokens_.end()) {
+    a.carry.clear();
+    finish(a, FinishReason::Stop);
+    return;
+  }
+  a.carry = {t};
+  a.sampler.accept(t);
+  bool hit = false;
+  StreamEvent e;
+  e.kind = StreamEvent::Kind::Token;
+  e.token = t;
+  e.text = a.matcher.push(a.decoder.push(t), &hit);
+  a.reply += e.text;
+  if (!deliver(a, e)) {
+    finish(a, FinishReason::Cancelled);
+    return;
+  }
+  if (hit) finish(a, FinishReason::Stop);
+  else if (a.usage.completion_tokens >= a.max_tokens) finish(a, FinishReason::Length);
+}
+
+void Scheduler::finish(Active& a, FinishReason why) {
+  a.done = true;
+  StreamEvent e;
+  e.kind = StreamEvent::Kind::Done;
+  e.finish = why;
+  if (why == FinishReason::Length || why == FinishReason::Stop) {
+    // Text held back for a stop string that never completed, or an unfinished UTF-8 character.
+    bool hit = false;
+    e.text = a.matcher.push(a.decoder.flush(), &hit) + a.matcher.flush();
+    a.reply += e.text;
+  }
+  e.usage = a.usage;
+  deliver(a, e);
+
+  std::lock_guard lk(mu_);
+  ++stats_.requests_finished[int(why)];
+  auto it = a.req.session.empty() ? sessions_.end() : sessions_.find(a.req.session);
+  // A cancelled turn leaves the cache holding text the client never saw: the session ends.
+  const bool keep = it != sessions_.end() && it->second.active_id == a.id && !it->second.doomed &&
+                    (why == FinishReason::Stop || why == FinishReason::Length);
+  if (keep) {
+    Session& s = it->second;
+    s.busy = false;
+    s.tokens += a.streamed;
+    s.carry = a.carry;
+    s.history.insert(s.history.end(), a.new_history.begin(), a.new_history.end());
+    if (a.req.chat) s.history.push_back(fingerprint({"assistant", a.reply}));
+    s.last_use = Clock::now();
+    s.last_use_wall = std::chrono::system_clock::now();
+  } else if (it != sessions_.end() && it->second.active_id == a.id) {
+    drop_session_locked(it);
+  } else {
+    releases_.push_back(a.slot);
+  }
+}
+
+}  // namespace sinkserve
