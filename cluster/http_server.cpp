@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <utility>  // before Asio: its C++20 coroutine support uses std::exchange
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -63,8 +64,8 @@ ApiError make_error(int status, std::string message, std::string type, std::stri
 
 class Connection;
 
-struct HttpServer::Impl {
-  Impl(Scheduler& s, ServerOptions o) : sched(s), opt(std::move(o)) {}
+struct detail::ServerImpl {
+  ServerImpl(Scheduler& s, ServerOptions o) : sched(s), opt(std::move(o)) {}
 
   Scheduler& sched;
   ServerOptions opt;
@@ -109,7 +110,7 @@ struct Gen {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(HttpServer::Impl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) { ++srv_->open; }
+  Connection(detail::ServerImpl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) { ++srv_->open; }
   ~Connection() { --srv_->open; }
 
   void start() {
@@ -508,7 +509,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     outq_.clear();
   }
 
-  HttpServer::Impl* srv_;
+  detail::ServerImpl* srv_;
   beast::tcp_stream stream_;
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -521,7 +522,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::shared_ptr<Gen> gen_;
 };
 
-void HttpServer::Impl::do_accept() {
+void detail::ServerImpl::do_accept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
     if (!acceptor.is_open()) return;
     if (!ec) {
@@ -544,7 +545,7 @@ void HttpServer::Impl::do_accept() {
   });
 }
 
-void HttpServer::Impl::refuse(tcp::socket s) {
+void detail::ServerImpl::refuse(tcp::socket s) {
   counters.count("connection", 503);
   static const std::string kRefusal = [] {
     const std::string body = error_body(make_error(503, "too many open connections (--max-connections)",
@@ -576,7 +577,7 @@ void HttpServer::Impl::refuse(tcp::socket s) {
   });
 }
 
-void HttpServer::Impl::wait_signal() {
+void detail::ServerImpl::wait_signal() {
   signals.async_wait([this](beast::error_code ec, int sig) {
     if (ec) return;
     if (signal_fn) signal_fn(sig);
@@ -585,7 +586,7 @@ void HttpServer::Impl::wait_signal() {
 }
 
 HttpServer::HttpServer(Scheduler& scheduler, ServerOptions opt)
-    : impl_(std::make_shared<Impl>(scheduler, std::move(opt))) {}
+    : impl_(std::make_unique<detail::ServerImpl>(scheduler, std::move(opt))) {}
 
 HttpServer::~HttpServer() {
   if (!impl_->threads.empty()) stop(std::chrono::milliseconds(0));
@@ -594,7 +595,7 @@ HttpServer::~HttpServer() {
 void HttpServer::on_signal(std::function<void(int)> fn) { impl_->signal_fn = std::move(fn); }
 
 void HttpServer::start() {
-  Impl& s = *impl_;
+  detail::ServerImpl& s = *impl_;
   beast::error_code ec;
   const auto addr = net::ip::make_address(s.opt.host, ec);
   if (ec) throw std::runtime_error("invalid --host '" + s.opt.host + "': " + ec.message());
@@ -614,7 +615,7 @@ void HttpServer::start() {
 int HttpServer::port() const { return impl_->bound_port; }
 
 void HttpServer::stop_accepting() {
-  Impl& s = *impl_;
+  detail::ServerImpl& s = *impl_;
   if (!s.accepting.exchange(false)) return;
   net::post(s.acceptor.get_executor(), [&s] {
     beast::error_code ec;
@@ -626,7 +627,7 @@ void HttpServer::stop_accepting() {
 }
 
 void HttpServer::stop(std::chrono::milliseconds grace) {
-  Impl& s = *impl_;
+  detail::ServerImpl& s = *impl_;
   stop_accepting();
   const auto deadline = std::chrono::steady_clock::now() + grace;
   while (s.open.load() > 0 && std::chrono::steady_clock::now() < deadline)

@@ -17,6 +17,10 @@
 
 namespace sinkserve {
 
+namespace detail {
+struct ServerImpl;
+}
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port (see HttpServer::port())
@@ -48,8 +52,7 @@ class HttpServer {
   void stop(std::chrono::milliseconds grace);
 
  private:
-  struct Impl;
-  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<detail::ServerImpl> impl_;
 };
 
 }  // namespace sinkserve

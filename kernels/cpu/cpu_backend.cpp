@@ -93,20 +93,23 @@ class CpuBackend final : public Backend {
     for_rows(n_tok, dim, [&](int64_t t) { kern_.rmsnorm_row(out + t * dim, x + t * dim, w, dim, eps); });
   }
 
-  // Angles in double from the exact 64-bit position: a float angle loses all precision past
-  // position 2^24, and streams here run forever.
+  // Angles from the exact 64-bit position, reduced modulo 2*pi in extended precision before the
+  // double sin/cos: a float angle loses all precision past position 2^24, and even a double
+  // product pos * freq is off by ~1e-4 rad at position 2^40, enough to move logits. Streams here
+  // run forever, and their positions must not matter.
   void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
             const RopeParams& p) override {
     if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
     const int half = head_dim / 2;
-    std::vector<double> inv_freq(half);
+    std::vector<long double> inv_freq(half);
     for (int i = 0; i < half; ++i)
-      inv_freq[i] = double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
+      inv_freq[i] = (long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / head_dim);
+    const long double two_pi = 6.283185307179586476925286766559L;
     const int64_t row = int64_t(n_heads) * head_dim;
     for_rows(n_tok, row, [&](int64_t t) {
       std::vector<double> c(half), s(half);
       for (int i = 0; i < half; ++i) {
-        const double theta = double(pos[t]) * inv_freq[i];
+        const double theta = double(std::fmod((long double)pos[t] * inv_freq[i], two_pi));
         c[i] = std::cos(theta);
         s[i] = std::sin(theta);
       }

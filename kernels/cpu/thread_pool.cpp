@@ -68,7 +68,8 @@ ThreadPool::ThreadPool(int threads) {
   if (threads < 0) throw std::invalid_argument("thread pool: negative thread count " + std::to_string(threads));
   const std::vector<int> cpus = allowed_cpus();
   n_threads_ = threads == 0 ? int(cpus.size()) : threads;
-  const bool pin = n_threads_ > 1 && n_threads_ <= int(cpus.size());
+  oversubscribed_ = n_threads_ > int(cpus.size());
+  const bool pin = n_threads_ > 1 && !oversubscribed_;
   if (pin) pin_thread(pthread_self(), cpus[0]);
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; ++i)
@@ -102,7 +103,8 @@ void ThreadPool::worker_main(int, int cpu) {
   uint32_t seen = 0;
   for (;;) {
     uint32_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
+    const int spins = oversubscribed_ ? 0 : kSpinIterations;
+    for (int spin = 0; g == seen && spin < spins; ++spin) {
       cpu_relax();
       g = generation_.load(std::memory_order_acquire);
     }
@@ -144,7 +146,10 @@ void ThreadPool::run(int64_t n, Task task, void* ctx) {
   tl_inside_job = true;
   work_on_current_job();
   tl_inside_job = false;
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    if (oversubscribed_) sched_yield();
+    else cpu_relax();
+  }
   if (failed_.load()) std::rethrow_exception(error_);
 }
 

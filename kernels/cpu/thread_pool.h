@@ -43,6 +43,7 @@ class ThreadPool {
   void work_on_current_job();
 
   int n_threads_;
+  bool oversubscribed_;  // more threads than CPUs: yield instead of spinning
   std::vector<std::thread> workers_;
   std::mutex submit_;  // one job at a time when several threads share a pool
 

@@ -3,6 +3,7 @@
 // for everything else. Host arrays that parametrise an operation (tokens, positions, spans, rows)
 // are staged through pinned memory so that the caller never waits for the device.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -198,7 +199,15 @@ class CudaBackend final : public Backend {
     if (head_dim % 2 != 0)
       throw std::invalid_argument("CUDA rope: head_dim " + std::to_string(head_dim) + " is odd");
     use_device();
-    cuda::launch_rope(x, n_tok, n_heads, head_dim, stage(pos, size_t(n_tok)), p, stream_);
+    // The same double expression as the CPU backend, so both rotate by identical angles.
+    const int half = head_dim / 2;
+    inv_freq_.resize(size_t(half));
+    for (int i = 0; i < half; ++i)
+      inv_freq_[size_t(i)] =
+          double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
+    const double* inv = stage(inv_freq_.data(), inv_freq_.size());
+    cuda::launch_rope(x, n_tok, n_heads, head_dim, stage(pos, size_t(n_tok)), inv, p.neox,
+                      stream_);
   }
 
   void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
@@ -321,6 +330,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::unordered_set<void*> allocs_;
+  std::vector<double> inv_freq_;
   void* scratch_ = nullptr;
   size_t scratch_cap_ = 0;
   void* partials_ = nullptr;

@@ -67,27 +67,26 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restri
 
 // One thread per (token, rotation pair); the angle is shared by every head of the token. Stream
 // positions grow without bound, so the angle is formed and reduced in double: in float, pos *
-// inv_freq loses all fractional precision past a few million tokens.
+// inv_freq loses all fractional precision past position 2^24. inv_freq comes from the host, so
+// that the angles equal the CPU backend's bit for bit.
 __global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
-                            const int64_t* __restrict__ pos, double log2_base, double freq_scale,
+                            const int64_t* __restrict__ pos, const double* __restrict__ inv_freq,
                             bool neox) {
   const int half = head_dim / 2;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n_tok * half) return;
   const int64_t t = idx / half;
   const int i = int(idx % half);
-  const double inv_freq = exp2(-2.0 * double(i) / double(head_dim) * log2_base);
   double s, c;
-  sincos(double(pos[t]) * freq_scale * inv_freq, &s, &c);
-  const float sf = float(s), cf = float(c);
+  sincos(double(pos[t]) * inv_freq[i], &s, &c);
   float* row = x + t * int64_t(n_heads) * head_dim;
+  const int a = neox ? i : 2 * i;
+  const int b = neox ? i + half : 2 * i + 1;
   for (int h = 0; h < n_heads; ++h) {
     float* hp = row + int64_t(h) * head_dim;
-    const int a = neox ? i : 2 * i;
-    const int b = neox ? i + half : 2 * i + 1;
-    const float x0 = hp[a], x1 = hp[b];
-    hp[a] = x0 * cf - x1 * sf;
-    hp[b] = x0 * sf + x1 * cf;
+    const double x0 = hp[a], x1 = hp[b];
+    hp[a] = float(x0 * c - x1 * s);
+    hp[b] = float(x0 * s + x1 * c);
   }
 }
 
@@ -165,12 +164,11 @@ void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, i
 }
 
 void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-                 const RopeParams& p, cudaStream_t stream) {
+                 const double* inv_freq, bool neox, cudaStream_t stream) {
   const int64_t n = n_tok * (head_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<unsigned((n + 127) / 128), 128, 0, stream>>>(
-      x, n_tok, n_heads, head_dim, pos, std::log2(double(p.freq_base)), double(p.freq_scale),
-      p.neox);
+  rope_kernel<<<unsigned((n + 127) / 128), 128, 0, stream>>>(x, n_tok, n_heads, head_dim, pos,
+                                                             inv_freq, neox);
   SS_LAUNCH_CHECK();
 }
 

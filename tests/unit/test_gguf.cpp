@@ -373,8 +373,11 @@ bool try_load(const std::string& p, Outcome& o, const std::string& what) {
       sum += uint64_t(c.dim);
     } catch (const GGUFError&) {
     }
+    // Keeps the reads above from being optimised away, so ASan sees every one.
+    volatile uint64_t sink = sum;
+    (void)sink;
     ++o.loaded;
-    return sum != 0 || true;
+    return true;
   } catch (const GGUFError&) {
     ++o.rejected;
     return false;
@@ -400,7 +403,9 @@ void mutation_corpus(const std::string& original, uint64_t data_start, uint64_t 
   for (uint64_t n : cuts) {
     sinkserve::test::write_bytes(p, original.substr(0, n));
     const bool ok = try_load(p, trunc, "truncation at " + std::to_string(n));
-    if (n < data_end) EXPECT_FALSE(ok) << "file truncated to " << n << " of " << data_end << " bytes loaded";
+    if (n < data_end) {
+      EXPECT_FALSE(ok) << "file truncated to " << n << " of " << data_end << " bytes loaded";
+    }
   }
 
   Outcome mut;

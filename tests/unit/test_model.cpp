@@ -41,14 +41,15 @@ TEST(Model, GreedyFromBosReproducesLlama2cReference) {
   Sampler greedy(SamplingParams{});
   StreamDecoder dec(*tok);
   std::string text;
-  for (int i = 0; i < 255; ++i) {
+  for (int i = 0; i < 256; ++i) {
     t = greedy.sample(logits.data(), rig.vocab());
     if (t == tok->bos()) break;
     text += dec.push(t);
     s.feed({&t, 1}, logits.data());
   }
   text += dec.flush();
-  // The reference file ends with the newline llama2.c prints after the story.
+  // llama2.c with 256 steps samples after each of positions 0..255 (BOS at 0): up to 256 new
+  // tokens. Its output ends with the newline it prints after the story.
   EXPECT_EQ(text + "\n", expected);
 }
 
@@ -67,7 +68,7 @@ TEST(Model, TemperatureTopPReproducesLlama2cSampler) {
   Sampler sampler(sp);
   StreamDecoder dec(*tok);
   std::string text;
-  for (int i = 0; i < 255; ++i) {
+  for (int i = 0; i < 256; ++i) {
     t = sampler.sample(logits.data(), rig.vocab());
     if (t == tok->bos()) break;
     text += dec.push(t);

@@ -105,7 +105,7 @@ class SchedulerTest : public ::testing::Test {
   std::vector<int32_t> reference(Stream& s, const std::vector<int32_t>& ids, int max_tokens,
                                  int32_t* carry) {
     const int vocab = engine_->model->config().vocab;
-    std::vector<float> logits(size_t(vocab));
+    std::vector<float> logits(static_cast<size_t>(vocab));
     s.feed(ids, logits.data());
     std::vector<int32_t> out;
     *carry = -1;

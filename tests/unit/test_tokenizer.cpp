@@ -259,27 +259,39 @@ TEST(Tokenizer, WholeBookEncodesFast) {
   EXPECT_TRUE(tok.decode(ids) == t);
 }
 
+// Plain structural UTF-8 check (lead byte, then the right number of continuation bytes).
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto b = uint8_t(s[i]);
+    const size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((uint8_t(s[i + k]) & 0xC0) != 0x80) return false;
+    i += n;
+  }
+  return true;
+}
+
 TEST(Tokenizer, StreamDecoderEmitsSplitCharactersWhole) {
   const Tokenizer& tok = vocab("models/stories260K.gguf");
   // Neither CJK character is in the 512-token vocabulary: each is spelled with 3 byte tokens.
   const std::string text = "a \xE6\x97\xA5\xE6\x9C\xAC!";  // "a 日本!"
   const Ids ids = tok.encode(text, true);
+  int byte_tokens = 0;
+  for (int32_t id : ids) byte_tokens += int(tok.piece(id).size() == 1 && uint8_t(tok.piece(id)[0]) >= 0x80);
+  ASSERT_EQ(byte_tokens, 6);
   StreamDecoder d(tok);
-  std::vector<std::string> emitted;
+  std::string joined;
+  int pushes_with_cjk = 0;
   for (int32_t id : ids) {
-    std::string s = d.push(id);
-    if (!s.empty()) emitted.push_back(s);
+    const std::string s = d.push(id);
+    EXPECT_TRUE(valid_utf8(s)) << "emitted a partial character";
+    pushes_with_cjk += int(s.find("\xE6") != std::string::npos);
+    joined += s;
   }
   EXPECT_EQ(d.flush(), "");
-  std::string joined;
-  for (const std::string& s : emitted) joined += s;
-  EXPECT_EQ(joined, text);
-  int whole_cjk = 0;
-  for (const std::string& s : emitted) {
-    EXPECT_EQ(s.find("\xE6\x97\xA5"), s.find("\xE6"));  // a lead byte only with its character
-    whole_cjk += int(s.find("\xE6\x97\xA5") != std::string::npos) + int(s.find("\xE6\x9C\xAC") != std::string::npos);
-  }
-  EXPECT_EQ(whole_cjk, 2);
+  EXPECT_EQ(joined, text);  // each character exactly once
+  EXPECT_EQ(pushes_with_cjk, 2);
 
   // Token by token: nothing is emitted until the third byte of a character arrives.
   const int32_t e6 = tok.find("<0xE6>"), x97 = tok.find("<0x97>"), xa5 = tok.find("<0xA5>");
@@ -294,6 +306,7 @@ TEST(Tokenizer, StreamDecoderEmitsSplitCharactersWhole) {
   // A stray continuation byte is malformed: replaced, and the text after it still comes through.
   StreamDecoder d3(tok);
   EXPECT_EQ(d3.push(x97), "\xEF\xBF\xBD");
+  EXPECT_EQ(d3.push(tok.find("<0x41>")), "A");
 }
 
 TEST(Tokenizer, SpmDecodeStripsOnlyTheAddedSpace) {

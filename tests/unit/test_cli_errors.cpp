@@ -1,0 +1,118 @@
+// The sinkserve executable on bad input: corrupt model files and bad arguments end in a clear
+// message and a non-zero exit status, never a crash.
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "runtime/gguf.h"
+#include "tests/fixtures.h"
+#include "tests/gguf_bytes.h"
+
+using namespace sinkserve;
+using sinkserve::test::GGUFBytes;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path dir() {
+  static const fs::path d = sinkserve::test::make_temp_dir("test_cli_errors");
+  return d;
+}
+
+struct Result {
+  bool exited = false;  // false: killed by a signal
+  int code = -1;
+  std::string out, err;
+};
+
+Result run(const std::string& args) {
+  const std::string out = (dir() / "stdout.txt").string(), err = (dir() / "stderr.txt").string();
+  const std::string cmd = sinkserve::test::sinkserve_binary() + " " + args + " >" + out + " 2>" + err;
+  const int st = std::system(cmd.c_str());
+  Result r;
+  r.exited = WIFEXITED(st);
+  r.code = r.exited ? WEXITSTATUS(st) : -1;
+  r.out = sinkserve::test::read_bytes(out);
+  r.err = sinkserve::test::read_bytes(err);
+  return r;
+}
+
+std::string write_model(const std::string& name, const std::string& bytes) {
+  const fs::path p = dir() / name;
+  sinkserve::test::write_bytes(p, bytes);
+  return p.string();
+}
+
+// A valid two-tensor file, built by hand so that tests can break single fields.
+GGUFBytes valid_model(uint64_t dim0 = 8, uint64_t offset_b = 32) {
+  GGUFBytes g = GGUFBytes::header(2, 1);
+  g.kv_string("general.architecture", "llama");
+  g.tensor_info("a", {dim0}, 0, 0).tensor_info("b", {8}, 0, offset_b).pad(32);
+  g.b.append(64, '\0');
+  return g;
+}
+
+void expect_failure(const std::string& model, const std::string& needle) {
+  const Result r = run("inspect --model " + model);
+  EXPECT_TRUE(r.exited) << "killed by a signal on " << model;
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
+  EXPECT_NE(r.err.find(model), std::string::npos) << "the message should name the file: " << r.err;
+}
+
+}  // namespace
+
+TEST(CliErrors, CorruptModelFiles) {
+  const std::string valid = valid_model().b;
+  ASSERT_EQ(run("inspect --model " + write_model("valid.gguf", valid)).code, 0);
+
+  expect_failure(write_model("truncated.gguf", valid.substr(0, 40)), "truncated file");
+  std::string magic = valid;
+  magic[0] = 'X';
+  expect_failure(write_model("magic.gguf", magic), "not a GGUF file: magic is 'XGUF'");
+  expect_failure(write_model("huge_dims.gguf", valid_model(1ull << 40).b), "lies outside");
+  expect_failure(write_model("zero_dim.gguf", valid_model(0).b), "dimension 0 = 0");
+  expect_failure(write_model("bad_offset.gguf", valid_model(8, 1ull << 40).b), "tensor 'b' data");
+  expect_failure(write_model("misaligned.gguf", valid_model(8, 36).b), "not a multiple of the alignment");
+  expect_failure(write_model("empty.gguf", ""), "empty file");
+  expect_failure((dir() / "does_not_exist.gguf").string(), "cannot open");
+}
+
+TEST(CliErrors, UnsupportedArchitectureAndTensorType) {
+  GGUFBytes g = GGUFBytes::header(1, 1);
+  g.kv_string("general.architecture", "falcon").tensor_info("t", {32}, 0, 0).pad(32).b.append(128, '\0');
+  expect_failure(write_model("falcon.gguf", g.b), "architecture 'falcon' is not supported");
+  GGUFBytes q = GGUFBytes::header(1, 1);
+  q.kv_string("general.architecture", "llama").tensor_info("t", {32}, 2, 0).pad(32).b.append(128, '\0');
+  expect_failure(write_model("q4.gguf", q.b), "which sinkserve does not support");
+}
+
+TEST(CliErrors, BadArguments) {
+  Result r = run("inspect --bogus");
+  EXPECT_TRUE(r.exited);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown argument '--bogus'"), std::string::npos) << r.err;
+
+  r = run("inspect");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
+
+  r = run("synth --out " + (dir() / "x.gguf").string() + " --dim abc");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--dim expects an integer, got 'abc'"), std::string::npos) << r.err;
+}
+
+TEST(CliErrors, InspectRealModel) {
+  const Result r = run("inspect --tensors --model " + sinkserve::test::fixture("models/stories260K.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("GGUF v3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layers 5, dim 64, heads 8, kv heads 4, head dim 8, ffn 172, vocab 512"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("bos:           1 '<s>'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("48 tensors"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("blk.4.ffn_down.weight"), std::string::npos) << r.out;
+}
