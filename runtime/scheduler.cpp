@@ -234,6 +234,7 @@ void Scheduler::run() {
       cancels.swap(cancels_);
       stopping = stop_;
     }
+    release_pending_slots();
     if (stopping) {
       for (auto& a : active_) finish(*a, FinishReason::Shutdown);
       active_.clear();
@@ -248,7 +249,6 @@ void Scheduler::run() {
       for (auto& a : active_)
         if (a->id == id && !a->done) finish(*a, FinishReason::Cancelled);
     std::erase_if(active_, [](const auto& a) { return a->done; });
-    release_pending_slots();
     if (!active_.empty()) run_step();
   }
 }
@@ -384,6 +384,10 @@ void Scheduler::admit(Pending& p) {
   started.kind = StreamEvent::Kind::Started;
   Active& ref = *a;
   active_.push_back(std::move(a));
+  {
+    std::lock_guard g(mu_);
+    stats_.running = int(active_.size());
+  }
   if (!deliver(ref, started)) finish(ref, FinishReason::Cancelled);
 }
 
@@ -442,13 +446,11 @@ void Scheduler::run_step() {
     const int32_t t = a.sampler.sample(logits_.data() + i * size_t(vocab), vocab);
     on_token(a, t, now);
   }
-  {
-    std::lock_guard lk(mu_);
-    ++stats_.steps;
-    stats_.prompt_tokens += prompt_tokens;
-    stats_.running = int(active_.size());
-  }
   std::erase_if(active_, [](const auto& a) { return a->done; });
+  std::lock_guard lk(mu_);
+  ++stats_.steps;
+  stats_.prompt_tokens += prompt_tokens;
+  stats_.running = int(active_.size());
 }
 
 void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
@@ -497,28 +499,31 @@ void Scheduler::finish(Active& a, FinishReason why) {
     a.reply += e.text;
   }
   e.usage = a.usage;
-  deliver(a, e);
-
-  std::lock_guard lk(mu_);
-  ++stats_.requests_finished[int(why)];
-  auto it = a.req.session.empty() ? sessions_.end() : sessions_.find(a.req.session);
-  // A cancelled turn leaves the cache holding text the client never saw: the session ends.
-  const bool keep = it != sessions_.end() && it->second.active_id == a.id && !it->second.doomed &&
-                    (why == FinishReason::Stop || why == FinishReason::Length);
-  if (keep) {
-    Session& s = it->second;
-    s.busy = false;
-    s.tokens += a.streamed;
-    s.carry = a.carry;
-    s.history.insert(s.history.end(), a.new_history.begin(), a.new_history.end());
-    if (a.req.chat) s.history.push_back(fingerprint({"assistant", a.reply}));
-    s.last_use = Clock::now();
-    s.last_use_wall = std::chrono::system_clock::now();
-  } else if (it != sessions_.end() && it->second.active_id == a.id) {
-    drop_session_locked(it);
-  } else {
-    releases_.push_back(a.slot);
+  // The books are settled before the client hears the end, so that whatever it does next (its
+  // next turn, a look at /v1/sessions or /metrics) sees the slot and session as they now are.
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.requests_finished[int(why)];
+    auto it = a.req.session.empty() ? sessions_.end() : sessions_.find(a.req.session);
+    const bool mine = it != sessions_.end() && it->second.active_id == a.id;
+    // A cancelled turn leaves the cache holding text the client never saw: the session ends.
+    if (mine && !it->second.doomed && (why == FinishReason::Stop || why == FinishReason::Length)) {
+      Session& s = it->second;
+      s.busy = false;
+      s.tokens += a.streamed;
+      s.carry = a.carry;
+      s.history.insert(s.history.end(), a.new_history.begin(), a.new_history.end());
+      if (a.req.chat) s.history.push_back(fingerprint({"assistant", a.reply}));
+      s.last_use = Clock::now();
+      s.last_use_wall = std::chrono::system_clock::now();
+    } else {
+      if (mine) sessions_.erase(it);
+      ls_.release(a.slot);
+      stats_.free_slots = ls_.cache().free_slots();
+    }
+    stats_.running = int(std::count_if(active_.begin(), active_.end(), [](const auto& x) { return !x->done; }));
   }
+  deliver(a, e);
 }
 
 }  // namespace sinkserve

@@ -3,6 +3,7 @@
 // where no GPU is visible.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -17,7 +18,8 @@ using namespace sinkserve;
 namespace {
 
 void cuda(cudaError_t rc, const char* what) {
-  if (rc != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(rc));
+  if (rc != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(rc));
 }
 
 void check(bool ok, const std::string& what) {
@@ -28,7 +30,9 @@ void check(bool ok, const std::string& what) {
 // legacy default stream.
 struct DeviceBuffer {
   float* p = nullptr;
-  explicit DeviceBuffer(size_t n) { cuda(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)), "cudaMalloc"); }
+  explicit DeviceBuffer(size_t n) {
+    cuda(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(float)), "cudaMalloc");
+  }
   ~DeviceBuffer() { cudaFree(p); }
   void put(const std::vector<float>& h) {
     cuda(cudaMemcpy(p, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice), "to device");
