@@ -288,8 +288,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     auto g = std::make_shared<Gen>(chat, ar.stream, ar.include_usage, route, std::move(fmt));
     gen_ = g;
     response_done_ = false;
-    ar.gen.sink = [g, w = weak_from_this(), ex = stream_.get_executor(),
-                   limit = srv_->opt.max_pending_bytes](const StreamEvent& e) {
+    // The sink keeps the connection alive until the scheduler is done with the request: no
+    // socket operation is pending while the first token is being computed.
+    ar.gen.sink = [g, self = shared_from_this(), limit = srv_->opt.max_pending_bytes](const StreamEvent& e) {
       std::lock_guard lk(g->mu);
       if (g->closed) return false;
       if (e.kind == StreamEvent::Kind::Token && e.text.empty()) return true;
@@ -303,9 +304,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       if (!g->posted) {
         g->posted = true;
-        net::post(ex, [w, g] {
-          if (auto c = w.lock()) c->drain(g);
-        });
+        net::post(self->stream_.get_executor(), [self, g] { self->drain(g); });
       }
       return !g->closed;
     };

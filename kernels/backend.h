@@ -90,6 +90,10 @@ class Backend {
   virtual void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
                          int n_kv_heads, int head_dim, const float* k, const float* v,
                          const AttnSpan* spans, float* out) = 0;
+
+  // Sustained read bandwidth of this backend's memory in bytes/s, measured over a buffer of
+  // `bytes`: the roofline a memory-bound decode step is compared against. 0 when unknown.
+  virtual double measure_bandwidth(size_t bytes) { (void)bytes; return 0; }
 };
 
 // The CPU backend with `threads` worker threads (0 = one per core), pinned to distinct cores.

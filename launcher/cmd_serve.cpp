@@ -1,5 +1,7 @@
 // `sinkserve serve`: the OpenAI-compatible HTTP server. Rank 0 runs the HTTP front node and the
 // continuous-batching scheduler; every rank computes each batched step in lockstep.
+#include <sys/stat.h>
+
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -83,12 +85,14 @@ int run(int argc, char** argv) {
     }
     if (template_name.empty())
       sched_opt.chat_template = detect_chat_template(e->file->find_string("tokenizer.chat_template").value_or(""));
-    std::error_code fec;
-    const auto mtime = std::filesystem::last_write_time(eo.model, fec);
-    so.model_created = fec ? 0
-                           : std::chrono::duration_cast<std::chrono::seconds>(
-                                 std::chrono::clock_cast<std::chrono::system_clock>(mtime).time_since_epoch())
-                                 .count();
+    // BOS opens a chat session exactly as `sinkserve chat` decides, so that both encode a
+    // conversation to the same tokens.
+    const auto explicit_bos = e->file->find("tokenizer.ggml.add_bos_token");
+    sched_opt.chat_add_bos = explicit_bos && std::holds_alternative<bool>(explicit_bos->v)
+                                 ? std::get<bool>(explicit_bos->v)
+                                 : chat_template_adds_bos(sched_opt.chat_template);
+    struct stat st {};
+    so.model_created = ::stat(eo.model.c_str(), &st) == 0 ? int64_t(st.st_mtime) : 0;
 
     const CacheConfig& cc = e->cache->config();
     std::fprintf(stderr,

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "parallel/communicator_factory.h"
+#include "parallel/fault_injection.h"
+
 namespace sinkserve {
 
 CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
@@ -34,7 +37,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Comm
   e->comm = std::move(comm);
   e->file = std::make_unique<GGUFFile>(o.model);
   if (o.device == "cpu") e->backend = make_cpu_backend(o.threads);
-  else if (o.device == "cuda") e->backend = make_cuda_backend(e->comm->rank() % std::max(1, cuda_device_count()));
+  else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
   else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
   e->tokenizer = load_tokenizer(*e->file);
@@ -42,6 +45,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Comm
   e->cache = std::make_unique<KVCache>(*e->backend, e->model->config().n_layers,
                                        e->model->local_kv_dim(), cc, o.slots);
   e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache);
+  maybe_inject_failure(e->comm->rank(), "load");
   return e;
 }
 

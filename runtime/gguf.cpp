@@ -236,10 +236,10 @@ GGUFFile::GGUFFile(const std::string& path) : path_(path) {
     // A key needs at least its length and type; a tensor info at least 8+4+8+4+8 bytes.
     if (n_kv > c.remaining() / 12)
       c.fail("header claims " + std::to_string(n_kv) + " metadata keys, more than the " +
-             std::to_string(size_) + "-byte file can hold");
+             std::to_string(size_) + "-byte file can hold (truncated or corrupt)");
     if (n_tensors > c.remaining() / 32)
       c.fail("header claims " + std::to_string(n_tensors) + " tensors, more than the " +
-             std::to_string(size_) + "-byte file can hold");
+             std::to_string(size_) + "-byte file can hold (truncated or corrupt)");
 
     for (uint64_t i = 0; i < n_kv; ++i) {
       std::string key = c.read_string("name of metadata key " + std::to_string(i));

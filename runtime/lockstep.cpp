@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/fault_injection.h"
 #include "parallel/lockstep.h"
 
 namespace sinkserve {
@@ -52,6 +53,7 @@ void Lockstep::step(std::span<const SeqStep> steps, float* logits) {
 }
 
 void Lockstep::run_step(std::span<const SeqStep> steps, float* logits) {
+  maybe_inject_failure(model_.comm().rank(), "step", steps_);
   model_.forward(cache_, steps, logits);
   if (++steps_ % verify_every_ == 0) verify();
 }

@@ -301,7 +301,8 @@ std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationReque
     *err = e.what();
     return {};
   }
-  const std::vector<int32_t> ids = tok_.encode(text, fresh);
+  if (fresh && opt_.chat_add_bos && tok_.bos() >= 0) out.push_back(tok_.bos());
+  const std::vector<int32_t> ids = tok_.encode(text, false);
   out.insert(out.end(), ids.begin(), ids.end());
   for (const ChatMessage& m : fresh_msgs) new_history->push_back(fingerprint(m));
   if (out.empty()) *err = "the messages encode to no tokens";
@@ -483,7 +484,10 @@ void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
     finish(a, FinishReason::Cancelled);
     return;
   }
-  if (hit) finish(a, FinishReason::Stop);
+  if (hit) {
+    a.carry.clear();  // the token that completed a stop string is dropped, not fed
+    finish(a, FinishReason::Stop);
+  }
   else if (a.usage.completion_tokens >= a.max_tokens) finish(a, FinishReason::Length);
 }
 

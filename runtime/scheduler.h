@@ -77,6 +77,7 @@ struct SchedulerOptions {
   int default_max_tokens = 256;  // for requests that do not say
   int step_tokens = 0;           // token budget of one step for prompt chunks; 0: 4 x chunk
   ChatTemplate chat_template = ChatTemplate::Raw;
+  bool chat_add_bos = true;  // a new chat session starts with BOS (as `sinkserve chat` decides)
 };
 
 struct SessionInfo {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace sinkserve::cpu {
@@ -29,6 +30,8 @@ class CpuBackend final : public Backend {
   ~CpuBackend() override {
     for (void* p : buffers_) std::free(p);
   }
+
+  double measure_bandwidth(size_t bytes) override { return measure_read_bandwidth(pool_, bytes); }
 
   std::string name() const override {
     return "cpu(" + std::string(isa_name(kern_.isa)) + ", " + std::to_string(pool_.size()) + " threads)";

@@ -261,6 +261,36 @@ class CudaBackend final : public Backend {
                            partials, out, stream_);
   }
 
+  // A device-to-device copy of bytes/2 counts bytes/2 read plus bytes/2 written: the traffic a
+  // streaming kernel can sustain. Median of several timed copies after a warm-up.
+  double measure_bandwidth(size_t bytes) override {
+    const size_t half = bytes / 2 / 256 * 256;
+    if (half == 0) return 0;
+    use_device();
+    void* a = alloc(half);
+    void* b = alloc(half);
+    SS_CUDA_CHECK(cudaMemsetAsync(a, 1, half, stream_));
+    cudaEvent_t e0, e1;
+    SS_CUDA_CHECK(cudaEventCreate(&e0));
+    SS_CUDA_CHECK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int i = 0; i < 12; ++i) {
+      SS_CUDA_CHECK(cudaEventRecord(e0, stream_));
+      SS_CUDA_CHECK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, half, cudaMemcpyDeviceToDevice, stream_));
+      SS_CUDA_CHECK(cudaEventRecord(e1, stream_));
+      SS_CUDA_CHECK(cudaEventSynchronize(e1));
+      float t = 0;
+      SS_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      if (i >= 2) ms.push_back(t);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    release(a);
+    release(b);
+    std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+    return 2.0 * double(half) / (double(ms[ms.size() / 2]) * 1e-3);
+  }
+
   void argmax_rows(const float* x, int64_t n_rows, int64_t width, int32_t* host_out) {
     if (n_rows <= 0) return;
     use_device();

@@ -1,6 +1,8 @@
 // GGUF reader, writer, model config and `synth`: real fixtures, round trips against a hand-made
 // reference encoding, targeted corruptions with their messages, and a seeded mutation corpus.
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -300,7 +302,7 @@ TEST(GGUFErrors, HeaderProblems) {
 }
 
 TEST(GGUFErrors, MetadataProblems) {
-  EXPECT_LOAD_ERROR(GGUFBytes::header(0, 1).u64(1ull << 40).b, "claims 1099511627776 bytes");
+  EXPECT_LOAD_ERROR(GGUFBytes::header(0, 1).u64(1ull << 40).b + std::string(64, 'k'), "claims 1099511627776 bytes");
   EXPECT_LOAD_ERROR(GGUFBytes::header(0, 1).str("k").u32(13).u32(0).b, "unknown value type 13");
   EXPECT_LOAD_ERROR(GGUFBytes::header(0, 1).str("k").u32(8).u64(~0ull).b, "string value of 'k'");
   EXPECT_LOAD_ERROR(GGUFBytes::header(0, 1).str("k").u32(9).u32(4).u64(1ull << 40).u32(1).b,
@@ -408,35 +410,40 @@ void mutation_corpus(const std::string& original, uint64_t data_start, uint64_t 
     }
   }
 
+  // Mutations patch one copy in place and restore it, so a large file is written once.
   Outcome mut;
+  sinkserve::test::write_bytes(p, original);
+  const int fd = ::open(p.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
   uint64_t s = seed;
   const uint64_t huge[] = {~0ull, 1ull << 63, (1ull << 63) - 1, 1ull << 32, 1ull << 40, 0, 1, 5, 31, 33};
   for (int i = 0; i < n_mutations; ++i) {
-    std::string m = original;
     const uint64_t at = splitmix(s) % data_start;
-    std::string what = "mutation " + std::to_string(i) + " at " + std::to_string(at);
+    char patch[8];
+    size_t len = 1;
     switch (splitmix(s) % 5) {
-      case 0: m[at] = char(m[at] ^ (1 << (splitmix(s) % 8))); break;  // bit flip
-      case 1: m[at] = char(splitmix(s)); break;                        // random byte
-      case 2: {                                                        // a huge or tiny u64
+      case 0: patch[0] = char(original[at] ^ (1 << (splitmix(s) % 8))); break;  // bit flip
+      case 1: patch[0] = char(splitmix(s)); break;                               // random byte
+      case 2: {  // a huge or tiny u64, as in lengths, counts, dimensions and offsets
         const uint64_t v = huge[splitmix(s) % std::size(huge)];
-        std::memcpy(m.data() + at, &v, std::min<uint64_t>(8, m.size() - at));
+        std::memcpy(patch, &v, len = 8);
         break;
       }
       case 3: {  // a small u32, as in type fields and dimension counts
         const uint32_t v = uint32_t(splitmix(s) % 40);
-        std::memcpy(m.data() + at, &v, std::min<uint64_t>(4, m.size() - at));
+        std::memcpy(patch, &v, len = 4);
         break;
       }
-      case 4: {  // a run of 0xff, like a huge length
-        const uint64_t n = std::min<uint64_t>(1 + splitmix(s) % 8, m.size() - at);
-        std::memset(m.data() + at, 0xff, n);
+      case 4:  // a run of 0xff
+        std::memset(patch, 0xff, len = 1 + splitmix(s) % 8);
         break;
-      }
     }
-    sinkserve::test::write_bytes(p, m);
-    try_load(p, mut, what);
+    len = std::min<size_t>(len, original.size() - at);
+    ASSERT_EQ(::pwrite(fd, patch, len, off_t(at)), ssize_t(len));
+    try_load(p, mut, "mutation " + std::to_string(i) + " at " + std::to_string(at));
+    ASSERT_EQ(::pwrite(fd, original.data() + at, len, off_t(at)), ssize_t(len));
   }
+  ::close(fd);
   // The corpus is only worth its time if it reaches both outcomes.
   EXPECT_GT(mut.rejected, n_mutations / 10);
   EXPECT_GT(mut.loaded, 0);

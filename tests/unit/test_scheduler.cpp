@@ -1,5 +1,6 @@
 // The continuous-batching scheduler on the real stories260K model, one rank, CPU. References are
-// computed without the scheduler: one Stream per sequence, fed token by token, greedy argmax.
+// computed without the scheduler: one Stream per sequence, fed token by token, greedy argmax, on
+// the same model and slot pool while the scheduler's loop is idle (between requests).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -192,8 +193,9 @@ TEST_F(SchedulerTest, SessionEncodesOnlyNewTurnsAndMatchesOneStream) {
     history.push_back({"user", users[round]});
     std::vector<int32_t> turn;
     if (carry >= 0) turn.push_back(carry);
+    if (round == 0) turn.push_back(tok.bos());
     const std::vector<int32_t> rendered =
-        tok.encode(render_turn(ChatTemplate::Raw, {history.back()}, round == 0, true), round == 0);
+        tok.encode(render_turn(ChatTemplate::Raw, {history.back()}, round == 0, true), false);
     turn.insert(turn.end(), rendered.begin(), rendered.end());
     std::vector<int32_t> expect = reference(ref_stream, turn, kMax, &carry);
     const bool ended = !expect.empty() && is_end(expect.back());

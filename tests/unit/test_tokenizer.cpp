@@ -83,7 +83,10 @@ std::vector<std::pair<std::string, Ids>> read_vectors(const std::string& rel) {
 
 std::string ids_str(const Ids& ids) {
   std::string s;
-  for (int32_t id : ids) s += " " + std::to_string(id);
+  for (int32_t id : ids) {
+    s += ' ';
+    s += std::to_string(id);
+  }
   return s;
 }
 
@@ -135,6 +138,11 @@ TEST(Tokenizer, MetadataOfTheVocabularies) {
   EXPECT_EQ(gpt2.piece(18435), " Hello");  // "ĠHello"
   EXPECT_EQ(gpt2.piece(198), "\n");        // "Ċ"
   EXPECT_EQ(gpt2.piece(50256), "");
+
+  // GPT-NeoX names no pre-tokenizer: the GPT-2 split applies (no reference ids for it).
+  const Tokenizer& neox = vocab("tokenizers/ggml-vocab-gpt-neox.gguf");
+  const std::string s = "  Hello,\tworld!\n\n 3.14159 \xF0\x9F\xA6\x99 caf\xC3\xA9";
+  EXPECT_EQ(neox.decode(neox.encode(s, false)), s);
 }
 
 TEST(Tokenizer, BosOnlyWhereTheVocabularyAsksForIt) {

@@ -1,0 +1,204 @@
+// `sinkserve bench`: prompt and decode speed against the memory-bandwidth roofline, per-token
+// latency at growing stream lengths, and the sink cache against the recompute baseline.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "launcher/command.h"
+#include "launcher/engine_options.h"
+#include "launcher/rank_guard.h"
+#include "parallel/timed_communicator.h"
+#include "runtime/process_memory.h"
+#include "runtime/stream.h"
+
+namespace sinkserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::vector<int64_t> parse_list(const std::string& s, const char* opt) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 1) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError(std::string(opt) + " expects positive integers separated by commas, got '" + s + "'");
+    }
+  }
+  return out;
+}
+
+// Token ids that look like text to the model's cost (any id costs the same), reproducibly.
+struct TokenSource {
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  int vocab;
+  explicit TokenSource(int v) : vocab(v) {}
+  int32_t next() {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return int32_t(3 + (state >> 33) % uint64_t(std::max(1, vocab - 3)));
+  }
+  std::vector<int32_t> take(int64_t n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& t : v) t = next();
+    return v;
+  }
+};
+
+void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t decode_n,
+                 int64_t bw_mib) {
+  LlamaModel& m = *e.model;
+  const double streamed = double(m.streamed_bytes());
+  TokenSource src(m.config().vocab);
+  std::vector<float> logits(static_cast<size_t>(m.config().vocab));
+  std::printf("model: %s (%s), dim %d, %d layers, %d heads / %d KV heads, ffn %d, vocab %d\n",
+              m.config().name.c_str(), m.config().arch.c_str(), m.config().dim, m.config().n_layers,
+              m.config().n_heads, m.config().n_kv_heads, m.config().ffn, m.config().vocab);
+  std::printf("backend: %s, ranks: %d (%s)\n", e.backend->name().c_str(), comm.size(), comm.name().c_str());
+  std::printf("weights read per token (this rank): %.1f MiB\n", streamed / (1 << 20));
+  const double bw = bw_mib > 0 ? e.backend->measure_bandwidth(size_t(bw_mib) << 20) : 0;
+  if (bw > 0) std::printf("memory read bandwidth (%lld MiB buffer): %.2f GB/s\n", (long long)bw_mib, bw / 1e9);
+  {
+    Stream warm(*e.lockstep);
+    const std::vector<int32_t> w = src.take(8);
+    warm.feed(w, logits.data());
+  }
+  Stream s(*e.lockstep);
+  const std::vector<int32_t> prompt = src.take(prompt_n);
+  comm.clear();
+  auto t0 = Clock::now();
+  s.feed(prompt, logits.data());
+  const double t_prompt = since(t0);
+  std::printf("prompt: %lld tokens in %.3f s = %.1f tok/s\n", (long long)prompt_n, t_prompt,
+              double(prompt_n) / t_prompt);
+  comm.clear();
+  t0 = Clock::now();
+  for (int64_t i = 0; i < decode_n; ++i) {
+    const int32_t t = src.next();
+    s.feed({&t, 1}, logits.data());
+  }
+  const double t_dec = since(t0), tps = double(decode_n) / t_dec;
+  std::printf("decode: %lld tokens in %.3f s = %.2f tok/s (%.2f ms/token)\n", (long long)decode_n,
+              t_dec, tps, 1e3 / tps);
+  if (bw > 0)
+    std::printf("decode roofline: %.1f MiB x %.2f tok/s = %.2f GB/s = %.1f%% of %.2f GB/s\n",
+                streamed / (1 << 20), tps, streamed * tps / 1e9, 100.0 * streamed * tps / bw, bw / 1e9);
+  if (comm.size() > 1)
+    std::printf("collectives during decode: %.1f%% of the time, %.1f KiB per token in %.1f calls\n",
+                100.0 * comm.seconds() / t_dec, double(comm.bytes()) / double(decode_n) / 1024,
+                double(comm.calls()) / double(decode_n));
+}
+
+// Mean decode latency over the `samples` tokens before each stream length in `at`.
+void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
+  std::vector<float> logits(static_cast<size_t>(e.model->config().vocab));
+  TokenSource src(e.model->config().vocab);
+  Stream s(*e.lockstep);
+  const int64_t last = *std::max_element(at.begin(), at.end());
+  double sum = 0;
+  int64_t counted = 0;
+  std::printf("per-token decode latency of the %s policy (mean of the %lld tokens before each length)\n",
+              policy_name(e.cache->config().policy).c_str(), (long long)samples);
+  for (int64_t n = 1; n <= last; ++n) {
+    const int32_t t = src.next();
+    const bool timed = std::any_of(at.begin(), at.end(), [&](int64_t a) { return n > a - samples && n <= a; });
+    const auto t0 = Clock::now();
+    s.feed({&t, 1}, logits.data());
+    if (timed) {
+      sum += since(t0);
+      ++counted;
+    }
+    if (std::find(at.begin(), at.end(), n) != at.end()) {
+      std::printf("  after %10lld tokens: %.4f ms/token, cache %lld tokens, KV %lld bytes, RSS %.1f MiB\n",
+                  (long long)n, 1e3 * sum / double(counted), (long long)e.cache->cached_tokens(s.slot()),
+                  (long long)e.cache->live_bytes(s.slot()), double(resident_bytes()) / (1 << 20));
+      sum = 0;
+      counted = 0;
+    }
+  }
+}
+
+// Sink decode latency with a full window of W against the recompute baseline at the same W.
+void bench_recompute(Engine& e, const std::vector<int64_t>& windows, int64_t samples, int chunk, int sink) {
+  LlamaModel& m = *e.model;
+  std::vector<float> logits(static_cast<size_t>(m.config().vocab));
+  TokenSource src(m.config().vocab);
+  std::printf("sink (S=%d) vs recompute: per-token latency with a full window\n", sink);
+  for (int64_t W : windows) {
+    double per_token[2];
+    for (Policy p : {Policy::Sink, Policy::Recompute}) {
+      CacheConfig cc;
+      cc.policy = p;
+      cc.sink = p == Policy::Sink ? sink : 0;
+      cc.window = int(W);
+      cc.chunk = chunk;
+      KVCache cache(*e.backend, m.config().n_layers, m.local_kv_dim(), cc, 1);
+      Lockstep ls(m, cache);
+      Stream s(ls);
+      const std::vector<int32_t> fill = src.take(W + cc.sink);
+      s.feed(fill, logits.data());
+      const int64_t n = p == Policy::Sink ? samples : std::max<int64_t>(2, samples / 16);
+      const auto t0 = Clock::now();
+      for (int64_t i = 0; i < n; ++i) {
+        const int32_t t = src.next();
+        s.feed({&t, 1}, logits.data());
+      }
+      per_token[p == Policy::Sink ? 0 : 1] = since(t0) / double(n);
+    }
+    std::printf("  W = %5lld: sink %.2f ms/token, recompute %.1f ms/token, speedup %.1fx\n",
+                (long long)W, 1e3 * per_token[0], 1e3 * per_token[1], per_token[1] / per_token[0]);
+  }
+}
+
+int run(int argc, char** argv) {
+  EngineFlags ef;
+  int64_t prompt_n = 512, decode_n = 64, bw_mib = 2048, samples = 64;
+  std::string latency_at, recompute_windows;
+  ArgParser p("bench",
+              "Measures prompt processing and decode speed, and decode as a fraction of the memory "
+              "read bandwidth (weight bytes per token x tokens/s / measured bandwidth). With "
+              "--latency-at, per-token latency at growing stream lengths; with --recompute, the "
+              "sink cache against re-computing the window for every token.");
+  add_engine_options(p, ef, false);
+  p.add("--prompt", "N", "prompt tokens processed in one batch (default 512)", &prompt_n);
+  p.add("--decode", "N", "tokens decoded one by one (default 64)", &decode_n);
+  p.add("--bandwidth-mib", "MiB", "buffer for the bandwidth probe, 0 = skip (default 2048)", &bw_mib);
+  p.add("--latency-at", "L1,L2,..", "stream lengths at which to report decode latency", &latency_at);
+  p.add("--recompute", "W1,W2,..", "windows at which to compare sink and recompute", &recompute_windows);
+  p.add("--samples", "K", "tokens timed per measurement (default 64)", &samples);
+  if (!p.parse(argc, argv)) return 0;
+  EngineOptions eo = finish_engine_options(ef);
+  if (prompt_n < 1 || decode_n < 1 || samples < 1 || bw_mib < 0)
+    throw UsageError("--prompt, --decode and --samples must be >= 1, --bandwidth-mib >= 0");
+  const std::vector<int64_t> at = latency_at.empty() ? std::vector<int64_t>{} : parse_list(latency_at, "--latency-at");
+  const std::vector<int64_t> wins =
+      recompute_windows.empty() ? std::vector<int64_t>{} : parse_list(recompute_windows, "--recompute");
+  eo.chunk = int(std::max<int64_t>(eo.chunk, prompt_n));
+
+  auto timed = std::make_unique<TimedCommunicator>(launch_communicator(eo));
+  TimedCommunicator& comm = *timed;
+  return run_ranked("bench", comm, [&]() -> int {
+    if (comm.size() > 1 && (!at.empty() || !wins.empty()))
+      throw UsageError("--latency-at and --recompute run on one rank only");
+    auto e = open_engine(eo, std::move(timed));
+    if (!e->leader()) {
+      e->lockstep->follow();
+      return 0;
+    }
+    if (at.empty() && wins.empty()) bench_speed(*e, comm, prompt_n, decode_n, bw_mib);
+    if (!at.empty()) bench_latency(*e, at, samples);
+    if (!wins.empty()) bench_recompute(*e, wins, samples, eo.chunk, eo.sink);
+    e->lockstep->finish();
+    return 0;
+  });
+}
+
+RegisterCommand reg({"bench", "measure speed, roofline, latency over long streams, recompute speedup", &run});
+
+}  // namespace
+}  // namespace sinkserve

@@ -1,0 +1,118 @@
+// `sinkserve bench-batch`: decode throughput with many sessions decoding together. Each step
+// appends one token to every session, so the weights are read once per step for all of them:
+// throughput grows with the batch until the matmuls turn compute bound.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+
+#include "launcher/command.h"
+#include "launcher/engine_options.h"
+#include "launcher/rank_guard.h"
+
+namespace sinkserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<int64_t> parse_sessions(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v < 1)
+      throw UsageError("--sessions expects positive integers separated by commas, got '" + s + "'");
+    out.push_back(v);
+  }
+  if (out.empty()) throw UsageError("--sessions is empty");
+  return out;
+}
+
+// Reproducible token ids away from the special ones; every id costs the same to the model.
+int32_t next_token(uint64_t& state, int vocab) {
+  state = state * 6364136223846793005ull + 1442695040888963407ull;
+  return int32_t(3 + (state >> 33) % uint64_t(std::max(1, vocab - 3)));
+}
+
+void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int64_t steps) {
+  LlamaModel& m = *e.model;
+  const int vocab = m.config().vocab;
+  uint64_t rng = 0x9E3779B97F4A7C15ull;
+  std::printf("backend: %s, policy %s, window %d, sink %d\n", e.backend->name().c_str(),
+              policy_name(e.cache->config().policy).c_str(), e.cache->config().window,
+              e.cache->config().sink);
+  std::printf("%8s %12s %14s %14s\n", "sessions", "ms/step", "tokens/s", "tok/s/session");
+  for (int64_t B : batches) {
+    std::vector<int> slots;
+    for (int64_t i = 0; i < B; ++i) slots.push_back(e.lockstep->acquire());
+    std::vector<float> logits(size_t(B) * size_t(vocab));
+    // Each session first holds a prompt, so that attention reads a realistic cache.
+    for (int slot : slots) {
+      for (int64_t done = 0; done < prompt_n;) {
+        const int n = int(std::min<int64_t>(prompt_n - done, e.cache->config().chunk));
+        std::vector<int32_t> toks(size_t(n));
+        for (auto& t : toks) t = next_token(rng, vocab);
+        const SeqStep st{slot, toks.data(), n, false};
+        e.lockstep->step({&st, 1}, logits.data());
+        done += n;
+      }
+    }
+    std::vector<int32_t> toks(size_t(B));
+    std::vector<SeqStep> batch(size_t(B));
+    auto run_step = [&] {
+      for (int64_t i = 0; i < B; ++i) {
+        toks[size_t(i)] = next_token(rng, vocab);
+        batch[size_t(i)] = SeqStep{slots[size_t(i)], &toks[size_t(i)], 1, false};
+      }
+      e.lockstep->step(batch, logits.data());
+    };
+    for (int i = 0; i < 3; ++i) run_step();  // warm-up: allocations, cuBLAS heuristics
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < steps; ++i) run_step();
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count() / double(steps);
+    std::printf("%8lld %12.3f %14.1f %14.2f\n", (long long)B, 1e3 * dt, double(B) / dt, 1.0 / dt);
+    for (int slot : slots) e.lockstep->release(slot);
+  }
+}
+
+int run(int argc, char** argv) {
+  EngineFlags ef;
+  std::string sessions = "1,16,64";
+  int64_t prompt_n = 64, steps = 32;
+  ArgParser p("bench-batch",
+              "Measures decode throughput with several sessions decoding one token each per step "
+              "(every session first holds a prompt).");
+  add_engine_options(p, ef);
+  p.add("--sessions", "B1,B2,..", "session counts to measure (default 1,16,64)", &sessions);
+  p.add("--prompt", "N", "prompt tokens per session before timing (default 64)", &prompt_n);
+  p.add("--steps", "N", "timed decode steps per session count (default 32)", &steps);
+  if (!p.parse(argc, argv)) return 0;
+  EngineOptions eo = finish_engine_options(ef);
+  const std::vector<int64_t> batches = parse_sessions(sessions);
+  if (prompt_n < 1 || steps < 1) throw UsageError("--prompt and --steps must be >= 1");
+  eo.slots = int(*std::max_element(batches.begin(), batches.end()));
+
+  auto comm = launch_communicator(eo);
+  Communicator& c = *comm;
+  return run_ranked("bench-batch", c, [&]() -> int {
+    auto e = open_engine(eo, std::move(comm));
+    if (!e->leader()) {
+      e->lockstep->follow();
+      return 0;
+    }
+    bench(*e, batches, prompt_n, steps);
+    e->lockstep->finish();
+    return 0;
+  });
+}
+
+RegisterCommand reg({"bench-batch", "measure decode throughput with many sessions per step", &run});
+
+}  // namespace
+}  // namespace sinkserve

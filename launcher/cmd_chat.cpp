@@ -1,0 +1,311 @@
+// `sinkserve chat`: a multi-round dialogue through ONE persistent session. Each turn appends only
+// its new text to the cache (rendered incrementally by the chat template) and the reply stays in
+// the cache as generated, so the conversation is never re-encoded; the sink cache evicts the
+// oldest turns by itself, and the session runs in constant memory for any number of rounds (the
+// chatbot setting of the StreamingLLM paper, which streams all of MT-Bench through one session).
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "launcher/command.h"
+#include "launcher/engine_options.h"
+#include "launcher/rank_guard.h"
+#include "runtime/chat_template.h"
+#include "runtime/sampler.h"
+#include "runtime/stream.h"
+
+namespace sinkserve {
+namespace {
+
+// Ctrl-C during a reply ends that reply; at the user prompt (nothing to interrupt) it ends the
+// program, as a shell user expects.
+std::atomic<bool> g_generating{false};
+std::atomic<bool> g_interrupted{false};
+
+void on_sigint(int) {
+  if (g_generating) {
+    g_interrupted = true;
+    return;
+  }
+  constexpr char nl = '\n';
+  [[maybe_unused]] const ssize_t w = ::write(STDOUT_FILENO, &nl, 1);
+  ::_exit(130);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The user turns of an MT-Bench style file: one JSON object per line with a "turns" array of
+// strings; all questions are flattened into one conversation.
+std::vector<std::string> read_prompts(const std::string& path, int64_t questions) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError("cannot read --prompts '" + path + "'");
+  std::vector<std::string> turns;
+  std::string line;
+  int64_t line_no = 0, taken = 0;
+  while ((questions == 0 || taken < questions) && std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto where = [&] { return "--prompts " + path + " line " + std::to_string(line_no) + ": "; };
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw UsageError(where() + "not JSON (" + e.what() + ")");
+    }
+    if (!j.is_object() || !j.contains("turns") || !j["turns"].is_array() || j["turns"].empty())
+      throw UsageError(where() + "expected an object with a non-empty \"turns\" array");
+    for (const auto& t : j["turns"]) {
+      if (!t.is_string() || t.get<std::string>().empty())
+        throw UsageError(where() + "every entry of \"turns\" must be a non-empty string");
+      turns.push_back(t.get<std::string>());
+    }
+    ++taken;
+  }
+  if (turns.empty()) throw UsageError("--prompts '" + path + "' holds no questions");
+  return turns;
+}
+
+// Streams a reply's text while watching for the template's stop strings: text that could still
+// become the start of a stop string is held back, and so is trailing whitespace, which is shown
+// only once more text follows it (a reply's final newline would just break the layout).
+class ReplyPrinter {
+ public:
+  explicit ReplyPrinter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+
+  // Adds decoded text; returns true when a stop string appeared (the text from it on is dropped).
+  bool add(const std::string& piece) {
+    text_ += piece;
+    for (const std::string& s : stops_) {
+      const size_t at = text_.find(s, shown_);
+      if (at != std::string::npos) {
+        text_.resize(at);
+        emit(trimmed_end(text_.size()));
+        return true;
+      }
+    }
+    size_t keep = 0;  // longest tail of the unshown text that begins some stop string
+    for (const std::string& s : stops_)
+      for (size_t k = std::min(s.size() - 1, text_.size() - shown_); k > keep; --k)
+        if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+          keep = k;
+          break;
+        }
+    emit(trimmed_end(text_.size() - keep));
+    return false;
+  }
+  void finish() { emit(trimmed_end(text_.size())); }
+  bool empty() const { return text_.find_first_not_of(" \t\r\n") == std::string::npos; }
+
+ private:
+  size_t trimmed_end(size_t end) const {
+    while (end > shown_ && (text_[end - 1] == ' ' || text_[end - 1] == '\n' || text_[end - 1] == '\t' ||
+                            text_[end - 1] == '\r'))
+      --end;
+    return end;
+  }
+  void emit(size_t end) {
+    if (end <= shown_) return;
+    std::fwrite(text_.data() + shown_, 1, end - shown_, stdout);
+    std::fflush(stdout);
+    shown_ = end;
+  }
+  std::vector<std::string> stops_;
+  std::string text_;
+  size_t shown_ = 0;
+};
+
+int run(int argc, char** argv) {
+  EngineFlags ef;
+  SamplingFlags sf;
+  std::string template_name, system_text, prompts_path;
+  int64_t max_tokens = 256, questions = 0;
+  ArgParser p("chat",
+              "Multi-round chat through one persistent session: every turn appends only its new "
+              "text to the KV cache, replies stay in the cache as generated, and the sink cache "
+              "evicts the oldest context by itself, so a conversation of any length runs in "
+              "constant memory. Reads one user turn per line from stdin (a terminal or a pipe; "
+              "Ctrl-D ends, Ctrl-C stops a reply), or sends every turn of --prompts in order. "
+              "Replies go to stdout; per-turn statistics to stderr.");
+  add_engine_options(p, ef);
+  add_sampling_options(p, sf);
+  p.add("--template", "NAME",
+        "chat format: raw, llama-2, chatml, llama-3, vicuna, zephyr (default: recognised from the "
+        "GGUF's tokenizer.chat_template, raw when none fits)",
+        &template_name);
+  p.add("--system", "TEXT", "system message opening the conversation", &system_text);
+  p.add("-n,--max-tokens", "N", "most tokens per reply (default 256)", &max_tokens);
+  p.add("--prompts", "FILE", "JSON lines with a \"turns\" array each (MT-Bench format): send all turns in order", &prompts_path);
+  p.add("--questions", "K", "with --prompts: only the first K lines (default all)", &questions);
+  p.epilog("Tensor parallel: mpirun -np N sinkserve chat ... (rank 0 reads stdin).");
+  if (!p.parse(argc, argv)) return 0;
+  const EngineOptions eo = finish_engine_options(ef);
+  const SamplingParams sp = finish_sampling_options(sf);
+  if (max_tokens < 1) throw UsageError("--max-tokens must be >= 1");
+  if (questions < 0) throw UsageError("--questions must be >= 0");
+  if (questions > 0 && prompts_path.empty()) throw UsageError("--questions needs --prompts");
+  std::optional<ChatTemplate> forced;
+  if (!template_name.empty()) {
+    try {
+      forced = parse_chat_template_name(template_name);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(std::string("--template: ") + e.what());
+    }
+  }
+  const bool scripted = !prompts_path.empty();
+  const std::vector<std::string> scripted_turns =
+      scripted ? read_prompts(prompts_path, questions) : std::vector<std::string>{};
+
+  auto comm = launch_communicator(eo);
+  Communicator& c = *comm;
+  return run_ranked("chat", c, [&]() -> int {
+    auto e = open_engine(eo, std::move(comm));
+    if (!e->leader()) {
+      e->lockstep->follow();
+      return 0;
+    }
+    const Tokenizer& tok = *e->tokenizer;
+    const GGUFFile& file = *e->file;
+    const ChatTemplate tmpl =
+        forced ? *forced : detect_chat_template(file.find_string("tokenizer.chat_template").value_or(""));
+    const auto explicit_bos = file.find("tokenizer.ggml.add_bos_token");
+    const bool add_bos = tok.bos() >= 0 && (explicit_bos && std::holds_alternative<bool>(explicit_bos->v)
+                                                ? std::get<bool>(explicit_bos->v)
+                                                : chat_template_adds_bos(tmpl));
+    // Stop markers that are one vocabulary token end the reply when sampled; the others are
+    // matched in the text.
+    std::vector<int32_t> stop_ids;
+    std::vector<std::string> stop_texts;
+    for (const std::string& s : stop_strings(tmpl)) {
+      const int32_t id = tok.find(s);
+      if (id >= 0) stop_ids.push_back(id);
+      else stop_texts.push_back(s);
+    }
+    const CacheConfig& cc = e->cache->config();
+    std::fprintf(stderr, "chat template: %s%s | cache: %s, %d sink + %d window tokens\n",
+                 std::string(chat_template_name(tmpl)).c_str(), forced ? "" : " (from the model)",
+                 policy_name(cc.policy).c_str(), cc.sink, cc.window);
+
+    const bool tty = ::isatty(STDIN_FILENO);
+    size_t next_scripted = 0;
+    // The next user turn, echoed unless a person just typed it on the terminal.
+    auto next_turn = [&]() -> std::optional<std::string> {
+      std::fputs("USER: ", stdout);
+      std::fflush(stdout);
+      std::string line;
+      if (scripted) {
+        if (next_scripted == scripted_turns.size()) return std::nullopt;
+        line = scripted_turns[next_scripted++];
+      } else {
+        do {
+          if (!std::getline(std::cin, line)) {
+            std::fputc('\n', stdout);
+            return std::nullopt;
+          }
+          if (!line.empty() && line.back() == '\r') line.pop_back();
+        } while (line.find_first_not_of(" \t") == std::string::npos);
+      }
+      if (scripted || !tty) std::printf("%s\n", line.c_str());
+      return line;
+    };
+
+    std::signal(SIGINT, on_sigint);
+    Sampler sampler(sp);
+    std::vector<float> logits(size_t(e->model->config().vocab));
+    {
+      Stream stream(*e->lockstep);
+      KVCache& cache = *e->cache;
+      // A reply's last token is sampled but not yet fed; it opens the next turn's prefill.
+      std::vector<int32_t> pending;
+      const auto ensure_room = [&](size_t n) {
+        if (cc.policy == Policy::Dense && stream.tokens() + int64_t(n) > cc.window)
+          throw std::runtime_error("the dense cache is full (" + std::to_string(stream.tokens()) + " of " +
+                                   std::to_string(cc.window) +
+                                   " tokens): use --policy sink for a conversation of any length, or a larger --ctx");
+      };
+      for (int turn = 1;; ++turn) {
+        const std::optional<std::string> user = next_turn();
+        if (!user) break;
+        std::vector<ChatMessage> msgs;
+        if (turn == 1 && !system_text.empty()) msgs.push_back({"system", system_text});
+        msgs.push_back({"user", *user});
+        const std::string text = render_turn(tmpl, msgs, turn == 1, true);
+        std::vector<int32_t> ids = pending;
+        if (turn == 1 && add_bos) ids.push_back(tok.bos());
+        const std::vector<int32_t> body = tok.encode(text, false);
+        ids.insert(ids.end(), body.begin(), body.end());
+        const size_t carried = pending.size();  // counted with the previous reply
+        for (size_t i = carried; i < ids.size(); ++i) sampler.accept(ids[i]);
+        pending.clear();
+        if (cc.policy != Policy::Dense && int64_t(ids.size()) > cc.window)
+          std::fprintf(stderr,
+                       "note: turn %d's prompt is %zu tokens, more than the %d-token window: the reply "
+                       "sees only its last %d tokens%s\n",
+                       turn, ids.size(), cc.window, cc.window,
+                       cc.sink > 0 ? " and the attention sinks" : "");
+        ensure_room(ids.size());
+
+        std::fputs("ASSISTANT: ", stdout);
+        std::fflush(stdout);
+        const auto t0 = std::chrono::steady_clock::now();
+        stream.feed(ids, logits.data());
+        const double t_prompt = seconds_since(t0);
+
+        StreamDecoder dec(tok);
+        ReplyPrinter printer(stop_texts);
+        int64_t produced = 0;
+        g_interrupted = false;
+        g_generating = true;
+        const auto t1 = std::chrono::steady_clock::now();
+        while (produced < max_tokens && !g_interrupted) {
+          const int32_t next = sampler.sample(logits.data(), int(logits.size()));
+          if (next == tok.eos() || next == tok.bos() ||
+              std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end())
+            break;
+          ++produced;
+          sampler.accept(next);
+          // A text stop string is complete with this token: its earlier tokens are already in the
+          // cache, as generated.
+          if (printer.add(dec.push(next))) break;
+          if (produced == max_tokens) {
+            pending.push_back(next);
+            break;
+          }
+          ensure_room(1);
+          stream.feed({&next, 1}, logits.data());
+        }
+        g_generating = false;
+        printer.add(dec.flush());
+        printer.finish();
+        std::fputs("\n\n", stdout);
+        std::fflush(stdout);
+        const double t_gen = seconds_since(t1);
+        std::fprintf(stderr,
+                     "turn %d: prompt %zu tokens (%.1f tok/s) | reply %lld tokens (%.1f tok/s)%s | "
+                     "stream %lld tokens | cache %lld tokens\n",
+                     turn, ids.size() - carried, t_prompt > 0 ? double(ids.size()) / t_prompt : 0.0,
+                     (long long)produced, t_gen > 0 ? double(produced) / t_gen : 0.0,
+                     g_interrupted ? " interrupted" : "", (long long)(stream.tokens() + int64_t(pending.size())),
+                     (long long)cache.cached_tokens(stream.slot()));
+        if (scripted && g_interrupted) break;
+      }
+    }
+    e->lockstep->finish();
+    return 0;
+  });
+}
+
+RegisterCommand reg({"chat", "multi-round chat through one persistent sink-cache session", &run});
+
+}  // namespace
+}  // namespace sinkserve
