@@ -110,7 +110,12 @@ struct Gen {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(detail::ServerImpl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) { ++srv_->open; }
+  Connection(detail::ServerImpl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) {
+    ++srv_->open;
+    // Tokens are small writes: Nagle's algorithm would hold each one back for the client's ACK.
+    beast::error_code ec;
+    stream_.socket().set_option(tcp::no_delay(true), ec);
+  }
   ~Connection() { --srv_->open; }
 
   void start() {
@@ -469,7 +474,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void enqueue(std::string data, size_t credit) {
-    if (closed_) return give_back(credit);
+    if (closed_) return;
     outq_.push_back({std::move(data), credit});
   }
 
@@ -486,6 +491,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_write(beast::error_code ec) {
     writing_ = false;
+    if (closed_) {
+      outq_.clear();  // kept until now: the write that just ended was reading its front
+      return;
+    }
     const size_t credit = outq_.front().second;
     outq_.pop_front();
     give_back(credit);
@@ -504,8 +513,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
-    for (auto& [data, credit] : outq_) give_back(credit);
-    outq_.clear();
+    if (!writing_) outq_.clear();
   }
 
   detail::ServerImpl* srv_;

@@ -185,7 +185,7 @@ int run(int argc, char** argv) {
   return run_ranked("bench", comm, [&]() -> int {
     if (comm.size() > 1 && (!at.empty() || !wins.empty()))
       throw UsageError("--latency-at and --recompute run on one rank only");
-    auto e = open_engine(eo, std::move(timed));
+    auto e = open_engine(eo, *timed);
     if (!e->leader()) {
       e->lockstep->follow();
       return 0;

@@ -51,20 +51,20 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
   for (int64_t B : batches) {
     std::vector<int> slots;
     for (int64_t i = 0; i < B; ++i) slots.push_back(e.lockstep->acquire());
-    std::vector<float> logits(size_t(B) * size_t(vocab));
+    std::vector<float> logits(static_cast<size_t>(B) * size_t(vocab));
     // Each session first holds a prompt, so that attention reads a realistic cache.
     for (int slot : slots) {
       for (int64_t done = 0; done < prompt_n;) {
         const int n = int(std::min<int64_t>(prompt_n - done, e.cache->config().chunk));
-        std::vector<int32_t> toks(size_t(n));
+        std::vector<int32_t> toks(static_cast<size_t>(n));
         for (auto& t : toks) t = next_token(rng, vocab);
         const SeqStep st{slot, toks.data(), n, false};
         e.lockstep->step({&st, 1}, logits.data());
         done += n;
       }
     }
-    std::vector<int32_t> toks(size_t(B));
-    std::vector<SeqStep> batch(size_t(B));
+    std::vector<int32_t> toks(static_cast<size_t>(B));
+    std::vector<SeqStep> batch(static_cast<size_t>(B));
     auto run_step = [&] {
       for (int64_t i = 0; i < B; ++i) {
         toks[size_t(i)] = next_token(rng, vocab);
@@ -101,7 +101,7 @@ int run(int argc, char** argv) {
   auto comm = launch_communicator(eo);
   Communicator& c = *comm;
   return run_ranked("bench-batch", c, [&]() -> int {
-    auto e = open_engine(eo, std::move(comm));
+    auto e = open_engine(eo, *comm);
     if (!e->leader()) {
       e->lockstep->follow();
       return 0;

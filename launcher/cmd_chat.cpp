@@ -77,8 +77,8 @@ std::vector<std::string> read_prompts(const std::string& path, int64_t questions
 }
 
 // Streams a reply's text while watching for the template's stop strings: text that could still
-// become the start of a stop string is held back, and so is trailing whitespace, which is shown
-// only once more text follows it (a reply's final newline would just break the layout).
+// become the start of a stop string is held back. Whitespace opening or closing a reply is not
+// shown (it would only break the transcript's layout); the cache keeps the reply as generated.
 class ReplyPrinter {
  public:
   explicit ReplyPrinter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
@@ -115,6 +115,10 @@ class ReplyPrinter {
     return end;
   }
   void emit(size_t end) {
+    if (shown_ == 0)
+      while (shown_ < end && (text_[shown_] == ' ' || text_[shown_] == '\n' || text_[shown_] == '\t' ||
+                              text_[shown_] == '\r'))
+        ++shown_;
     if (end <= shown_) return;
     std::fwrite(text_.data() + shown_, 1, end - shown_, stdout);
     std::fflush(stdout);
@@ -169,15 +173,15 @@ int run(int argc, char** argv) {
   auto comm = launch_communicator(eo);
   Communicator& c = *comm;
   return run_ranked("chat", c, [&]() -> int {
-    auto e = open_engine(eo, std::move(comm));
+    auto e = open_engine(eo, *comm);
     if (!e->leader()) {
       e->lockstep->follow();
       return 0;
     }
     const Tokenizer& tok = *e->tokenizer;
     const GGUFFile& file = *e->file;
-    const ChatTemplate tmpl =
-        forced ? *forced : detect_chat_template(file.find_string("tokenizer.chat_template").value_or(""));
+    const std::optional<std::string> jinja = file.find_string("tokenizer.chat_template");
+    const ChatTemplate tmpl = forced ? *forced : detect_chat_template(jinja.value_or(""));
     const auto explicit_bos = file.find("tokenizer.ggml.add_bos_token");
     const bool add_bos = tok.bos() >= 0 && (explicit_bos && std::holds_alternative<bool>(explicit_bos->v)
                                                 ? std::get<bool>(explicit_bos->v)
@@ -192,30 +196,38 @@ int run(int argc, char** argv) {
       else stop_texts.push_back(s);
     }
     const CacheConfig& cc = e->cache->config();
-    std::fprintf(stderr, "chat template: %s%s | cache: %s, %d sink + %d window tokens\n",
-                 std::string(chat_template_name(tmpl)).c_str(), forced ? "" : " (from the model)",
-                 policy_name(cc.policy).c_str(), cc.sink, cc.window);
-
+    const char* origin = forced ? "" : jinja ? " (recognised in the model)" : " (the model names none)";
+    if (cc.policy == Policy::Dense)
+      std::fprintf(stderr, "chat template: %s%s | cache: dense, %d tokens\n",
+                   std::string(chat_template_name(tmpl)).c_str(), origin, cc.window);
+    else
+      std::fprintf(stderr, "chat template: %s%s | cache: %s, %d sink + %d window tokens\n",
+                   std::string(chat_template_name(tmpl)).c_str(), origin, policy_name(cc.policy).c_str(),
+                   cc.sink, cc.window);
     const bool tty = ::isatty(STDIN_FILENO);
     size_t next_scripted = 0;
-    // The next user turn, echoed unless a person just typed it on the terminal.
+    // The next user turn. A person at a terminal gets a prompt to type at; otherwise the turn is
+    // echoed so that stdout reads as a transcript.
     auto next_turn = [&]() -> std::optional<std::string> {
-      std::fputs("USER: ", stdout);
-      std::fflush(stdout);
       std::string line;
       if (scripted) {
         if (next_scripted == scripted_turns.size()) return std::nullopt;
         line = scripted_turns[next_scripted++];
       } else {
+        if (tty) {
+          std::fputs("USER: ", stdout);
+          std::fflush(stdout);
+        }
         do {
           if (!std::getline(std::cin, line)) {
-            std::fputc('\n', stdout);
+            if (tty) std::fputc('\n', stdout);
             return std::nullopt;
           }
           if (!line.empty() && line.back() == '\r') line.pop_back();
         } while (line.find_first_not_of(" \t") == std::string::npos);
+        if (tty) return line;
       }
-      if (scripted || !tty) std::printf("%s\n", line.c_str());
+      std::printf("USER: %s\n", line.c_str());
       return line;
     };
 
@@ -247,11 +259,11 @@ int run(int argc, char** argv) {
         const size_t carried = pending.size();  // counted with the previous reply
         for (size_t i = carried; i < ids.size(); ++i) sampler.accept(ids[i]);
         pending.clear();
-        if (cc.policy != Policy::Dense && int64_t(ids.size()) > cc.window)
+        if (cc.policy != Policy::Dense && int64_t(ids.size() - carried) > cc.window)
           std::fprintf(stderr,
                        "note: turn %d's prompt is %zu tokens, more than the %d-token window: the reply "
                        "sees only its last %d tokens%s\n",
-                       turn, ids.size(), cc.window, cc.window,
+                       turn, ids.size() - carried, cc.window, cc.window,
                        cc.sink > 0 ? " and the attention sinks" : "");
         ensure_room(ids.size());
 

@@ -63,7 +63,7 @@ int run(int argc, char** argv) {
   auto comm = launch_communicator(eo);
   Communicator& c = *comm;
   return run_ranked("perplexity", c, [&]() -> int {
-    auto e = open_engine(eo, std::move(comm));
+    auto e = open_engine(eo, *comm);
     if (!e->leader()) {
       e->lockstep->follow();
       return 0;

@@ -1,6 +1,7 @@
 // `sinkserve serve`: the OpenAI-compatible HTTP server. Rank 0 runs the HTTP front node and the
 // continuous-batching scheduler; every rank computes each batched step in lockstep.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
@@ -74,7 +75,7 @@ int run(int argc, char** argv) {
   auto comm = launch_communicator(eo);
   Communicator& c = *comm;
   return run_ranked("serve", c, [&]() -> int {
-    auto e = open_engine(eo, std::move(comm));
+    auto e = open_engine(eo, *comm);
     if (!e->leader()) {
       // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends,
       // after its in-flight requests are answered, and releases this loop.
@@ -111,7 +112,8 @@ int run(int argc, char** argv) {
       sched.stop();
     });
     server.start();
-    std::fprintf(stderr, "serve: listening on http://%s:%d\n", so.host.c_str(), server.port());
+    std::fprintf(stderr, "serve: listening on http://%s:%d (pid %d)\n", so.host.c_str(), server.port(),
+                 int(::getpid()));
     std::fflush(stderr);
     sched.run();
     server.stop(std::chrono::seconds(5));

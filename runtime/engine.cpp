@@ -33,8 +33,15 @@ CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
 }
 
 std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm) {
+  Communicator& c = *comm;
+  auto e = open_engine(o, c);
+  e->owned_comm = std::move(comm);
+  return e;
+}
+
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) {
   auto e = std::make_unique<Engine>();
-  e->comm = std::move(comm);
+  e->comm = &comm;
   e->file = std::make_unique<GGUFFile>(o.model);
   if (o.device == "cpu") e->backend = make_cpu_backend(o.threads);
   else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));

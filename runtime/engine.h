@@ -27,7 +27,8 @@ struct EngineOptions {
 };
 
 struct Engine {
-  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Communicator> owned_comm;  // set when the engine was handed ownership
+  Communicator* comm = nullptr;
   std::unique_ptr<GGUFFile> file;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<LlamaModel> model;
@@ -38,7 +39,10 @@ struct Engine {
 };
 
 // The communicator comes first (it initialises MPI under mpirun) so that every later failure can
-// end the whole job; open_engine builds the rest on it.
+// end the whole job; open_engine builds the rest on it. The communicator must outlive the engine:
+// a failure handler (run_ranked) still needs it after the engine is gone.
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm);
+// The same, owning the communicator (single-process tools and tests).
 std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm);
 
 // The cache geometry the options describe for this model (resolving the defaults).

@@ -3,9 +3,9 @@
 // concatenation is the highest-scoring token (leftmost on ties), and spell what never became a
 // token with <0xNN> byte tokens. A heap of candidate pairs over a linked list of symbols keeps it
 // O(n log n) in the text length; SentencePiece has no pre-split, so whole texts go through at once.
+#include <algorithm>
 #include <cstdio>
 #include <limits>
-#include <queue>
 #include <stdexcept>
 
 #include "runtime/gguf.h"
@@ -140,20 +140,26 @@ class SpmTokenizer final : public Tokenizer {
       i += n;
     }
 
-    std::vector<Pair> storage;
-    storage.reserve(sym.size());
-    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue(PairOrder{}, std::move(storage));
-    auto try_pair = [&](int32_t l, int32_t r) {
-      if (l < 0 || r < 0) return;
+    std::vector<Pair> heap;
+    heap.reserve(sym.size());
+    auto add_pair = [&](int32_t l, int32_t r) {
+      if (l < 0 || r < 0) return false;
       const uint32_t len = sym[l].len + sym[r].len;
       const int32_t id = v_.find(text.substr(sym[l].offset, len));
-      if (id >= 0) queue.push({v_.score[id], l, r, len, id});
+      if (id >= 0) heap.push_back({v_.score[id], l, r, len, id});
+      return id >= 0;
     };
-    for (int32_t i = 1; i < int32_t(sym.size()); ++i) try_pair(i - 1, i);
+    // Seeding all adjacent pairs then heapifying once is linear; later pairs are pushed singly.
+    for (int32_t i = 1; i < int32_t(sym.size()); ++i) add_pair(i - 1, i);
+    std::make_heap(heap.begin(), heap.end(), PairOrder{});
+    auto try_pair = [&](int32_t l, int32_t r) {
+      if (add_pair(l, r)) std::push_heap(heap.begin(), heap.end(), PairOrder{});
+    };
 
-    while (!queue.empty()) {
-      const Pair p = queue.top();
-      queue.pop();
+    while (!heap.empty()) {
+      std::pop_heap(heap.begin(), heap.end(), PairOrder{});
+      const Pair p = heap.back();
+      heap.pop_back();
       Symbol& l = sym[p.left];
       Symbol& r = sym[p.right];
       // Symbols only grow, so an unchanged total length means neither side merged since.

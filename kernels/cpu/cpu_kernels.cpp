@@ -41,6 +41,14 @@ void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0,
 
 constexpr int kMr = 4, kNr = 4;
 
+void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
+                int64_t kc, float* wp) {
+  for (int i = 0; i < kMr; ++i) {
+    const void* row = static_cast<const char*>(w) + size_t(r0 + i) * row_bytes;
+    for (int64_t k = 0; k < kc; ++k) wp[k * kMr + i] = i < m_valid ? row_value(type, row, k0 + k) : 0.0f;
+  }
+}
+
 void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy, int m_valid,
                int n_valid, bool accumulate) {
   float acc[kNr][kMr] = {};
@@ -93,8 +101,8 @@ void add(float* x, const float* y, int64_t n) {
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{Isa::Scalar, gemv,  decode_row, kMr,         kNr,    gemm_tile, dot,
-                         axpy,        scale, exp_sum,    rmsnorm_row, swiglu, add};
+  static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile, dot, axpy,
+                         scale,       exp_sum, rmsnorm_row, swiglu, add};
   return k;
 }
 

@@ -21,6 +21,8 @@ inline constexpr int kGemvMaxTokens = 4;
 // Largest gemm micro-kernel tile over all tables (rows x tokens).
 inline constexpr int kGemmMaxMr = 32;
 inline constexpr int kGemmMaxNr = 12;
+// GEMM depth per packed weight panel: 256 x 32 F32 values = 32 KiB, resident in L1.
+inline constexpr int64_t kGemmMaxKc = 256;
 
 struct Kernels {
   Isa isa;
@@ -35,10 +37,15 @@ struct Kernels {
   void (*decode_row)(DType type, const void* row, int64_t k0, int64_t n, float* out);
 
   // GEMM micro-kernel over a packed tile: wp holds kc steps of gemm_mr weight-row values
-  // (wp[k * mr + i]), xp kc steps of gemm_nr token values (xp[k * nr + j]). Adds (or stores,
-  // when !accumulate) the tile into y[j * ldy + i] for i < m_valid, j < n_valid.
+  // (wp[k * mr + i], 64-byte aligned), xp kc steps of gemm_nr token values (xp[k * nr + j]).
+  // Adds (or stores, when !accumulate) the tile into y[j * ldy + i] for i < m_valid, j < n_valid.
   int gemm_mr;
   int gemm_nr;
+  // Packs values [k0, k0 + kc) of rows [r0, r0 + m_valid) of w as F32 into wp[k * gemm_mr + i],
+  // zero for i >= m_valid; kc <= kGemmMaxKc, k0 a multiple of the type's block size, wp 64-byte
+  // aligned.
+  void (*pack_panel)(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid,
+                     int64_t k0, int64_t kc, float* wp);
   void (*gemm_tile)(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy,
                     int m_valid, int n_valid, bool accumulate);
 

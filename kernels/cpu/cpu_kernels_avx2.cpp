@@ -141,6 +141,25 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
 
 constexpr int kMr = 16, kNr = 6;
 
+// Decodes 8 rows at a time into a row-major buffer, then gathers one column (one k) per vector
+// store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.
+void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
+                int64_t kc, float* wp) {
+  alignas(64) float tmp[8 * kGemmMaxKc];
+  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(kc)));
+  for (int g = 0; g < kMr; g += 8) {
+    for (int i = 0; i < 8; ++i) {
+      float* dst = tmp + i * kc;
+      if (g + i < m_valid) {
+        decode_row(type, static_cast<const char*>(w) + size_t(r0 + g + i) * row_bytes, k0, kc, dst);
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k] = 0.0f;
+      }
+    }
+    for (int64_t k = 0; k < kc; ++k) _mm256_store_ps(wp + k * kMr + g, _mm256_i32gather_ps(tmp + k, idx, 4));
+  }
+}
+
 // 12 accumulators + 2 weight vectors + 1 broadcast of the 16 registers.
 void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy, int m_valid,
                int n_valid, bool accumulate) {
@@ -289,8 +308,8 @@ void add(float* x, const float* y, int64_t n) {
 }  // namespace
 
 const Kernels& avx2_kernels() {
-  static const Kernels k{Isa::Avx2, gemv,  decode_row, kMr,         kNr,    gemm_tile, dot,
-                         axpy,      scale, exp_sum,    rmsnorm_row, swiglu, add};
+  static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile, dot, axpy,
+                         scale,       exp_sum, rmsnorm_row, swiglu, add};
   return k;
 }
 

@@ -10,8 +10,6 @@ namespace {
 // Rows per matrix-vector work item: 16 rows of a 2048-column F16 matrix (64 KiB) stay in L2
 // while a second group of tokens reuses them.
 constexpr int64_t kGemvRowBlock = 16;
-// GEMM depth per packed weight panel: kKc x 32 F32 values = 32 KiB, resident in L1.
-constexpr int64_t kKc = 256;
 
 void add_bias(const float* bias, int64_t r0, int64_t r1, int64_t n_tok, float* y, int64_t ldy) {
   for (int64_t t = 0; t < n_tok; ++t)
@@ -60,24 +58,14 @@ void gemm_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t ro
 
   const int64_t n_panels = (M + mr - 1) / mr;
   pool.parallel_for(n_panels, [&](int64_t b, int64_t e) {
-    alignas(64) float wp[kKc * kGemmMaxMr];
-    alignas(64) float row_buf[kKc];
+    alignas(64) float wp[kGemmMaxKc * kGemmMaxMr];
     for (int64_t p = b; p < e; ++p) {
       const int64_t r0 = p * mr;
       const int m_valid = int(std::min<int64_t>(mr, M - r0));
-      for (int64_t k0 = 0; k0 < K; k0 += kKc) {
-        const int64_t kc = std::min(kKc, K - k0);
-        // Weight panel transposed to [k][mr] (rows past the matrix end zeroed) and decoded to
-        // F32 once, then reused by every token tile.
-        for (int i = 0; i < mr; ++i) {
-          if (i < m_valid) {
-            const void* row = static_cast<const char*>(w.data) + size_t(r0 + i) * row_bytes;
-            kern.decode_row(w.type, row, k0, kc, row_buf);
-            for (int64_t k = 0; k < kc; ++k) wp[k * mr + i] = row_buf[k];
-          } else {
-            for (int64_t k = 0; k < kc; ++k) wp[k * mr + i] = 0.0f;
-          }
-        }
+      for (int64_t k0 = 0; k0 < K; k0 += kGemmMaxKc) {
+        const int64_t kc = std::min(kGemmMaxKc, K - k0);
+        // Decoded to F32 once, then reused by every token tile.
+        kern.pack_panel(w.type, w.data, row_bytes, r0, m_valid, k0, kc, wp);
         for (int64_t tile = 0; tile < n_tiles; ++tile) {
           const int n_valid = int(std::min<int64_t>(nr, n_tok - tile * nr));
           kern.gemm_tile(kc, wp, xp + (tile * K + k0) * nr, y + tile * nr * M + r0, M, m_valid,

@@ -14,7 +14,7 @@ namespace sinkserve::cpu {
 
 // Fewer tokens than this use the matrix-vector kernels: below it, packing the weights into GEMM
 // panels costs more than it saves.
-inline constexpr int64_t kGemmMinTokens = 8;
+inline constexpr int64_t kGemmMinTokens = 16;
 
 // Grow-only, 64-byte aligned scratch memory.
 class Scratch {

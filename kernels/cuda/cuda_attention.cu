@@ -22,6 +22,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeysPerWarpStep = 4;  // key rows in flight per warp in the scoring pass
+constexpr int kValueLoads = 8;       // value rows in flight per thread in the output pass
 
 struct AttnArgs {
   const float* q_win;
@@ -46,6 +47,8 @@ __device__ __forceinline__ int64_t key_row(const AttnSpan& s, int j) {
 // DPL = values of a head that each lane holds (head_dim <= 32 * DPL).
 template <int DPL>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
+  pdl_trigger();
+  pdl_wait();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int G = a.group, hd = a.head_dim;
   float* q_s = reinterpret_cast<float*>(smem_raw);  // [2][G][hd]: window, then sink
@@ -129,14 +132,18 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
     const int g = i / hd, d = i % hd;
     const float* vb = a.v + int64_t(kh) * hd + d;
     const float* p = sc + g * a.split;
-    float acc0 = 0.f, acc1 = 0.f;
+    // kValueLoads independent loads in flight: one chain of dependent loads per key would make
+    // this pass latency bound.
+    float acc = 0.f;
     int j = 0;
-    for (; j + 1 < nj; j += 2) {
-      acc0 = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc0);
-      acc1 = fmaf(p[j + 1], __ldg(vb + rows[j + 1] * kv_stride), acc1);
+    for (; j + kValueLoads <= nj; j += kValueLoads) {
+      float vv[kValueLoads];
+#pragma unroll
+      for (int u = 0; u < kValueLoads; ++u) vv[u] = __ldg(vb + rows[j + u] * kv_stride);
+#pragma unroll
+      for (int u = 0; u < kValueLoads; ++u) acc = fmaf(p[j + u], vv[u], acc);
     }
-    if (j < nj) acc0 = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc0);
-    const float acc = acc0 + acc1;
+    for (; j < nj; ++j) acc = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc);
     const int h = h0 + g;
     if (a.n_splits == 1) {
       const float l = ml[2 * g + 1];
@@ -155,6 +162,8 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
 // out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, one block per (token, head).
 __global__ void attention_merge_kernel(const float* __restrict__ partials, int n_splits,
                                        int head_dim, float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t th = blockIdx.x;  // token * n_heads + head: out rows are laid out the same way
   const float* part = partials + th * n_splits * (head_dim + 2);
   float m = -FLT_MAX;
@@ -183,7 +192,7 @@ template <int DPL>
 void launch_split(const AttnShape& s, const AttnPlan& p, const AttnArgs& args,
                   cudaStream_t stream) {
   const dim3 grid(unsigned(s.n_tok * s.n_kv_heads), unsigned(p.n_splits));
-  attention_split_kernel<DPL><<<grid, kThreads, p.smem, stream>>>(args);
+  launch(attention_split_kernel<DPL>, grid, kThreads, p.smem, stream, args);
   SS_LAUNCH_CHECK();
 }
 
@@ -244,8 +253,7 @@ void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
   else if (dpl <= 4) launch_split<4>(s, p, args, stream);
   else launch_split<8>(s, p, args, stream);
   if (p.n_splits > 1) {
-    attention_merge_kernel<<<unsigned(s.n_tok * s.n_heads), 128, 0, stream>>>(
-        partials, p.n_splits, s.head_dim, out);
+    launch(attention_merge_kernel, unsigned(s.n_tok * s.n_heads), 128, 0, stream, partials, p.n_splits, s.head_dim, out);
     SS_LAUNCH_CHECK();
   }
 }

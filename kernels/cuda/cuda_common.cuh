@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -34,6 +35,44 @@ namespace sinkserve::cuda {
 // A launch error (bad configuration, missing kernel image) surfaces here; faults inside a kernel
 // surface at the next synchronizing call.
 #define SS_LAUNCH_CHECK() SS_CUDA_CHECK(cudaGetLastError())
+
+// Programmatic dependent launch (sm_90+). Every kernel here is launched with launch() and
+// starts with pdl_trigger() then pdl_wait(): the next kernel on the stream may then be scheduled
+// while this one still runs (hiding its launch latency and ramp-up), and waits in pdl_wait()
+// until its predecessor has finished and flushed its writes. A kernel must not touch memory that
+// earlier work writes or reads before its pdl_wait(); constant weights it may. A grid starts only
+// once every block of its predecessor has triggered, i.e. is resident, so waiting blocks never
+// keep a predecessor's blocks from running. On older GPUs both are no-ops.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether the current device runs programmatic dependent launches (compute capability 9+, and
+// not disabled with SINKSERVE_CUDA_PDL=0).
+bool pdl_enabled();
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  SS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 
 // Q8_0 weights are repacked on upload from GGUF's 34-byte blocks into two planes, so that a warp
 // reads the quants with aligned 16-byte loads: rows*cols int8 quants, then (at a 256-byte aligned

@@ -81,6 +81,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                 int64_t y_stride) {
   using Tr = WeightTraits<T>;
   constexpr int V = Tr::kVals;
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   if (r >= rows) return;
@@ -102,14 +103,21 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
     const uint4* wv = reinterpret_cast<const uint4*>(wrow);
     const int64_t n_chunks = cols / V;
-    for (int64_t c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
-      uint4 raw[kUnroll];
+    uint4 raw[kUnroll];
+    auto load = [&](int64_t c0) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t c = c0 + int64_t(u) * 32;
         // Each weight is read exactly once: keep it out of L1 so x stays resident.
         if (c < n_chunks) raw[u] = __ldcs(wv + c);
       }
+    };
+    // The weights are constant: the first loads go out before waiting for the kernel that
+    // produces x, overlapping its tail.
+    load(lane);
+    pdl_wait();
+    for (int64_t c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
+      if (c0 != lane) load(c0);
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t c = c0 + int64_t(u) * 32;
@@ -135,6 +143,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   } else {
     // Rows not 16-byte aligned (odd widths): plain coalesced scalar loads. Q8_0 never gets here:
     // its rows are whole 32-value blocks.
+    pdl_wait();
     if constexpr (T != DType::Q8_0) {
       for (int64_t c = lane; c < cols; c += 32) {
         const float wf = Tr::scalar(w, r * cols + c);
@@ -159,8 +168,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 template <DType T, int NT>
 void gemv_nt(const Weight& w, const float* x, float* y, bool vec, cudaStream_t stream) {
   const dim3 grid{unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock)};
-  gemv_kernel<T, NT><<<grid, kWarpsPerBlock * 32, 0, stream>>>(w.data, x, w.rows, w.cols, vec,
-                                                               w.bias, y, w.rows);
+  launch(gemv_kernel<T, NT>, grid, kWarpsPerBlock * 32, 0, stream, w.data, x, w.rows, w.cols, vec, w.bias, y, w.rows);
   SS_LAUNCH_CHECK();
 }
 
@@ -190,6 +198,8 @@ void gemv_type(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStr
 
 template <typename H>
 __global__ void convert_kernel(const float* __restrict__ x, H* __restrict__ dst, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     if constexpr (std::is_same_v<H, __half>)
@@ -201,6 +211,8 @@ __global__ void convert_kernel(const float* __restrict__ x, H* __restrict__ dst,
 
 __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__ bias,
                                 int64_t n_tok, int64_t rows) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t n = n_tok * rows;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -227,17 +239,16 @@ void launch_convert_activations(DType t, const float* x, void* dst, int64_t n,
                                 cudaStream_t stream) {
   if (n == 0) return;
   if (t == DType::F16)
-    convert_kernel<__half><<<grid_for(n, 256), 256, 0, stream>>>(x, static_cast<__half*>(dst), n);
+    launch(convert_kernel<__half>, grid_for(n, 256), 256, 0, stream, x, static_cast<__half*>(dst), n);
   else
-    convert_kernel<__nv_bfloat16>
-        <<<grid_for(n, 256), 256, 0, stream>>>(x, static_cast<__nv_bfloat16*>(dst), n);
+    launch(convert_kernel<__nv_bfloat16>, grid_for(n, 256), 256, 0, stream, x, static_cast<__nv_bfloat16*>(dst), n);
   SS_LAUNCH_CHECK();
 }
 
 void launch_add_bias(float* y, const float* bias, int64_t n_tok, int64_t rows,
                      cudaStream_t stream) {
   if (n_tok * rows == 0) return;
-  add_bias_kernel<<<grid_for(n_tok * rows, 256), 256, 0, stream>>>(y, bias, n_tok, rows);
+  launch(add_bias_kernel, grid_for(n_tok * rows, 256), 256, 0, stream, y, bias, n_tok, rows);
   SS_LAUNCH_CHECK();
 }
 

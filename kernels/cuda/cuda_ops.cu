@@ -47,6 +47,8 @@ __device__ float load_weight(const void* data, int64_t rows, int64_t cols, int64
 template <DType T>
 __global__ void embed_kernel(const void* __restrict__ table, int64_t rows, int64_t cols,
                              const int32_t* __restrict__ tokens, float* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int64_t r = tokens[t];
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
@@ -55,6 +57,8 @@ __global__ void embed_kernel(const void* __restrict__ table, int64_t rows, int64
 
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w,
                                int64_t dim, float eps) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float red[32];
   const float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = out + int64_t(blockIdx.x) * dim;
@@ -72,6 +76,8 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restri
 __global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
                             const int64_t* __restrict__ pos, const double* __restrict__ inv_freq,
                             bool neox) {
+  pdl_trigger();
+  pdl_wait();
   const int half = head_dim / 2;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n_tok * half) return;
@@ -91,6 +97,8 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
 }
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -99,6 +107,8 @@ __global__ void swiglu_kernel(float* out, const float* gate, const float* up, in
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     x[i] += y[i];
@@ -108,6 +118,8 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
 template <bool kScatter>
 __global__ void move_rows_kernel(float* __restrict__ dst, int64_t width,
                                  const int64_t* __restrict__ rows, const float* __restrict__ src) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t i = blockIdx.x;
   const int64_t d = kScatter ? rows[i] : i;
   const int64_t s = kScatter ? i : rows[i];
@@ -115,6 +127,8 @@ __global__ void move_rows_kernel(float* __restrict__ dst, int64_t width,
 }
 
 __global__ void argmax_kernel(const float* __restrict__ x, int64_t width, int32_t* out) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float best_v[32];
   __shared__ int64_t best_i[32];
   const float* row = x + int64_t(blockIdx.x) * width;
@@ -148,10 +162,10 @@ void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, flo
   if (n_tok == 0) return;
   const dim3 grid{unsigned(n_tok)}, block{256};
   switch (table.type) {
-    case DType::F32: embed_kernel<DType::F32><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
-    case DType::F16: embed_kernel<DType::F16><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
-    case DType::BF16: embed_kernel<DType::BF16><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
-    case DType::Q8_0: embed_kernel<DType::Q8_0><<<grid, block, 0, stream>>>(table.data, table.rows, table.cols, tokens, out); break;
+    case DType::F32: launch(embed_kernel<DType::F32>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
+    case DType::F16: launch(embed_kernel<DType::F16>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
+    case DType::BF16: launch(embed_kernel<DType::BF16>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
+    case DType::Q8_0: launch(embed_kernel<DType::Q8_0>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
   }
   SS_LAUNCH_CHECK();
 }
@@ -159,7 +173,7 @@ void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, flo
 void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                     float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  rmsnorm_kernel<<<unsigned(n_tok), 256, 0, stream>>>(out, x, w, dim, eps);
+  launch(rmsnorm_kernel, unsigned(n_tok), 256, 0, stream, out, x, w, dim, eps);
   SS_LAUNCH_CHECK();
 }
 
@@ -167,41 +181,40 @@ void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64
                  const double* inv_freq, bool neox, cudaStream_t stream) {
   const int64_t n = n_tok * (head_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<unsigned((n + 127) / 128), 128, 0, stream>>>(x, n_tok, n_heads, head_dim, pos,
-                                                             inv_freq, neox);
+  launch(rope_kernel, unsigned((n + 127) / 128), 128, 0, stream, x, n_tok, n_heads, head_dim, pos, inv_freq, neox);
   SS_LAUNCH_CHECK();
 }
 
 void launch_swiglu(float* out, const float* gate, const float* up, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_kernel<<<grid_for(n, 256), 256, 0, stream>>>(out, gate, up, n);
+  launch(swiglu_kernel, grid_for(n, 256), 256, 0, stream, out, gate, up, n);
   SS_LAUNCH_CHECK();
 }
 
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  add_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, y, n);
+  launch(add_kernel, grid_for(n, 256), 256, 0, stream, x, y, n);
   SS_LAUNCH_CHECK();
 }
 
 void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                          int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  move_rows_kernel<true><<<unsigned(n), 128, 0, stream>>>(dst, width, rows, src);
+  launch(move_rows_kernel<true>, unsigned(n), 128, 0, stream, dst, width, rows, src);
   SS_LAUNCH_CHECK();
 }
 
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  move_rows_kernel<false><<<unsigned(n), 128, 0, stream>>>(dst, width, rows, src);
+  launch(move_rows_kernel<false>, unsigned(n), 128, 0, stream, dst, width, rows, src);
   SS_LAUNCH_CHECK();
 }
 
 void launch_argmax(const float* x, int64_t n_rows, int64_t width, int32_t* out,
                    cudaStream_t stream) {
   if (n_rows == 0) return;
-  argmax_kernel<<<unsigned(n_rows), 256, 0, stream>>>(x, width, out);
+  launch(argmax_kernel, unsigned(n_rows), 256, 0, stream, x, width, out);
   SS_LAUNCH_CHECK();
 }
 

@@ -74,11 +74,11 @@ TEST(CudaModel, GreedyStreamMatchesCpuThroughEvictions) {
 // matmul and multi-token attention paths are the ones compared.
 double text_nll(Engine& e, const std::vector<int32_t>& ids, int chunk) {
   const size_t V = size_t(e.vocab());
-  std::vector<float> logits(size_t(chunk) * V);
+  std::vector<float> logits(static_cast<size_t>(chunk) * V);
   Stream s(*e.ls);
   double nll = 0;
   for (size_t b = 0; b + 1 < ids.size(); b += size_t(chunk)) {
-    const size_t n = std::min(size_t(chunk), ids.size() - 1 - b);
+    const size_t n = std::min(static_cast<size_t>(chunk), ids.size() - 1 - b);
     s.feed({ids.data() + b, n}, logits.data(), true);
     for (size_t i = 0; i < n; ++i) {
       const float* row = logits.data() + i * V;
