@@ -40,17 +40,22 @@ int32_t next_token(uint64_t& state, int vocab) {
   return int32_t(3 + (state >> 33) % uint64_t(std::max(1, vocab - 3)));
 }
 
-void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int64_t steps) {
+void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int64_t steps,
+           int64_t offset) {
   LlamaModel& m = *e.model;
   const int vocab = m.config().vocab;
   uint64_t rng = 0x9E3779B97F4A7C15ull;
-  std::printf("backend: %s, policy %s, window %d, sink %d\n", e.backend->name().c_str(),
-              policy_name(e.cache->config().policy).c_str(), e.cache->config().window,
-              e.cache->config().sink);
+  std::printf("backend: %s, policy %s, window %d, sink %d, prompt %lld, stream offset %lld\n",
+              e.backend->name().c_str(), policy_name(e.cache->config().policy).c_str(),
+              e.cache->config().window, e.cache->config().sink, (long long)prompt_n,
+              (long long)offset);
   std::printf("%8s %12s %14s %14s\n", "sessions", "ms/step", "tokens/s", "tok/s/session");
   for (int64_t B : batches) {
     std::vector<int> slots;
-    for (int64_t i = 0; i < B; ++i) slots.push_back(e.lockstep->acquire());
+    for (int64_t i = 0; i < B; ++i) {
+      slots.push_back(e.lockstep->acquire());
+      if (offset) e.lockstep->reset(slots.back(), offset);
+    }
     std::vector<float> logits(static_cast<size_t>(B) * size_t(vocab));
     // Each session first holds a prompt, so that attention reads a realistic cache.
     for (int slot : slots) {
@@ -84,7 +89,7 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
 int run(int argc, char** argv) {
   EngineFlags ef;
   std::string sessions = "1,16,64";
-  int64_t prompt_n = 64, steps = 32;
+  int64_t prompt_n = 64, steps = 32, offset = 0;
   ArgParser p("bench-batch",
               "Measures decode throughput with several sessions decoding one token each per step "
               "(every session first holds a prompt).");
@@ -92,10 +97,13 @@ int run(int argc, char** argv) {
   p.add("--sessions", "B1,B2,..", "session counts to measure (default 1,16,64)", &sessions);
   p.add("--prompt", "N", "prompt tokens per session before timing (default 64)", &prompt_n);
   p.add("--steps", "N", "timed decode steps per session count (default 32)", &steps);
+  p.add("--offset", "P", "stream position of each session's first token (default 0): the cost "
+        "of a step must not depend on it", &offset);
   if (!p.parse(argc, argv)) return 0;
   EngineOptions eo = finish_engine_options(ef);
   const std::vector<int64_t> batches = parse_sessions(sessions);
   if (prompt_n < 1 || steps < 1) throw UsageError("--prompt and --steps must be >= 1");
+  if (offset < 0) throw UsageError("--offset must be >= 0");
   eo.slots = int(*std::max_element(batches.begin(), batches.end()));
 
   auto comm = launch_communicator(eo);
@@ -106,7 +114,7 @@ int run(int argc, char** argv) {
       e->lockstep->follow();
       return 0;
     }
-    bench(*e, batches, prompt_n, steps);
+    bench(*e, batches, prompt_n, steps, offset);
     e->lockstep->finish();
     return 0;
   });

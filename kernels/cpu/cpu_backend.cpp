@@ -104,9 +104,7 @@ class CpuBackend final : public Backend {
             const RopeParams& p) override {
     if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
     const int half = head_dim / 2;
-    std::vector<long double> inv_freq(half);
-    for (int i = 0; i < half; ++i)
-      inv_freq[i] = (long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / head_dim);
+    const std::vector<long double>& inv_freq = rope_frequencies(head_dim, p);
     const long double two_pi = 6.283185307179586476925286766559L;
     const int64_t row = int64_t(n_heads) * head_dim;
     for_rows(n_tok, row, [&](int64_t t) {
@@ -129,6 +127,22 @@ class CpuBackend final : public Backend {
       }
     });
   }
+
+  // Per-pair frequencies, computed once per (head_dim, base, scale): powl is slow on a hot path.
+  const std::vector<long double>& rope_frequencies(int head_dim, const RopeParams& p) {
+    if (head_dim != freq_dim_ || p.freq_base != freq_base_ || p.freq_scale != freq_scale_) {
+      freq_.resize(size_t(head_dim / 2));
+      for (int i = 0; i < head_dim / 2; ++i)
+        freq_[size_t(i)] = (long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / head_dim);
+      freq_dim_ = head_dim;
+      freq_base_ = p.freq_base;
+      freq_scale_ = p.freq_scale;
+    }
+    return freq_;
+  }
+  std::vector<long double> freq_;
+  int freq_dim_ = 0;
+  float freq_base_ = 0, freq_scale_ = 0;
 
   void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
     for_range(n, [&](int64_t b, int64_t e) { kern_.swiglu(out + b, gate + b, up + b, e - b); });

@@ -7,7 +7,8 @@ import { startServer, rawRequest, post, waitMetrics, metrics, withDeadline } fro
 
 withDeadline(200);
 const SLOTS = 4, MAX_CONN = 6;
-const srv = await startServer(["--sessions", String(SLOTS), "--max-body", "4096", "--max-connections", String(MAX_CONN)]);
+const srv = await startServer(["--sessions", String(SLOTS), "--max-body", "4096", "--max-connections", String(MAX_CONN),
+                               "--client-buffer", "4096"]);
 const chat = "/v1/chat/completions";
 const msgs = [{ role: "user", content: "Hi" }];
 
@@ -63,6 +64,25 @@ await expectError("unknown session", "DELETE /v1/sessions/none HTTP/1.1\r\nHost:
   assert.equal(m.get("sinkserve_running_requests"), 0);
   assert.equal(m.get("sinkserve_free_slots"), SLOTS - 1, "slot of the vanished client not freed");  // s1 holds one
   console.log("disconnect mid-stream: cancelled, slot freed");
+}
+
+// A client that stops reading: others are served meanwhile, and once its queued output passes
+// --client-buffer its request is cancelled and its connection closed.
+{
+  const before = (await metrics(srv.base)).get('sinkserve_generations_total{outcome="cancelled"}');
+  const sock = net.connect(srv.port, "127.0.0.1");
+  await new Promise((r) => sock.on("connect", r));
+  sock.write(post(chat, { messages: msgs, stream: true, max_tokens: 100000000, ignore_eos: true }));
+  const closed = new Promise((r) => sock.on("close", r));
+  sock.pause();
+  const r = await fetch(`${srv.base}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "The dog", max_tokens: 8 }) });
+  assert.equal(r.status, 200, "a normal client was not served beside a stalled one");
+  assert.equal((await r.json()).usage.completion_tokens, 8);
+  const m = await waitMetrics(srv.base, (x) => x.get('sinkserve_generations_total{outcome="cancelled"}') === before + 1, 90);
+  assert.equal(m.get('sinkserve_generations_total{outcome="cancelled"}'), before + 1, "the stalled client was never cut off");
+  sock.resume();  // drain what the kernel buffered, up to the server's close
+  await closed;
+  console.log("slow client: cut off, others served");
 }
 
 // Connections beyond --max-connections get 503 and are closed.
