@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <stdexcept>
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
@@ -94,7 +95,13 @@ int run(int argc, char** argv) {
       Stream stream(*e->lockstep);
       for (int64_t t = 0; t < n; ++t) {
         const auto t0 = std::chrono::steady_clock::now();
-        stream.feed({&ids[size_t(t)], 1}, logits.data());
+        try {
+          stream.feed({&ids[size_t(t)], 1}, logits.data());
+        } catch (const std::length_error& full) {
+          // The dense baseline's end: the paper's out-of-memory point. Report what was measured.
+          std::fprintf(stderr, "stopped after %lld tokens: %s\n", (long long)t, full.what());
+          break;
+        }
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         latency_sum += ms;
         float mx = logits[0];
@@ -110,7 +117,7 @@ int run(int argc, char** argv) {
                        (long long)cache.live_bytes(stream.slot()), (long long)resident_bytes(), ms);
       }
     }
-    print_summary(nll, latency_sum / double(std::max<int64_t>(n, 1)), eo.policy);
+    print_summary(nll, latency_sum / double(std::max<size_t>(nll.size(), 1)), eo.policy);
     e->lockstep->finish();
     return 0;
   });

@@ -49,6 +49,21 @@ struct Kernels {
   void (*gemm_tile)(int64_t kc, const float* wp, const float* xp, float* y, int64_t ldy,
                     int m_valid, int n_valid, bool accumulate);
 
+  // Optional BF16 GEMM (null where the CPU lacks AVX512_BF16): the same tiling, but weights and
+  // activations rounded to BF16 and multiplied in pairs by vdpbf16ps with F32 accumulation, twice
+  // the F32 FMA rate. BF16 keeps 8 significant bits (~2.4 decimal digits), so each product carries
+  // up to ~2^-8 relative error: acceptable for prompt processing, never used for decode. Pairs
+  // are uint32 words holding the BF16 values of columns (2p, 2p+1), low half first.
+  //   pack_panel_bf16: like pack_panel, into wp[p * gemm_mr + i] for p < ceil(kc / 2).
+  //   pack_tokens_bf16: rows t < n_valid of x (row stride ldx, cols values) into
+  //                     xp[p * gemm_nr + j], zero for j >= n_valid and past the last column.
+  //   gemm_tile_bf16: like gemm_tile over kp column pairs.
+  void (*pack_panel_bf16)(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid,
+                          int64_t k0, int64_t kc, uint32_t* wp);
+  void (*pack_tokens_bf16)(const float* x, int64_t ldx, int n_valid, int64_t cols, uint32_t* xp);
+  void (*gemm_tile_bf16)(int64_t kp, const uint32_t* wp, const uint32_t* xp, float* y, int64_t ldy,
+                         int m_valid, int n_valid, bool accumulate);
+
   float (*dot)(const float* a, const float* b, int64_t n);
   void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
   void (*scale)(float* x, float a, int64_t n);

@@ -217,6 +217,88 @@ void gemm_tile(int64_t kc, const float* wp, const float* xp, float* y, int64_t l
   }
 }
 
+// Rounds 32 F32 values to BF16 (nearest even) as 16 column pairs.
+inline __m512i bf16_pairs(const float* src, __mmask16 lo_mask, __mmask16 hi_mask) {
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi_mask, src + 16), _mm512_maskz_loadu_ps(lo_mask, src));
+}
+
+// Columns [0, n) of src as ceil(n / 2) pairs, the odd tail padded with zero.
+void to_bf16_pairs(const float* src, int64_t n, uint32_t* dst) {
+  for (int64_t k = 0; k < n; k += 32) {
+    const __m512i v = bf16_pairs(src + k, tail_mask(n - k), n - k > 16 ? tail_mask(n - k - 16) : 0);
+    const int64_t pairs = (n - k + 1) / 2;
+    _mm512_mask_storeu_epi32(dst + k / 2, tail_mask(pairs), v);
+  }
+}
+
+void pack_panel_bf16(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
+                     int64_t kc, uint32_t* wp) {
+  alignas(64) float row[kGemmMaxKc];
+  alignas(64) uint32_t tmp[16 * kGemmMaxKc / 2];
+  const int64_t kp = (kc + 1) / 2;
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(int(kp)));
+  for (int g = 0; g < kMr; g += 16) {
+    for (int i = 0; i < 16; ++i) {
+      uint32_t* dst = tmp + i * kp;
+      if (g + i < m_valid) {
+        decode_row(type, static_cast<const char*>(w) + size_t(r0 + g + i) * row_bytes, k0, kc, row);
+        to_bf16_pairs(row, kc, dst);
+      } else {
+        for (int64_t p = 0; p < kp; ++p) dst[p] = 0;
+      }
+    }
+    for (int64_t p = 0; p < kp; ++p)
+      _mm512_store_si512(wp + p * kMr + g, _mm512_i32gather_epi32(idx, tmp + p, 4));
+  }
+}
+
+void pack_tokens_bf16(const float* x, int64_t ldx, int n_valid, int64_t cols, uint32_t* xp) {
+  const int64_t kp = (cols + 1) / 2;
+  alignas(64) uint32_t pairs[64];
+  for (int j = 0; j < kNr; ++j) {
+    if (j >= n_valid) {
+      for (int64_t p = 0; p < kp; ++p) xp[p * kNr + j] = 0;
+      continue;
+    }
+    for (int64_t k = 0; k < cols; k += 128) {
+      const int64_t n = cols - k < 128 ? cols - k : 128;
+      to_bf16_pairs(x + j * ldx + k, n, pairs);
+      for (int64_t p = 0; p < (n + 1) / 2; ++p) xp[(k / 2 + p) * kNr + j] = pairs[p];
+    }
+  }
+}
+
+void gemm_tile_bf16(int64_t kp, const uint32_t* wp, const uint32_t* xp, float* y, int64_t ldy, int m_valid,
+                    int n_valid, bool accumulate) {
+  __m512 c[kNr][2];
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j) c[j][0] = c[j][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    const __m512bh a0 = (__m512bh)_mm512_load_si512(wp + p * kMr);
+    const __m512bh a1 = (__m512bh)_mm512_load_si512(wp + p * kMr + 16);
+    const uint32_t* b = xp + p * kNr;
+#pragma GCC unroll 12
+    for (int j = 0; j < kNr; ++j) {
+      const __m512bh bj = (__m512bh)_mm512_set1_epi32(int(b[j]));
+      c[j][0] = _mm512_dpbf16_ps(c[j][0], a0, bj);
+      c[j][1] = _mm512_dpbf16_ps(c[j][1], a1, bj);
+    }
+  }
+  const __mmask16 m0 = tail_mask(m_valid), m1 = m_valid > 16 ? tail_mask(m_valid - 16) : 0;
+#pragma GCC unroll 12
+  for (int j = 0; j < kNr; ++j) {
+    if (j >= n_valid) break;
+    float* yj = y + j * ldy;
+    if (accumulate) {
+      c[j][0] = _mm512_add_ps(c[j][0], _mm512_maskz_loadu_ps(m0, yj));
+      c[j][1] = _mm512_add_ps(c[j][1], _mm512_maskz_loadu_ps(m1, yj + 16));
+    }
+    _mm512_mask_storeu_ps(yj, m0, c[j][0]);
+    _mm512_mask_storeu_ps(yj + 16, m1, c[j][1]);
+  }
+}
+
 float dot(const float* a, const float* b, int64_t n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t i = 0;
@@ -318,9 +400,13 @@ void add(float* x, const float* y, int64_t n) {
 }  // namespace
 
 const Kernels& avx512_kernels() {
-  static const Kernels k{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile, dot, axpy,
-                         scale,       exp_sum, rmsnorm_row, swiglu, add};
-  return k;
+  static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
+                                 pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16, dot, axpy,
+                                 scale, exp_sum, rmsnorm_row, swiglu, add};
+  static const Kernels without_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
+                                    nullptr, nullptr, nullptr, dot, axpy,
+                                    scale, exp_sum, rmsnorm_row, swiglu, add};
+  return __builtin_cpu_supports("avx512bf16") ? with_bf16 : without_bf16;
 }
 
 }  // namespace sinkserve::cpu

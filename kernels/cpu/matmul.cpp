@@ -77,6 +77,39 @@ void gemm_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t ro
   });
 }
 
+// The BF16 twin of gemm_path: column pairs instead of columns, otherwise the same blocking.
+void gemm_path_bf16(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t row_bytes,
+                    const float* x, int64_t n_tok, float* y, Scratch& scratch) {
+  const int64_t M = w.rows, K = w.cols, KP = (K + 1) / 2;
+  const int mr = kern.gemm_mr, nr = kern.gemm_nr;
+  const int64_t n_tiles = (n_tok + nr - 1) / nr;
+  static_assert(sizeof(float) == sizeof(uint32_t));
+  auto* xp = reinterpret_cast<uint32_t*>(scratch.floats(size_t(n_tiles) * size_t(KP) * size_t(nr)));
+  pool.parallel_for(n_tiles, [&](int64_t b, int64_t e) {
+    for (int64_t tile = b; tile < e; ++tile)
+      kern.pack_tokens_bf16(x + tile * nr * K, K, int(std::min<int64_t>(nr, n_tok - tile * nr)), K,
+                            xp + tile * KP * nr);
+  });
+  const int64_t n_panels = (M + mr - 1) / mr;
+  pool.parallel_for(n_panels, [&](int64_t b, int64_t e) {
+    alignas(64) uint32_t wp[kGemmMaxKc / 2 * kGemmMaxMr];
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t r0 = p * mr;
+      const int m_valid = int(std::min<int64_t>(mr, M - r0));
+      for (int64_t k0 = 0; k0 < K; k0 += kGemmMaxKc) {
+        const int64_t kc = std::min(kGemmMaxKc, K - k0);
+        kern.pack_panel_bf16(w.type, w.data, row_bytes, r0, m_valid, k0, kc, wp);
+        for (int64_t tile = 0; tile < n_tiles; ++tile) {
+          const int n_valid = int(std::min<int64_t>(nr, n_tok - tile * nr));
+          kern.gemm_tile_bf16((kc + 1) / 2, wp, xp + (tile * KP + k0 / 2) * nr, y + tile * nr * M + r0, M,
+                              m_valid, n_valid, k0 > 0);
+        }
+      }
+      if (w.bias) add_bias(w.bias, r0, r0 + m_valid, n_tok, y, M);
+    }
+  });
+}
+
 }  // namespace
 
 void Scratch::Free::operator()(float* p) const { std::free(p); }
@@ -93,11 +126,13 @@ float* Scratch::floats(size_t n) {
 }
 
 void matmul(const Kernels& kern, ThreadPool& pool, const Weight& w, const float* x,
-            int64_t n_tok, float* y, Scratch& scratch) {
+            int64_t n_tok, float* y, Scratch& scratch, bool bf16_gemm) {
   if (n_tok <= 0 || w.rows <= 0) return;
   const size_t row_bytes = size_t(dtype_row_bytes(w.type, w.cols));
   if (n_tok < kGemmMinTokens)
     gemv_path(kern, pool, w, row_bytes, x, n_tok, y);
+  else if (bf16_gemm && kern.gemm_tile_bf16)
+    gemm_path_bf16(kern, pool, w, row_bytes, x, n_tok, y, scratch);
   else
     gemm_path(kern, pool, w, row_bytes, x, n_tok, y, scratch);
 }

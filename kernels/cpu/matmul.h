@@ -29,8 +29,10 @@ class Scratch {
   size_t size_ = 0;
 };
 
-// y[t][r] = sum_c W[r][c] x[t][c] (+ bias[r]) for t < n_tok, r < w.rows.
+// y[t][r] = sum_c W[r][c] x[t][c] (+ bias[r]) for t < n_tok, r < w.rows. With bf16_gemm and a
+// CPU that has AVX512_BF16, the GEMM path (n_tok >= kGemmMinTokens) rounds weights and
+// activations to BF16 (see Kernels::gemm_tile_bf16); decode always stays in F32.
 void matmul(const Kernels& kernels, ThreadPool& pool, const Weight& w, const float* x,
-            int64_t n_tok, float* y, Scratch& scratch);
+            int64_t n_tok, float* y, Scratch& scratch, bool bf16_gemm = false);
 
 }  // namespace sinkserve::cpu

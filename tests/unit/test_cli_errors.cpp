@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -55,12 +57,15 @@ GGUFBytes valid_model(uint64_t dim0 = 8, uint64_t offset_b = 32) {
   return g;
 }
 
+// Every command that opens a model refuses the file the same way.
 void expect_failure(const std::string& model, const std::string& needle) {
-  const Result r = run("inspect --model " + model);
-  EXPECT_TRUE(r.exited) << "killed by a signal on " << model;
-  EXPECT_EQ(r.code, 1) << r.err;
-  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr: " << r.err;
-  EXPECT_NE(r.err.find(model), std::string::npos) << "the message should name the file: " << r.err;
+  for (const char* cmd : {"inspect --model ", "generate -n 4 --threads 1 --model "}) {
+    const Result r = run(cmd + model);
+    EXPECT_TRUE(r.exited) << "killed by a signal: " << cmd << model;
+    EXPECT_EQ(r.code, 1) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << cmd << " stderr: " << r.err;
+    EXPECT_NE(r.err.find(model), std::string::npos) << "the message should name the file: " << r.err;
+  }
 }
 
 }  // namespace
@@ -89,6 +94,29 @@ TEST(CliErrors, UnsupportedArchitectureAndTensorType) {
   GGUFBytes q = GGUFBytes::header(1, 1);
   q.kv_string("general.architecture", "llama").tensor_info("t", {32}, 2, 0).pad(32).b.append(128, '\0');
   expect_failure(write_model("q4.gguf", q.b), "which sinkserve does not support");
+}
+
+TEST(CliErrors, TruncatedRealModel) {
+  const std::string real = sinkserve::test::read_bytes(sinkserve::test::fixture("models/stories260K.gguf"));
+  expect_failure(write_model("stories_cut.gguf", real.substr(0, real.size() / 2)), "truncated");
+}
+
+TEST(CliErrors, BadGenerateArguments) {
+  const std::string m = " --model " + sinkserve::test::fixture("models/stories260K.gguf");
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"generate -n -5" + m, "-n must be -1"},
+           {"generate --top-p 2" + m, "--top-p must be in (0, 1]"},
+           {"generate --temp -1" + m, "--temp must be >= 0"},
+           {"generate --policy lru" + m, "unknown cache policy 'lru'"},
+           {"generate --device tpu" + m, "--device must be cpu or cuda"},
+           {"generate --threads x" + m, "--threads expects an integer, got 'x'"},
+           {"perplexity --text /nonexistent/file" + m, "cannot read --text"},
+           {"bogus-command", "unknown command 'bogus-command'"}}) {
+    const Result r = run(args);
+    EXPECT_TRUE(r.exited) << args;
+    EXPECT_EQ(r.code, 2) << args << ": " << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << " stderr: " << r.err;
+  }
 }
 
 TEST(CliErrors, BadArguments) {

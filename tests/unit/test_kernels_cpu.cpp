@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/dtype.h"
@@ -196,6 +197,39 @@ TEST(CpuKernels, PackedPanelTimesPackedTokensMatchesReference) {
             }
             ASSERT_NEAR(got, ref, kMatmulRelTol * mag) << isa_name(isa) << " j=" << j << " i=" << i;
           }
+      }
+    }
+  }
+}
+
+// The BF16 GEMM must equal an F32-accumulated product of the BF16-rounded operands (dtype.h's
+// round-to-nearest-even), so its only error is the documented operand rounding.
+TEST(CpuKernels, Bf16GemmEqualsProductOfRoundedOperands) {
+  if (!isa_supported(Isa::Avx512) || !kernels_for(Isa::Avx512).gemm_tile_bf16)
+    GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  const Kernels& k = kernels_for(Isa::Avx512);
+  ThreadPool pool(2);
+  Scratch scratch;
+  auto round_bf16 = [](float v) { return bf16_to_f32(f32_to_bf16(v)); };
+  for (DType type : kTypes) {
+    for (int64_t cols : {int64_t(type == DType::Q8_0 ? 64 : 61), int64_t(type == DType::Q8_0 ? 320 : 301)}) {
+      const int64_t rows = 45;
+      TestMatrix m = make_matrix(type, rows, cols, uint32_t(cols) + 1);
+      TestMatrix rounded = m;
+      for (float& v : rounded.values) v = round_bf16(v);
+      const std::vector<float> bias = random_floats(size_t(rows), 5);
+      for (int64_t n_tok : {kGemmMinTokens, int64_t(33), int64_t(130)}) {
+        const std::vector<float> x = random_floats(size_t(n_tok * cols), uint32_t(n_tok) + 3);
+        std::vector<float> xr = x;
+        for (float& v : xr) v = round_bf16(v);
+        const Weight w{type, m.bytes.data(), rows, cols, bias.data()};
+        std::vector<float> y(size_t(n_tok * rows), NAN);
+        matmul(k, pool, w, x.data(), n_tok, y.data(), scratch, /*bf16_gemm=*/true);
+        std::vector<double> ref, mag;
+        reference_matmul(rounded, xr.data(), n_tok, bias.data(), ref, mag);
+        for (size_t i = 0; i < y.size(); ++i)
+          ASSERT_NEAR(y[i], ref[i], kMatmulRelTol * mag[i] + 1e-7)
+              << dtype_name(type) << " cols=" << cols << " n_tok=" << n_tok << " t=" << i / rows << " r=" << i % rows;
       }
     }
   }
