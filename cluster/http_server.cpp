@@ -563,25 +563,26 @@ void detail::ServerImpl::refuse(tcp::socket s) {
   }();
   // Answer, then drain whatever the client sent until it closes (bounded in time), so that the
   // close does not reset the connection before the client has read the answer.
-  auto st = std::make_shared<beast::tcp_stream>(std::move(s));
-  st->expires_after(std::chrono::seconds(2));
-  net::async_write(*st, net::buffer(kRefusal), [st](beast::error_code ec, size_t) {
-    if (ec) return;
-    beast::error_code ignored;
-    st->socket().shutdown(tcp::socket::shutdown_send, ignored);
-    auto buf = std::make_shared<std::array<char, 4096>>();
-    auto drain = std::make_shared<std::function<void(beast::error_code, size_t)>>();
-    *drain = [st, buf, drain](beast::error_code rec, size_t) {
-      if (rec) {
-        beast::error_code ig;
-        st->socket().close(ig);
-        *drain = nullptr;  // breaks the self-reference
-        return;
-      }
-      st->async_read_some(net::buffer(*buf), *drain);
-    };
-    st->async_read_some(net::buffer(*buf), *drain);
-  });
+  struct Refusal : std::enable_shared_from_this<Refusal> {
+    explicit Refusal(tcp::socket s) : st(std::move(s)) {}
+    beast::tcp_stream st;
+    std::array<char, 4096> buf;
+    void start() {
+      st.expires_after(std::chrono::seconds(2));
+      net::async_write(st, net::buffer(kRefusal), [self = shared_from_this()](beast::error_code ec, size_t) {
+        if (ec) return;
+        beast::error_code ignored;
+        self->st.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        self->drain();
+      });
+    }
+    void drain() {
+      st.async_read_some(net::buffer(buf), [self = shared_from_this()](beast::error_code ec, size_t) {
+        if (!ec) self->drain();
+      });
+    }
+  };
+  std::make_shared<Refusal>(std::move(s))->start();
 }
 
 void detail::ServerImpl::wait_signal() {

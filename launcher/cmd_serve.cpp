@@ -54,7 +54,8 @@ int run(int argc, char** argv) {
   const EngineOptions eo = finish_engine_options(ef);
   if (eo.slots < 1) throw UsageError("--sessions must be >= 1");
   if (so.port < 0 || so.port > 65535) throw UsageError("--port must be in 0..65535");
-  if (!(sched_opt.session_ttl_s > 0)) throw UsageError("--session-ttl must be > 0");
+  if (!(sched_opt.session_ttl_s > 0 && sched_opt.session_ttl_s <= 315360000))
+    throw UsageError("--session-ttl must be in (0, 315360000] seconds");
   if (sched_opt.default_max_tokens < 0) throw UsageError("--max-tokens must be >= 0");
   if (sched_opt.step_tokens < 0) throw UsageError("--step-tokens must be >= 0");
   if (max_body < 1) throw UsageError("--max-body must be >= 1");

@@ -25,7 +25,8 @@ constexpr int64_t kParallelElements = 1 << 15;
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, Isa isa) : kern_(kernels_for(isa)), pool_(threads) {}
+  CpuBackend(int threads, Isa isa, bool bf16_gemm)
+      : kern_(kernels_for(isa)), pool_(threads), bf16_gemm_(bf16_gemm) {}
 
   ~CpuBackend() override {
     for (void* p : buffers_) std::free(p);
@@ -77,7 +78,7 @@ class CpuBackend final : public Backend {
   void matmul(const Weight& w, const float* x, int64_t n_tok, float* y) override {
     if (n_tok < 0) bad_arg("matmul: negative token count");
     if (!w.data) bad_arg("matmul: weight has no data");
-    cpu::matmul(kern_, pool_, w, x, n_tok, y, scratch_);
+    cpu::matmul(kern_, pool_, w, x, n_tok, y, scratch_, bf16_gemm_);
   }
 
   void embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out) override {
@@ -236,6 +237,7 @@ class CpuBackend final : public Backend {
 
   const Kernels& kern_;
   ThreadPool pool_;
+  bool bf16_gemm_;
   Scratch scratch_;
   std::mutex mu_;
   std::unordered_set<void*> buffers_;
@@ -243,8 +245,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads, Isa isa) {
-  return std::make_unique<CpuBackend>(threads, isa);
+std::unique_ptr<Backend> make_cpu_backend(int threads, Isa isa, bool bf16_gemm) {
+  return std::make_unique<CpuBackend>(threads, isa, bf16_gemm);
 }
 
 }  // namespace sinkserve::cpu

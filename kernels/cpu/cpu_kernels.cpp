@@ -101,8 +101,9 @@ void add(float* x, const float* y, int64_t n) {
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile, nullptr, nullptr, nullptr, dot, axpy,
-                         scale,       exp_sum, rmsnorm_row, swiglu, add};
+  static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
+                         nullptr, nullptr, nullptr,  // no BF16 GEMM
+                         dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
   return k;
 }
 

@@ -249,8 +249,9 @@ inline __m256 exp_ps(__m256 x) {
   // n in [-126, 128]: split 2^n = 2^(n/2) * 2^(n - n/2) so 2^128 never has to be represented.
   const __m256i ni = _mm256_cvtps_epi32(n);
   const __m256i h = _mm256_srai_epi32(ni, 1);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
   return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
 }
 
@@ -318,8 +319,9 @@ void add(float* x, const float* y, int64_t n) {
 }  // namespace
 
 const Kernels& avx2_kernels() {
-  static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile, nullptr, nullptr, nullptr, dot, axpy,
-                         scale,       exp_sum, rmsnorm_row, swiglu, add};
+  static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
+                         nullptr, nullptr, nullptr,  // no BF16 GEMM
+                         dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
   return k;
 }
 

@@ -173,7 +173,8 @@ constexpr int kMr = 32, kNr = 12;
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {
   alignas(64) float tmp[16 * kGemmMaxKc];
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int(kc)));
+  const __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int(kc)));
   for (int g = 0; g < kMr; g += 16) {
     for (int i = 0; i < 16; ++i) {
       float* dst = tmp + i * kc;
@@ -317,7 +318,8 @@ void axpy(float a, const float* x, float* y, int64_t n) {
   const __m512 va = _mm512_set1_ps(a);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    const __m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+    _mm512_mask_storeu_ps(y + i, m, v);
   }
 }
 
@@ -401,11 +403,11 @@ void add(float* x, const float* y, int64_t n) {
 
 const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
-                                 pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16, dot, axpy,
-                                 scale, exp_sum, rmsnorm_row, swiglu, add};
+                                 pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
+                                 dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
   static const Kernels without_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
-                                    nullptr, nullptr, nullptr, dot, axpy,
-                                    scale, exp_sum, rmsnorm_row, swiglu, add};
+                                    nullptr, nullptr, nullptr,
+                                    dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
   return __builtin_cpu_supports("avx512bf16") ? with_bf16 : without_bf16;
 }
 

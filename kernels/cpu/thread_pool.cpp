@@ -69,11 +69,12 @@ ThreadPool::ThreadPool(int threads) {
   const std::vector<int> cpus = allowed_cpus();
   n_threads_ = threads == 0 ? int(cpus.size()) : threads;
   oversubscribed_ = n_threads_ > int(cpus.size());
+  // Worker i runs on allowed CPU i, leaving the first to the calling thread. The caller itself is
+  // not pinned: threads it creates later (servers, MPI progress) would inherit a one-CPU mask.
   const bool pin = n_threads_ > 1 && !oversubscribed_;
-  if (pin) pin_thread(pthread_self(), cpus[0]);
   workers_.reserve(n_threads_ - 1);
   for (int i = 1; i < n_threads_; ++i)
-    workers_.emplace_back([this, i, cpu = pin ? cpus[i] : -1] { worker_main(i, cpu); });
+    workers_.emplace_back([this, cpu = pin ? cpus[i] : -1] { worker_main(cpu); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -97,7 +98,7 @@ void ThreadPool::work_on_current_job() {
   }
 }
 
-void ThreadPool::worker_main(int, int cpu) {
+void ThreadPool::worker_main(int cpu) {
   if (cpu >= 0) pin_thread(pthread_self(), cpu);
   tl_inside_job = true;  // a worker never submits to its own pool
   uint32_t seen = 0;

@@ -17,8 +17,9 @@ namespace sinkserve::cpu {
 class ThreadPool {
  public:
   // `threads` counts the calling thread; 0 = one per CPU the process may run on. With more than
-  // one thread, every thread is pinned to a distinct allowed CPU (the constructing thread to the
-  // first): unpinned threads on small VMs are sometimes scheduled onto the same core.
+  // one thread (and no more than the allowed CPUs), each worker is pinned to its own allowed CPU,
+  // all but the first, which is left to the calling thread: unpinned threads on small VMs are
+  // sometimes scheduled onto the same core.
   explicit ThreadPool(int threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -39,7 +40,7 @@ class ThreadPool {
  private:
   using Task = void (*)(void*, int64_t, int64_t);
   void run(int64_t n, Task task, void* ctx);
-  void worker_main(int index, int cpu);
+  void worker_main(int cpu);
   void work_on_current_job();
 
   int n_threads_;

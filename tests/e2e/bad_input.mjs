@@ -8,7 +8,7 @@ import { startServer, rawRequest, post, waitMetrics, metrics, withDeadline } fro
 withDeadline(200);
 const SLOTS = 4, MAX_CONN = 6;
 const srv = await startServer(["--sessions", String(SLOTS), "--max-body", "4096", "--max-connections", String(MAX_CONN),
-                               "--client-buffer", "4096"]);
+                               "--client-buffer", "65536"]);
 const chat = "/v1/chat/completions";
 const msgs = [{ role: "user", content: "Hi" }];
 
@@ -54,7 +54,10 @@ await expectError("unknown session", "DELETE /v1/sessions/none HTTP/1.1\r\nHost:
   await new Promise((r) => sock.on("connect", r));
   sock.write(post(chat, { messages: msgs, stream: true, max_tokens: 1000000, ignore_eos: true }));
   let got = "";
-  await new Promise((resolve) => sock.on("data", (d) => { got += d; if ((got.match(/data: /g) || []).length > 5) resolve(); }));
+  await new Promise((resolve, reject) => {
+    sock.on("data", (d) => { got += d; if ((got.match(/data: /g) || []).length > 5) resolve(); });
+    sock.on("close", () => reject(new Error(`stream closed early: ${got.slice(0, 300)}`)));
+  });
   const busy = await metrics(srv.base);
   assert.equal(busy.get("sinkserve_running_requests"), 1);
   sock.destroy();

@@ -210,6 +210,7 @@ TEST(CpuKernels, Bf16GemmEqualsProductOfRoundedOperands) {
   const Kernels& k = kernels_for(Isa::Avx512);
   ThreadPool pool(2);
   Scratch scratch;
+  const auto be = make_cpu_backend(2, Isa::Avx512, /*bf16_gemm=*/true);
   auto round_bf16 = [](float v) { return bf16_to_f32(f32_to_bf16(v)); };
   for (DType type : kTypes) {
     for (int64_t cols : {int64_t(type == DType::Q8_0 ? 64 : 61), int64_t(type == DType::Q8_0 ? 320 : 301)}) {
@@ -223,13 +224,16 @@ TEST(CpuKernels, Bf16GemmEqualsProductOfRoundedOperands) {
         std::vector<float> xr = x;
         for (float& v : xr) v = round_bf16(v);
         const Weight w{type, m.bytes.data(), rows, cols, bias.data()};
-        std::vector<float> y(size_t(n_tok * rows), NAN);
+        std::vector<float> y(size_t(n_tok * rows), NAN), y_backend(y.size(), NAN);
         matmul(k, pool, w, x.data(), n_tok, y.data(), scratch, /*bf16_gemm=*/true);
+        be->matmul(w, x.data(), n_tok, y_backend.data());
         std::vector<double> ref, mag;
         reference_matmul(rounded, xr.data(), n_tok, bias.data(), ref, mag);
-        for (size_t i = 0; i < y.size(); ++i)
+        for (size_t i = 0; i < y.size(); ++i) {
           ASSERT_NEAR(y[i], ref[i], kMatmulRelTol * mag[i] + 1e-7)
               << dtype_name(type) << " cols=" << cols << " n_tok=" << n_tok << " t=" << i / rows << " r=" << i % rows;
+          ASSERT_EQ(y_backend[i], y[i]) << "the backend's bf16_gemm option must select the same path";
+        }
       }
     }
   }
@@ -308,7 +312,7 @@ TEST_P(CpuBackendTest, MatmulMatchesReferenceAcrossDecodeAndGemmPaths) {
       const int64_t rows = 45;
       const TestMatrix m = make_matrix(type, rows, cols, uint32_t(cols));
       const std::vector<float> bias = random_floats(size_t(rows), 77);
-      for (int64_t n_tok : {1, 2, 3, 7, 33, 130}) {
+      for (int64_t n_tok : {1, 2, 3, 7, 31, 33, 130}) {
         const std::vector<float> x = random_floats(size_t(n_tok * cols), uint32_t(n_tok));
         for (bool with_bias : {false, true}) {
           const Weight w = be->prepare_weight(type, m.bytes.data(), rows, cols, with_bias ? bias.data() : nullptr);

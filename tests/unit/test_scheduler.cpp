@@ -337,6 +337,40 @@ TEST_F(SchedulerTest, IdleSessionsExpireAndDeleteFreesSlots) {
   EXPECT_EQ(sched_->stats().sessions_expired, 1u);
 }
 
+TEST_F(SchedulerTest, LongPromptIsInterleavedWithDecodingStreams) {
+  start(2);
+  // A decodes endlessly; B arrives with a prompt many steps long (chunk 8, 32 prompt tokens per
+  // step). A must gain a token on every step B's prompt takes, not wait for it.
+  Collector a, b;
+  GenerationRequest ra = completion("Once upon a time", 1 << 20, a);
+  ra.ignore_eos = true;
+  const uint64_t ida = sched_->submit(std::move(ra));
+  ASSERT_TRUE(a.wait([&] { return a.tokens.size() >= 3; }));
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += "The little dog ran to the park. ";
+  const int64_t prompt_len = int64_t(engine_->tokenizer->encode(long_prompt, true).size());
+  ASSERT_GT(prompt_len, 200);
+  size_t a_at_start = 0, a_at_first = 0;
+  GenerationRequest rb = completion(long_prompt, 1, b);
+  auto inner = rb.sink;
+  rb.sink = [&, inner](const StreamEvent& e) {
+    {
+      std::lock_guard lk(a.mu);
+      if (e.kind == StreamEvent::Kind::Started) a_at_start = a.tokens.size();
+      if (e.kind == StreamEvent::Kind::Token) a_at_first = a.tokens.size();
+    }
+    return inner(e);
+  };
+  sched_->submit(std::move(rb));
+  ASSERT_TRUE(b.wait_done());
+  ASSERT_EQ(b.usage.prompt_tokens, prompt_len);
+  // B's prompt took ceil(len / 32) steps; A decoded once per step, B's sampling step included.
+  const size_t prompt_steps = size_t((prompt_len + 31) / 32);
+  EXPECT_GE(a_at_first - a_at_start, prompt_steps - 1);
+  sched_->cancel(ida);
+  ASSERT_TRUE(a.wait_done());
+}
+
 TEST_F(SchedulerTest, StopStringsEndTheReplyBeforeTheMatch) {
   start(2);
   Collector free_run;
