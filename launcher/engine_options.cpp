@@ -11,6 +11,8 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   p.add("-m,--model", "FILE", "GGUF model file", &e.model, true);
   p.add("--device", "cpu|cuda", "where to compute (default cpu)", &e.device);
   p.add("-t,--threads", "N", "CPU threads per rank (default: one per core)", &e.threads);
+  p.add("--bf16-prefill", "", "CPU: prompt matrix products in BF16 (faster, ~3 significant digits)",
+        &e.bf16_prefill);
   if (with_policy)
     p.add("--policy", "NAME", "KV cache policy: sink (default), window, dense, recompute", &f.policy);
   p.add("--sink", "S", "attention-sink tokens kept (default 4)", &e.sink);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
 #include "parallel/fault_injection.h"
 
@@ -43,7 +44,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   auto e = std::make_unique<Engine>();
   e->comm = &comm;
   e->file = std::make_unique<GGUFFile>(o.model);
-  if (o.device == "cpu") e->backend = make_cpu_backend(o.threads);
+  if (o.device == "cpu") e->backend = cpu::make_cpu_backend(o.threads, cpu::best_isa(), o.bf16_prefill);
   else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
   else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
