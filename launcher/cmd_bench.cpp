@@ -94,33 +94,38 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
                 double(comm.calls()) / double(decode_n));
 }
 
-// Mean decode latency over the `samples` tokens before each stream length in `at`.
+// Decode latency at several stream lengths, measured side by side: one session per length is
+// streamed to `samples` tokens short of it, then the sessions decode in turn, token by token, so
+// that whatever else the machine does affects every length alike.
 void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
   std::vector<float> logits(static_cast<size_t>(e.model->config().vocab));
   TokenSource src(e.model->config().vocab);
-  Stream s(*e.lockstep);
-  const int64_t last = *std::max_element(at.begin(), at.end());
-  double sum = 0;
-  int64_t counted = 0;
-  std::printf("per-token decode latency of the %s policy (mean of the %lld tokens before each length)\n",
-              policy_name(e.cache->config().policy).c_str(), (long long)samples);
-  for (int64_t n = 1; n <= last; ++n) {
-    const int32_t t = src.next();
-    const bool timed = std::any_of(at.begin(), at.end(), [&](int64_t a) { return n > a - samples && n <= a; });
-    const auto t0 = Clock::now();
-    s.feed({&t, 1}, logits.data());
-    if (timed) {
-      sum += since(t0);
-      ++counted;
-    }
-    if (std::find(at.begin(), at.end(), n) != at.end()) {
-      std::printf("  after %10lld tokens: %.4f ms/token, cache %lld tokens, KV %lld bytes, RSS %.1f MiB\n",
-                  (long long)n, 1e3 * sum / double(counted), (long long)e.cache->cached_tokens(s.slot()),
-                  (long long)e.cache->live_bytes(s.slot()), double(resident_bytes()) / (1 << 20));
-      sum = 0;
-      counted = 0;
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int64_t len : at) {
+    auto& s = streams.emplace_back(std::make_unique<Stream>(*e.lockstep));
+    for (int64_t n = 0; n < std::max<int64_t>(0, len - samples); ++n) {
+      const int32_t t = src.next();
+      s->feed({&t, 1}, logits.data());
     }
   }
+  std::vector<double> total(at.size(), 0.0);
+  for (int64_t i = 0; i < samples; ++i)
+    for (size_t k = 0; k < streams.size(); ++k) {
+      const int32_t t = src.next();
+      const auto t0 = Clock::now();
+      streams[k]->feed({&t, 1}, logits.data());
+      total[k] += since(t0);
+    }
+  std::printf("per-token decode latency of the %s policy, %lld tokens per length, interleaved\n",
+              policy_name(e.cache->config().policy).c_str(), (long long)samples);
+  for (size_t k = 0; k < streams.size(); ++k) {
+    const int slot = streams[k]->slot();
+    std::printf("  stream of %10lld tokens: %.4f ms/token (%.3fx the first), cache %lld tokens, KV %lld bytes\n",
+                (long long)streams[k]->tokens(), 1e3 * total[k] / double(samples), total[k] / total[0],
+                (long long)e.cache->cached_tokens(slot), (long long)e.cache->live_bytes(slot));
+  }
+  std::printf("  RSS %.1f MiB, KV pool %lld bytes\n", double(resident_bytes()) / (1 << 20),
+              (long long)e.cache->pool_bytes());
 }
 
 // Sink decode latency with a full window of W against the recompute baseline at the same W.
@@ -179,6 +184,7 @@ int run(int argc, char** argv) {
   const std::vector<int64_t> wins =
       recompute_windows.empty() ? std::vector<int64_t>{} : parse_list(recompute_windows, "--recompute");
   eo.chunk = int(std::max<int64_t>(eo.chunk, prompt_n));
+  eo.slots = std::max<int>(1, int(at.size()));
 
   auto timed = std::make_unique<TimedCommunicator>(launch_communicator(eo));
   TimedCommunicator& comm = *timed;
