@@ -122,7 +122,9 @@ TEST(CliChat, MtBenchThroughOneSessionEvictsAndStaysBounded) {
     EXPECT_LE(stats[i].reply, kTokens);
     // Constant memory: the cache never holds more than the sinks and the window.
     EXPECT_LE(stats[i].cache, kSink + kWindow) << "turn " << i + 1;
-    if (i > 0) EXPECT_GT(stats[i].stream, stats[i - 1].stream);
+    if (i > 0) {
+      EXPECT_GT(stats[i].stream, stats[i - 1].stream);
+    }
   }
   EXPECT_GT(stats.back().stream, 4 * (kSink + kWindow)) << "the conversation never outgrew the window";
   EXPECT_EQ(stats.back().cache, kSink + kWindow) << "the cache fills up to sinks + window";

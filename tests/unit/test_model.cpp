@@ -30,6 +30,18 @@ std::vector<float> stream_one_by_one(Rig& rig, const std::vector<int32_t>& ids, 
   return out;
 }
 
+// Largest logit difference between the engine's logits (ids.size() rows) and the reference
+// stepping through the same tokens.
+float worst_vs_reference(ReferenceLlama& ref, const std::vector<int32_t>& ids, const std::vector<float>& got) {
+  const size_t V = size_t(ref.vocab());
+  float worst = 0;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const std::vector<float> want = ref.step(ids[t]);
+    worst = std::max(worst, max_abs_diff(want.data(), &got[t * V], V));
+  }
+  return worst;
+}
+
 TEST(Model, GreedyFromBosReproducesLlama2cReference) {
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 508));
   auto tok = load_tokenizer(*rig.file);
@@ -94,13 +106,7 @@ TEST(Model, MatchesPlainReferenceWithoutEviction) {
   Rig rig(fixture(kStories), cache_config(Policy::Dense, 0, 512));
   ReferenceLlama ref(*rig.file, 0, -1);
   const std::vector<float> got = stream_one_by_one(rig, ids);
-  const size_t V = size_t(rig.vocab());
-  float worst = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const std::vector<float> want = ref.step(ids[t]);
-    worst = std::max(worst, max_abs_diff(want.data(), &got[t * V], V));
-  }
-  EXPECT_LT(worst, 1e-4f);
+  EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
 
 TEST(SinkCache, EqualsDenseBeforeAnyEviction) {
@@ -118,13 +124,7 @@ TEST(SinkCache, RotationSchemeEqualsRerotatingReferenceAfterEvictions) {
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 60));
   ReferenceLlama ref(*rig.file, 4, 60);
   const std::vector<float> got = stream_one_by_one(rig, ids);
-  const size_t V = size_t(rig.vocab());
-  float worst = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const std::vector<float> want = ref.step(ids[t]);
-    worst = std::max(worst, max_abs_diff(want.data(), &got[t * V], V));
-  }
-  EXPECT_LT(worst, 1e-4f);
+  EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
 
 TEST(SinkCache, WindowPolicyEqualsReferenceWindow) {
@@ -132,13 +132,7 @@ TEST(SinkCache, WindowPolicyEqualsReferenceWindow) {
   Rig rig(fixture(kStories), cache_config(Policy::Window, 0, 50));
   ReferenceLlama ref(*rig.file, 0, 50);
   const std::vector<float> got = stream_one_by_one(rig, ids);
-  const size_t V = size_t(rig.vocab());
-  float worst = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const std::vector<float> want = ref.step(ids[t]);
-    worst = std::max(worst, max_abs_diff(want.data(), &got[t * V], V));
-  }
-  EXPECT_LT(worst, 1e-4f);
+  EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
 
 TEST(SinkCache, StreamOffsetDoesNotChangeLogits) {
@@ -186,13 +180,7 @@ TEST(SinkCache, GutenbergModelWithUntiedHeadMatchesReference) {
   std::vector<float> got(ids.size() * size_t(rig.vocab()));
   Stream s(*rig.ls);
   s.feed(ids, got.data(), true);
-  const size_t V = size_t(rig.vocab());
-  float worst = 0;
-  for (size_t t = 0; t < ids.size(); ++t) {
-    const std::vector<float> want = ref.step(ids[t]);
-    worst = std::max(worst, max_abs_diff(want.data(), &got[t * V], V));
-  }
-  EXPECT_LT(worst, 1e-4f);
+  EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
 
 }  // namespace
