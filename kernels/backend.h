@@ -57,9 +57,9 @@ class Backend {
   // Waits until every queued operation has finished (a no-op on synchronous backends).
   virtual void synchronize() = 0;
 
-  // Makes a weight usable by matmul from host memory (e.g. an mmapped GGUF tensor). The backend
-  // may keep the host pointer (CPU) or copy/repack it into its own memory (CUDA); the host memory
-  // must outlive the weight unless the backend copied it. bias may be null.
+  // Makes a weight usable by matmul from host memory (e.g. an mmapped GGUF tensor). Backends copy
+  // (and may repack) the data into their own memory -- CPU: huge pages, CUDA: the device -- so the
+  // host memory may be released afterwards. bias may be null.
   virtual Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
                                 const float* host_bias) = 0;
 

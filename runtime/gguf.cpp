@@ -336,6 +336,10 @@ GGUFFile::~GGUFFile() {
   if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
 }
 
+void GGUFFile::drop_resident_pages() const {
+  if (map_ && size_) madvise(const_cast<uint8_t*>(map_), size_, MADV_DONTNEED);
+}
+
 const GGUFValue* GGUFFile::find(const std::string& key) const {
   auto it = kv_.find(key);
   return it == kv_.end() ? nullptr : &it->second;

@@ -74,6 +74,10 @@ class GGUFFile {
   std::optional<double> find_float(const std::string& key) const;
   std::optional<std::string> find_string(const std::string& key) const;
 
+  // Gives back this process's resident pages of the mapping; they fault in again from the file
+  // if read. For after a backend has copied the weights it computes with.
+  void drop_resident_pages() const;
+
   const std::vector<GGUFTensorInfo>& tensors() const { return tensors_; }
   const GGUFTensorInfo* find_tensor(const std::string& name) const;
   // Throws GGUFError naming the tensor when missing, or when `ne` is given and differs.

@@ -132,6 +132,9 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
   streamed_bytes_ = weight_bytes_;
   const int64_t embd = int64_t(f.tensor("token_embd.weight").bytes);
   weight_bytes_ += cfg_.tied_output ? embd - dtype_row_bytes(output_.type, dim) * vocab_rows : embd;
+  // The backends copy what they compute with (CPU: into huge pages; CUDA: to the device), so the
+  // mapped file no longer needs to occupy this rank's memory.
+  f.drop_resident_pages();
 }
 
 LlamaModel::~LlamaModel() {

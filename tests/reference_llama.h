@@ -26,6 +26,9 @@ class ReferenceLlama {
     ffn_ = int(f.get_int(a + ".feed_forward_length"));
     eps_ = float(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
     base_ = f.find_float(a + ".rope.freq_base").value_or(10000.0);
+    if (f.find_string(a + ".rope.scaling.type").value_or("") == "linear")
+      scale_ = 1.0 / f.get_float(a + ".rope.scaling.factor");
+    neox_ = a == "qwen2";  // qwen2 rotates pairs (i, i + d/2) and adds q/k/v biases
     hd_ = dim_ / heads_;
     embd_ = load(f, "token_embd.weight");
     vocab_ = int(embd_.size() / size_t(dim_));
@@ -37,7 +40,12 @@ class ReferenceLlama {
                     load(f, p + "attn_k.weight"), load(f, p + "attn_v.weight"),
                     load(f, p + "attn_output.weight"), load(f, p + "ffn_norm.weight"),
                     load(f, p + "ffn_gate.weight"), load(f, p + "ffn_up.weight"),
-                    load(f, p + "ffn_down.weight"), {}});
+                    load(f, p + "ffn_down.weight"), {}, {}, {}, {}});
+      if (neox_) {
+        L_.back().bq = load(f, p + "attn_q.bias");
+        L_.back().bk = load(f, p + "attn_k.bias");
+        L_.back().bv = load(f, p + "attn_v.bias");
+      }
     }
   }
 
@@ -50,6 +58,11 @@ class ReferenceLlama {
     for (auto& L : L_) {
       std::vector<float> xb = rmsnorm(x, L.attn_norm);
       Entry e{matvec(L.wq, xb, heads_ * hd_), matvec(L.wk, xb, kvd), matvec(L.wv, xb, kvd)};
+      if (neox_) {
+        add(e.q, L.bq);
+        add(e.k, L.bk);
+        add(e.v, L.bv);
+      }
       L.cache.push_back(e);
       evict(L.cache);
       // Re-rotate everything at in-cache positions: entry i sits at position i.
@@ -92,6 +105,7 @@ class ReferenceLlama {
   struct Layer {
     std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
     std::deque<Entry> cache;
+    std::vector<float> bq, bk, bv;
   };
 
   static std::vector<float> load(const GGUFFile& f, const std::string& name) {
@@ -125,14 +139,14 @@ class ReferenceLlama {
   static void add(std::vector<float>& x, const std::vector<float>& y) {
     for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
   }
-  // Adjacent-pair rotation (llama GGUF layout) of every head at position pos.
+  // Rotation of every head at position pos: adjacent pairs (llama GGUF layout) or halves (neox).
   void rope(std::vector<float>& v, int n_heads, int64_t pos) const {
     for (int h = 0; h < n_heads; ++h)
       for (int i = 0; i < hd_ / 2; ++i) {
-        const double th = double(pos) * std::pow(base_, -2.0 * i / hd_);
+        const double th = double(pos) * scale_ * std::pow(base_, -2.0 * i / hd_);
         const double c = std::cos(th), s = std::sin(th);
-        float& a = v[size_t(h * hd_ + 2 * i)];
-        float& b = v[size_t(h * hd_ + 2 * i + 1)];
+        float& a = v[size_t(h * hd_ + (neox_ ? i : 2 * i))];
+        float& b = v[size_t(h * hd_ + (neox_ ? i + hd_ / 2 : 2 * i + 1))];
         const double a0 = a, b0 = b;
         a = float(a0 * c - b0 * s);
         b = float(a0 * s + b0 * c);
@@ -142,7 +156,8 @@ class ReferenceLlama {
   int sink_, window_;
   int dim_, layers_, heads_, kv_heads_, ffn_, hd_, vocab_;
   float eps_;
-  double base_;
+  double base_, scale_ = 1.0;
+  bool neox_ = false;
   std::vector<float> embd_, out_, out_norm_;
   std::vector<Layer> L_;
 };
