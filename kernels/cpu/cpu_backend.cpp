@@ -79,12 +79,16 @@ class CpuBackend final : public Backend {
     // page walks cost a good part of the memory bandwidth; a copy in transparent huge pages does
     // not pay them, and holds only the rows and columns this rank was given.
     const size_t bytes = size_t(rows) * size_t(dtype_row_bytes(type, cols));
-    const size_t bias_bytes = host_bias ? size_t(rows) * sizeof(float) : 0;
-    const size_t mapped = (bytes + bias_bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* mem = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) throw std::bad_alloc();
-    madvise(mem, mapped, MADV_HUGEPAGE);
-    {
+    const size_t bias_at = (bytes + 63) / 64 * 64;  // the bias follows the matrix, aligned
+    const size_t total = bias_at + (host_bias ? size_t(rows) * sizeof(float) : 0);
+    void* mem;
+    if (total < kHugePage) {  // small weights would waste most of a huge page
+      mem = alloc(total);
+    } else {
+      const size_t mapped = (total + kHugePage - 1) / kHugePage * kHugePage;
+      mem = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) throw std::bad_alloc();
+      madvise(mem, mapped, MADV_HUGEPAGE);
       std::lock_guard lock(mu_);
       weight_maps_.emplace_back(mem, mapped);
     }
@@ -97,8 +101,8 @@ class CpuBackend final : public Backend {
     });
     float* bias = nullptr;
     if (host_bias) {
-      bias = reinterpret_cast<float*>(dst + bytes);
-      std::memcpy(bias, host_bias, bias_bytes);
+      bias = reinterpret_cast<float*>(dst + bias_at);
+      std::memcpy(bias, host_bias, size_t(rows) * sizeof(float));
     }
     return Weight{type, dst, rows, cols, bias};
   }
