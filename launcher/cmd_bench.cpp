@@ -7,7 +7,6 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 #include "parallel/timed_communicator.h"
 #include "runtime/process_memory.h"
 #include "runtime/stream.h"
@@ -184,22 +183,15 @@ int run(int argc, char** argv) {
   const std::vector<int64_t> wins =
       recompute_windows.empty() ? std::vector<int64_t>{} : parse_list(recompute_windows, "--recompute");
   eo.chunk = int(std::max<int64_t>(eo.chunk, prompt_n));
-  eo.slots = std::max<int>(1, int(at.size()));
 
+  if (!at.empty() || !wins.empty()) eo.slots = std::max<int>(1, int(at.size()));
   auto timed = std::make_unique<TimedCommunicator>(launch_communicator(eo));
-  TimedCommunicator& comm = *timed;
-  return run_ranked("bench", comm, [&]() -> int {
-    if (comm.size() > 1 && (!at.empty() || !wins.empty()))
-      throw UsageError("--latency-at and --recompute run on one rank only");
-    auto e = open_engine(eo, *timed);
-    if (!e->leader()) {
-      e->lockstep->follow();
-      return 0;
-    }
-    if (at.empty() && wins.empty()) bench_speed(*e, comm, prompt_n, decode_n, bw_mib);
+  if (timed->size() > 1 && (!at.empty() || !wins.empty()))
+    throw UsageError("--latency-at and --recompute run on one rank only");
+  return run_engine_command("bench", eo, *timed, [&](Engine* e) -> int {
+    if (at.empty() && wins.empty()) bench_speed(*e, *timed, prompt_n, decode_n, bw_mib);
     if (!at.empty()) bench_latency(*e, at, samples);
     if (!wins.empty()) bench_recompute(*e, wins, samples, eo.chunk, eo.sink);
-    e->lockstep->finish();
     return 0;
   });
 }

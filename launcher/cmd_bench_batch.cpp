@@ -8,7 +8,6 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 
 namespace sinkserve {
 namespace {
@@ -106,16 +105,8 @@ int run(int argc, char** argv) {
   if (offset < 0) throw UsageError("--offset must be >= 0");
   eo.slots = int(*std::max_element(batches.begin(), batches.end()));
 
-  auto comm = launch_communicator(eo);
-  Communicator& c = *comm;
-  return run_ranked("bench-batch", c, [&]() -> int {
-    auto e = open_engine(eo, *comm);
-    if (!e->leader()) {
-      e->lockstep->follow();
-      return 0;
-    }
+  return run_engine_command("bench-batch", eo, [&](Engine* e) -> int {
     bench(*e, batches, prompt_n, steps, offset);
-    e->lockstep->finish();
     return 0;
   });
 }

@@ -18,7 +18,6 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 #include "runtime/chat_template.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
@@ -170,22 +169,10 @@ int run(int argc, char** argv) {
   const std::vector<std::string> scripted_turns =
       scripted ? read_prompts(prompts_path, questions) : std::vector<std::string>{};
 
-  auto comm = launch_communicator(eo);
-  Communicator& c = *comm;
-  return run_ranked("chat", c, [&]() -> int {
-    auto e = open_engine(eo, *comm);
-    if (!e->leader()) {
-      e->lockstep->follow();
-      return 0;
-    }
+  return run_engine_command("chat", eo, [&](Engine* e) -> int {
     const Tokenizer& tok = *e->tokenizer;
-    const GGUFFile& file = *e->file;
-    const std::optional<std::string> jinja = file.find_string("tokenizer.chat_template");
-    const ChatTemplate tmpl = forced ? *forced : detect_chat_template(jinja.value_or(""));
-    const auto explicit_bos = file.find("tokenizer.ggml.add_bos_token");
-    const bool add_bos = tok.bos() >= 0 && (explicit_bos && std::holds_alternative<bool>(explicit_bos->v)
-                                                ? std::get<bool>(explicit_bos->v)
-                                                : chat_template_adds_bos(tmpl));
+    const ChatTemplate tmpl = model_chat_template(*e, forced);
+    const bool add_bos = chat_opens_with_bos(*e, tmpl);
     // Stop markers that are one vocabulary token end the reply when sampled; the others are
     // matched in the text.
     std::vector<int32_t> stop_ids;
@@ -196,7 +183,9 @@ int run(int argc, char** argv) {
       else stop_texts.push_back(s);
     }
     const CacheConfig& cc = e->cache->config();
-    const char* origin = forced ? "" : jinja ? " (recognised in the model)" : " (the model names none)";
+    const char* origin = forced                                             ? ""
+                         : e->file->find_string("tokenizer.chat_template") ? " (recognised in the model)"
+                                                                           : " (the model names none)";
     if (cc.policy == Policy::Dense)
       std::fprintf(stderr, "chat template: %s%s | cache: dense, %d tokens\n",
                    std::string(chat_template_name(tmpl)).c_str(), origin, cc.window);
@@ -312,7 +301,6 @@ int run(int argc, char** argv) {
         if (scripted && g_interrupted) break;
       }
     }
-    e->lockstep->finish();
     return 0;
   });
 }

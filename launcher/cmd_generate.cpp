@@ -8,7 +8,6 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
 
@@ -51,14 +50,7 @@ int run(int argc, char** argv) {
     prompt = ss.str();
   }
 
-  auto comm = launch_communicator(eo);
-  Communicator& c = *comm;
-  return run_ranked("generate", c, [&]() -> int {
-    auto e = open_engine(eo, *comm);
-    if (!e->leader()) {
-      e->lockstep->follow();
-      return 0;
-    }
+  return run_engine_command("generate", eo, [&](Engine* e) -> int {
     std::signal(SIGINT, [](int) { g_stop = true; });
     const Tokenizer& tok = *e->tokenizer;
     const std::vector<int32_t> ids = tok.encode(prompt, true);
@@ -94,7 +86,6 @@ int run(int argc, char** argv) {
                    ids.size(), t_prompt > 0 ? double(ids.size()) / t_prompt : 0.0,
                    (long long)produced, t_gen > 0 ? double(produced) / t_gen : 0.0);
     }
-    e->lockstep->finish();
     return 0;
   });
 }

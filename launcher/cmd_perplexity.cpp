@@ -12,7 +12,6 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 #include "runtime/process_memory.h"
 #include "runtime/stream.h"
 
@@ -61,14 +60,7 @@ int run(int argc, char** argv) {
   std::stringstream ss;
   ss << in.rdbuf();
 
-  auto comm = launch_communicator(eo);
-  Communicator& c = *comm;
-  return run_ranked("perplexity", c, [&]() -> int {
-    auto e = open_engine(eo, *comm);
-    if (!e->leader()) {
-      e->lockstep->follow();
-      return 0;
-    }
+  return run_engine_command("perplexity", eo, [&](Engine* e) -> int {
     std::vector<int32_t> ids = e->tokenizer->encode(ss.str(), true);
     const size_t text_len = ids.size();
     if (text_len < 2) throw std::runtime_error("the text has fewer than 2 tokens");
@@ -118,7 +110,6 @@ int run(int argc, char** argv) {
       }
     }
     print_summary(nll, latency_sum / double(std::max<size_t>(nll.size(), 1)), eo.policy);
-    e->lockstep->finish();
     return 0;
   });
 }

@@ -10,7 +10,6 @@
 #include "cluster/http_server.h"
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
-#include "launcher/rank_guard.h"
 #include "runtime/chat_template.h"
 #include "runtime/scheduler.h"
 
@@ -73,26 +72,15 @@ int run(int argc, char** argv) {
   }
   so.model_id = model_id.empty() ? std::filesystem::path(eo.model).stem().string() : model_id;
 
-  auto comm = launch_communicator(eo);
-  Communicator& c = *comm;
-  return run_ranked("serve", c, [&]() -> int {
-    auto e = open_engine(eo, *comm);
-    if (!e->leader()) {
-      // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends,
-      // after its in-flight requests are answered, and releases this loop.
-      std::signal(SIGINT, SIG_IGN);
-      std::signal(SIGTERM, SIG_IGN);
-      e->lockstep->follow();
-      return 0;
-    }
-    if (template_name.empty())
-      sched_opt.chat_template = detect_chat_template(e->file->find_string("tokenizer.chat_template").value_or(""));
-    // BOS opens a chat session exactly as `sinkserve chat` decides, so that both encode a
-    // conversation to the same tokens.
-    const auto explicit_bos = e->file->find("tokenizer.ggml.add_bos_token");
-    sched_opt.chat_add_bos = explicit_bos && std::holds_alternative<bool>(explicit_bos->v)
-                                 ? std::get<bool>(explicit_bos->v)
-                                 : chat_template_adds_bos(sched_opt.chat_template);
+  // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends, after
+  // its in-flight requests are answered, and then releases the other ranks.
+  const auto ignore_signals = [] {
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGTERM, SIG_IGN);
+  };
+  return run_engine_command("serve", eo, [&](Engine* e) -> int {
+    if (template_name.empty()) sched_opt.chat_template = model_chat_template(*e);
+    sched_opt.chat_add_bos = chat_opens_with_bos(*e, sched_opt.chat_template);
     struct stat st {};
     so.model_created = ::stat(eo.model.c_str(), &st) == 0 ? int64_t(st.st_mtime) : 0;
 
@@ -120,7 +108,7 @@ int run(int argc, char** argv) {
     server.stop(std::chrono::seconds(5));
     std::fprintf(stderr, "serve: stopped\n");
     return 0;
-  });
+  }, ignore_signals);
 }
 
 RegisterCommand reg({"serve", "OpenAI-compatible HTTP server with continuous batching and sessions", &run});

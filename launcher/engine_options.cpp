@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
 
 namespace sinkserve {
@@ -64,6 +65,27 @@ SamplingParams finish_sampling_options(const SamplingFlags& f) {
 
 std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o) {
   return make_communicator(o.device == "cuda" ? "nccl" : "auto");
+}
+
+int run_engine_command(const char* name, const EngineOptions& o, Communicator& comm,
+                       const LeaderBody& leader, const std::function<void()>& on_follower) {
+  return run_ranked(name, comm, [&]() -> int {
+    auto e = open_engine(o, comm);
+    if (!e->leader()) {
+      if (on_follower) on_follower();
+      e->lockstep->follow();
+      return 0;
+    }
+    const int status = leader(e.get());
+    e->lockstep->finish();
+    return status;
+  });
+}
+
+int run_engine_command(const char* name, const EngineOptions& o, const LeaderBody& leader,
+                       const std::function<void()>& on_follower) {
+  auto comm = launch_communicator(o);
+  return run_engine_command(name, o, *comm, leader, on_follower);
 }
 
 }  // namespace sinkserve

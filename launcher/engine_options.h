@@ -1,5 +1,6 @@
 // Command-line options shared by every subcommand that runs a model.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -27,5 +28,16 @@ SamplingParams finish_sampling_options(const SamplingFlags& f);
 
 // The communicator for this launch: MPI ranks under mpirun (NCCL between GPUs), else one rank.
 std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o);
+
+// Runs a command that drives a model on every rank of the launch: each rank opens the engine;
+// rank 0 runs `leader` (whose exit status is the command's) while the other ranks replay its
+// steps, and then releases them. A failure on any rank ends the whole job (run_ranked).
+// `on_follower` runs on the other ranks before they start replaying.
+using LeaderBody = std::function<int(Engine* e)>;
+int run_engine_command(const char* name, const EngineOptions& o, Communicator& comm,
+                       const LeaderBody& leader, const std::function<void()>& on_follower = {});
+// The same on the launch's own communicator.
+int run_engine_command(const char* name, const EngineOptions& o, const LeaderBody& leader,
+                       const std::function<void()>& on_follower = {});
 
 }  // namespace sinkserve

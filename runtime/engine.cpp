@@ -57,4 +57,14 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   return e;
 }
 
+ChatTemplate model_chat_template(const Engine& e, std::optional<ChatTemplate> forced) {
+  return forced ? *forced : detect_chat_template(e.file->find_string("tokenizer.chat_template").value_or(""));
+}
+
+bool chat_opens_with_bos(const Engine& e, ChatTemplate t) {
+  if (e.tokenizer->bos() < 0) return false;
+  const GGUFValue* v = e.file->find("tokenizer.ggml.add_bos_token");
+  return v && std::holds_alternative<bool>(v->v) ? std::get<bool>(v->v) : chat_template_adds_bos(t);
+}
+
 }  // namespace sinkserve

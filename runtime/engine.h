@@ -2,11 +2,13 @@
 // slot pool and the lockstep driver, built from one set of options.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cache/kv_cache.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
+#include "runtime/chat_template.h"
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
@@ -45,6 +47,14 @@ struct Engine {
 std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm);
 // The same, owning the communicator (single-process tools and tests).
 std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm);
+
+// How this model formats a conversation: `forced` when given, else the family recognised from the
+// GGUF's tokenizer.chat_template (raw when none fits).
+ChatTemplate model_chat_template(const Engine& e, std::optional<ChatTemplate> forced = std::nullopt);
+// Whether a conversation in this format opens with BOS: the GGUF's tokenizer.ggml.add_bos_token
+// when present, else the format's convention. `chat` and `serve` both decide here, so that they
+// encode a conversation to the same tokens.
+bool chat_opens_with_bos(const Engine& e, ChatTemplate t);
 
 // The cache geometry the options describe for this model (resolving the defaults).
 CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m);

@@ -14,6 +14,7 @@ Lockstep::Lockstep(LlamaModel& model, KVCache& cache, int verify_every)
 
 void Lockstep::send(const Header& h) {
   if (model_.comm().size() == 1) return;
+  finished_ = false;
   Header copy = h;
   model_.comm().broadcast(&copy, sizeof copy, 0);
 }
@@ -63,8 +64,9 @@ void Lockstep::verify() {
 }
 
 void Lockstep::finish() {
-  if (model_.comm().size() == 1) return;
+  if (model_.comm().size() == 1 || finished_) return;
   send({Op::Finish, -1, 0, 0});
+  finished_ = true;
   verify();
 }
 

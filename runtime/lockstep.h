@@ -24,7 +24,8 @@ class Lockstep {
   void release(int slot);
   void reset(int slot, int64_t offset = 0);
   void step(std::span<const SeqStep> steps, float* logits);
-  // Ends follow() on the other ranks after a final consistency check.
+  // Ends follow() on the other ranks after a final consistency check. A second call with nothing
+  // sent in between does nothing (the followers have already returned).
   void finish();
 
   // Followers: replay the leader's calls until finish(). Returns normally on finish.
@@ -46,6 +47,7 @@ class Lockstep {
   KVCache& cache_;
   int verify_every_;
   int64_t steps_ = 0;
+  bool finished_ = false;
 };
 
 }  // namespace sinkserve
