@@ -42,41 +42,16 @@ float worst_vs_reference(ReferenceLlama& ref, const std::vector<int32_t>& ids, c
   return worst;
 }
 
-TEST(Model, GreedyFromBosReproducesLlama2cReference) {
+// stories260K from BOS with no prompt, as llama2.c's `run` does with 256 steps: it samples after
+// each of positions 0..255 (BOS at 0), so up to 256 new tokens, stopping when BOS is produced. Its
+// output ends with the newline it prints after the story.
+std::string llama2c_run(const SamplingParams& sp) {
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 508));
   auto tok = load_tokenizer(*rig.file);
-  const std::string expected = read_file(fixture("models/stories260K.greedy-256.txt"));
   std::vector<float> logits(size_t(rig.vocab()));
   Stream s(*rig.ls);
   int32_t t = tok->bos();
   s.feed({&t, 1}, logits.data());
-  Sampler greedy(SamplingParams{});
-  StreamDecoder dec(*tok);
-  std::string text;
-  for (int i = 0; i < 256; ++i) {
-    t = greedy.sample(logits.data(), rig.vocab());
-    if (t == tok->bos()) break;
-    text += dec.push(t);
-    s.feed({&t, 1}, logits.data());
-  }
-  text += dec.flush();
-  // llama2.c with 256 steps samples after each of positions 0..255 (BOS at 0): up to 256 new
-  // tokens. Its output ends with the newline it prints after the story.
-  EXPECT_EQ(text + "\n", expected);
-}
-
-TEST(Model, TemperatureTopPReproducesLlama2cSampler) {
-  Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 508));
-  auto tok = load_tokenizer(*rig.file);
-  const std::string expected = read_file(fixture("models/stories260K.t1-p0.9-s133742.txt"));
-  std::vector<float> logits(size_t(rig.vocab()));
-  Stream s(*rig.ls);
-  int32_t t = tok->bos();
-  s.feed({&t, 1}, logits.data());
-  SamplingParams sp;
-  sp.temperature = 1.0f;
-  sp.top_p = 0.9f;
-  sp.seed = 133742;
   Sampler sampler(sp);
   StreamDecoder dec(*tok);
   std::string text;
@@ -86,8 +61,19 @@ TEST(Model, TemperatureTopPReproducesLlama2cSampler) {
     text += dec.push(t);
     s.feed({&t, 1}, logits.data());
   }
-  text += dec.flush();
-  EXPECT_EQ(text + "\n", expected);
+  return text + dec.flush() + "\n";
+}
+
+TEST(Model, GreedyFromBosReproducesLlama2cReference) {
+  EXPECT_EQ(llama2c_run(SamplingParams{}), read_file(fixture("models/stories260K.greedy-256.txt")));
+}
+
+TEST(Model, TemperatureTopPReproducesLlama2cSampler) {
+  SamplingParams sp;
+  sp.temperature = 1.0f;
+  sp.top_p = 0.9f;
+  sp.seed = 133742;
+  EXPECT_EQ(llama2c_run(sp), read_file(fixture("models/stories260K.t1-p0.9-s133742.txt")));
 }
 
 TEST(Model, BatchedPromptEqualsTokenByToken) {
