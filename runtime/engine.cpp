@@ -44,7 +44,10 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   auto e = std::make_unique<Engine>();
   e->comm = &comm;
   e->file = std::make_unique<GGUFFile>(o.model);
-  if (o.device == "cpu") e->backend = cpu::make_cpu_backend(o.threads, cpu::best_isa(), o.bf16_prefill);
+  // A model of a few MB runs a whole token in well under a millisecond: waking workers would
+  // cost more than they save, so "one thread per core" means one thread for it.
+  const int threads = o.threads == 0 && e->file->file_size() < (size_t(16) << 20) ? 1 : o.threads;
+  if (o.device == "cpu") e->backend = cpu::make_cpu_backend(threads, cpu::best_isa(), o.bf16_prefill);
   else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
   else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
