@@ -1,6 +1,8 @@
 #include "cache/kv_cache.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <new>
 #include <stdexcept>
 
 namespace sinkserve {
@@ -33,14 +35,26 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
   sink_rows_ = cfg_.sink;
   // Dense and recompute slots never wrap: they hold at most `window` tokens.
   const bool ring = cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window;
-  ring_ = ring ? cfg_.window + cfg_.chunk : cfg_.window;
+  const int64_t ring_rows = ring ? int64_t(cfg_.window) + cfg_.chunk : cfg_.window;
+  if (int64_t(cfg_.sink) + ring_rows > INT32_MAX)
+    throw std::invalid_argument("cache: sink + window + chunk must stay below 2^31 rows");
+  ring_ = int(ring_rows);
   slots_.resize(size_t(n_slots));
   const size_t bytes = size_t(n_slots) * size_t(slot_rows()) * size_t(kv_dim) * sizeof(float);
-  for (int l = 0; l < n_layers; ++l) {
-    // Not zeroed on purpose: rows are always written before they are read, and untouched pages
-    // of a large dense cache stay unresident until the stream reaches them.
-    k_.push_back(static_cast<float*>(backend_.alloc(bytes)));
-    v_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+  try {
+    for (int l = 0; l < n_layers; ++l) {
+      // Not zeroed on purpose: rows are always written before they are read, and untouched pages
+      // of a large dense cache stay unresident until the stream reaches them.
+      k_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+      v_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+    }
+  } catch (const std::bad_alloc&) {
+    for (float* p : k_) backend_.release(p);
+    for (float* p : v_) backend_.release(p);
+    throw std::runtime_error("cache: cannot allocate " + std::to_string(n_slots) + " slots x " +
+                             std::to_string(slot_rows()) + " rows x " + std::to_string(n_layers) +
+                             " layers (" + std::to_string(double(bytes) * 2 * n_layers / double(1 << 30)) +
+                             " GiB): lower --window, --ctx or the number of sessions");
   }
 }
 

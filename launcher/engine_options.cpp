@@ -29,7 +29,9 @@ EngineOptions finish_engine_options(const EngineFlags& f) {
   } catch (const std::invalid_argument& ex) {
     throw UsageError(std::string("--policy: ") + ex.what());
   }
-  if (e.threads < 0) throw UsageError("--threads must be >= 0");
+  if (e.threads < 0 || e.threads > 1024) throw UsageError("--threads must be in 0..1024");
+  if (e.sink > 1'000'000 || e.window > 100'000'000 || e.ctx > 100'000'000)
+    throw UsageError("--sink, --window and --ctx are limited to 1e6, 1e8 and 1e8 tokens");
   if (e.sink < 0) throw UsageError("--sink must be >= 0");
   if (e.window < 0) throw UsageError("--window must be >= 1");
   if (e.chunk < 1 || e.chunk > 65536) throw UsageError("--chunk must be in 1..65536");

@@ -29,7 +29,9 @@ CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
       c.window = o.window > 0 ? o.window : int(std::min<int64_t>(train, 4096));
       break;
   }
-  if (c.window < 1) throw std::invalid_argument("the cache window must hold at least one token");
+  if (c.window < 1)
+    throw std::invalid_argument("--sink " + std::to_string(c.sink) + " leaves no room for a window in the " +
+                                std::to_string(train) + "-token training context; give --window");
   return c;
 }
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <system_error>
 #include <string>
 
 #if defined(__x86_64__)
@@ -73,8 +74,19 @@ ThreadPool::ThreadPool(int threads) {
   // not pinned: threads it creates later (servers, MPI progress) would inherit a one-CPU mask.
   const bool pin = n_threads_ > 1 && !oversubscribed_;
   workers_.reserve(n_threads_ - 1);
-  for (int i = 1; i < n_threads_; ++i)
-    workers_.emplace_back([this, cpu = pin ? cpus[i] : -1] { worker_main(cpu); });
+  try {
+    for (int i = 1; i < n_threads_; ++i)
+      workers_.emplace_back([this, cpu = pin ? cpus[i] : -1] { worker_main(cpu); });
+  } catch (const std::system_error& e) {
+    // The system refused a thread: stop the ones already running before reporting it, since
+    // destroying a joinable std::thread would terminate the process.
+    stop_.store(true);
+    generation_.fetch_add(1);
+    futex_wake_all(&generation_);
+    for (auto& t : workers_) t.join();
+    throw std::runtime_error("thread pool: could not start " + std::to_string(n_threads_) +
+                             " threads (" + e.what() + ")");
+  }
 }
 
 ThreadPool::~ThreadPool() {
