@@ -110,6 +110,9 @@ TEST(CliErrors, BadGenerateArguments) {
            {"generate --policy lru" + m, "unknown cache policy 'lru'"},
            {"generate --device tpu" + m, "--device must be cpu or cuda"},
            {"generate --threads x" + m, "--threads expects an integer, got 'x'"},
+           {"generate --threads 100000" + m, "--threads must be in 0..1024"},
+           {"generate --window 2147483000" + m, "are limited to"},
+           {"generate --chunk 0" + m, "--chunk must be in 1..65536"},
            {"perplexity --text /nonexistent/file" + m, "cannot read --text"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
     const Result r = run(args);
