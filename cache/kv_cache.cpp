@@ -74,7 +74,6 @@ int KVCache::acquire() {
 }
 
 void KVCache::release(int slot) { slots_.at(size_t(slot)).used = false; }
-bool KVCache::in_use(int slot) const { return slots_.at(size_t(slot)).used; }
 
 int KVCache::free_slots() const {
   return int(std::count_if(slots_.begin(), slots_.end(), [](const Slot& s) { return !s.used; }));

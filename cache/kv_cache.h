@@ -61,7 +61,6 @@ class KVCache {
   // A free slot, reset to an empty stream; -1 when none is free.
   int acquire();
   void release(int slot);
-  bool in_use(int slot) const;
   int free_slots() const;
   // Empties the slot's stream (keeps it acquired). `offset` is the stream position of its first
   // token: keys rotate by offset + p. Nonzero offsets exist to test position invariance.

@@ -59,7 +59,8 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
               m.config().name.c_str(), m.config().arch.c_str(), m.config().dim, m.config().n_layers,
               m.config().n_heads, m.config().n_kv_heads, m.config().ffn, m.config().vocab);
   std::printf("backend: %s, ranks: %d (%s)\n", e.backend->name().c_str(), comm.size(), comm.name().c_str());
-  std::printf("weights read per token (this rank): %.1f MiB\n", streamed / (1 << 20));
+  std::printf("weights held by this rank: %.1f MiB; read per token: %.1f MiB\n",
+              double(m.weight_bytes()) / (1 << 20), streamed / (1 << 20));
   const double bw = bw_mib > 0 ? e.backend->measure_bandwidth(size_t(bw_mib) << 20) : 0;
   if (bw > 0) std::printf("memory read bandwidth (%lld MiB buffer): %.2f GB/s\n", (long long)bw_mib, bw / 1e9);
   {
