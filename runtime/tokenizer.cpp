@@ -58,6 +58,13 @@ int32_t read_token_id(const GGUFFile& f, const std::string& key, int32_t fallbac
 
 }  // namespace
 
+std::string VocabTokenizer::piece(int32_t id) const {
+  if (id < 0 || id >= v_.size())
+    throw std::out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                            std::to_string(v_.size()) + " tokens");
+  return pieces_[size_t(id)];
+}
+
 bool find_bool(const GGUFFile& f, const std::string& key, bool fallback) {
   const GGUFValue* v = f.find(key);
   if (!v) return fallback;

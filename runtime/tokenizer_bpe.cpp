@@ -106,9 +106,9 @@ void split_falcon(const std::vector<uint32_t>& cps, const std::vector<CharClass>
   }
 }
 
-class BpeTokenizer final : public Tokenizer {
+class BpeTokenizer final : public VocabTokenizer {
  public:
-  explicit BpeTokenizer(const GGUFFile& f) : v_(f, /*spm=*/false) {
+  explicit BpeTokenizer(const GGUFFile& f) : VocabTokenizer(f, /*spm=*/false) {
     const std::string pre = f.find_string("tokenizer.ggml.pre").value_or("default");
     if (pre == "default" || pre == "gpt-2" || pre == "gpt2")
       pre_ = PreTokenizer::kGpt2;
@@ -181,16 +181,6 @@ class BpeTokenizer final : public Tokenizer {
     return out;
   }
 
-  std::string piece(int32_t id) const override {
-    if (id < 0 || id >= v_.size())
-      throw std::out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
-                              std::to_string(v_.size()) + " tokens");
-    return pieces_[id];
-  }
-  int32_t bos() const override { return v_.bos; }
-  int32_t eos() const override { return v_.eos; }
-  int32_t vocab_size() const override { return v_.size(); }
-  int32_t find(std::string_view text) const override { return v_.find(text); }
   std::string model_name() const override { return "gpt2"; }
 
  private:
@@ -309,11 +299,9 @@ class BpeTokenizer final : public Tokenizer {
     }
   }
 
-  Vocab v_;
   PreTokenizer pre_ = PreTokenizer::kGpt2;
   std::array<int16_t, 324> from_cp_;  // byte of each stand-in character (the largest is U+0143)
   std::array<int32_t, 256> byte_token_;
-  std::vector<std::string> pieces_;
   std::unordered_map<uint64_t, Merge> merges_;
 };
 

@@ -80,6 +80,22 @@ class Vocab {
   std::array<std::vector<int32_t>, 256> special_by_first_byte_;
 };
 
+// The Tokenizer answers every vocabulary-backed tokenizer gives the same way. Derived
+// constructors fill pieces_ (each token's text).
+class VocabTokenizer : public Tokenizer {
+ public:
+  VocabTokenizer(const GGUFFile& f, bool spm) : v_(f, spm) {}
+  std::string piece(int32_t id) const override;
+  int32_t bos() const override { return v_.bos; }
+  int32_t eos() const override { return v_.eos; }
+  int32_t vocab_size() const override { return v_.size(); }
+  int32_t find(std::string_view text) const override { return v_.find(text); }
+
+ protected:
+  Vocab v_;
+  std::vector<std::string> pieces_;
+};
+
 // Reads an optional boolean metadata key (GGUF bool, or an integer as some converters write).
 bool find_bool(const GGUFFile& f, const std::string& key, bool fallback);
 

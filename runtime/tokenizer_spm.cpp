@@ -17,10 +17,10 @@ namespace {
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
 
-class SpmTokenizer final : public Tokenizer {
+class SpmTokenizer final : public VocabTokenizer {
  public:
   explicit SpmTokenizer(const GGUFFile& f)
-      : v_(f, /*spm=*/true), add_space_prefix_(find_bool(f, "tokenizer.ggml.add_space_prefix", true)) {
+      : VocabTokenizer(f, /*spm=*/true), add_space_prefix_(find_bool(f, "tokenizer.ggml.add_space_prefix", true)) {
     byte_token_.fill(-1);
     pieces_.resize(v_.text.size());
     for (int32_t id = 0; id < v_.size(); ++id) {
@@ -79,16 +79,6 @@ class SpmTokenizer final : public Tokenizer {
     return out;
   }
 
-  std::string piece(int32_t id) const override {
-    if (id < 0 || id >= v_.size())
-      throw std::out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
-                              std::to_string(v_.size()) + " tokens");
-    return pieces_[id];
-  }
-  int32_t bos() const override { return v_.bos; }
-  int32_t eos() const override { return v_.eos; }
-  int32_t vocab_size() const override { return v_.size(); }
-  int32_t find(std::string_view text) const override { return v_.find(text); }
   std::string model_name() const override { return "llama"; }
   bool strips_leading_space() const override { return add_space_prefix_; }
 
@@ -189,10 +179,8 @@ class SpmTokenizer final : public Tokenizer {
     }
   }
 
-  Vocab v_;
   bool add_space_prefix_;
   std::array<int32_t, 256> byte_token_;
-  std::vector<std::string> pieces_;
 };
 
 }  // namespace
