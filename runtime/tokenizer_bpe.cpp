@@ -274,22 +274,7 @@ class BpeTokenizer final : public VocabTokenizer {
     };
     for (int32_t i = 1; i < int32_t(sym.size()); ++i) try_pair(i - 1, i);
 
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), later);
-      const Pair p = heap.back();
-      heap.pop_back();
-      Symbol& l = sym[p.left];
-      Symbol& r = sym[p.right];
-      // Symbols only grow, so an unchanged total length means neither side merged since.
-      if (l.len == 0 || r.len == 0 || l.len + r.len != p.len) continue;
-      l.len += r.len;
-      l.token = p.token;
-      r.len = 0;
-      l.next = r.next;
-      if (r.next >= 0) sym[r.next].prev = p.left;
-      try_pair(l.prev, p.left);
-      try_pair(p.left, l.next);
-    }
+    merge_symbols(sym, heap, later, try_pair);
 
     for (int32_t i = sym.empty() ? -1 : 0; i >= 0; i = sym[i].next) {
       if (sym[i].token >= 0)

@@ -1,5 +1,6 @@
 // Shared pieces of the tokenizer implementations (runtime/tokenizer*.cpp); not a public interface.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -79,6 +80,30 @@ class Vocab {
   // the candidates that can start at each position.
   std::array<std::vector<int32_t>, 256> special_by_first_byte_;
 };
+
+// The merge loop of both tokenizers, over a doubly linked list of symbols: pop the best queued
+// pair (heap ordered by `order`), skip it if either side merged since it was queued (symbols only
+// grow, so a changed total length tells), join the right symbol into the left, and let
+// `try_pair(l, r)` queue the new neighbour pairs. Symbols have prev, next, len and token; pairs
+// left, right, len and token.
+template <class Symbol, class Pair, class Order, class TryPair>
+void merge_symbols(std::vector<Symbol>& sym, std::vector<Pair>& heap, Order order, TryPair try_pair) {
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), order);
+    const Pair p = heap.back();
+    heap.pop_back();
+    Symbol& l = sym[size_t(p.left)];
+    Symbol& r = sym[size_t(p.right)];
+    if (l.len == 0 || r.len == 0 || l.len + r.len != p.len) continue;
+    l.len += r.len;
+    l.token = p.token;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) sym[size_t(r.next)].prev = p.left;
+    try_pair(l.prev, p.left);
+    try_pair(p.left, l.next);
+  }
+}
 
 // The Tokenizer answers every vocabulary-backed tokenizer gives the same way. Derived
 // constructors fill pieces_ (each token's text).

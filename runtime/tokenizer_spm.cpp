@@ -146,22 +146,7 @@ class SpmTokenizer final : public VocabTokenizer {
       if (add_pair(l, r)) std::push_heap(heap.begin(), heap.end(), PairOrder{});
     };
 
-    while (!heap.empty()) {
-      std::pop_heap(heap.begin(), heap.end(), PairOrder{});
-      const Pair p = heap.back();
-      heap.pop_back();
-      Symbol& l = sym[p.left];
-      Symbol& r = sym[p.right];
-      // Symbols only grow, so an unchanged total length means neither side merged since.
-      if (l.len == 0 || r.len == 0 || l.len + r.len != p.len) continue;
-      l.len += r.len;
-      l.token = p.token;
-      r.len = 0;
-      l.next = r.next;
-      if (r.next >= 0) sym[r.next].prev = p.left;
-      try_pair(l.prev, p.left);
-      try_pair(p.left, l.next);
-    }
+    merge_symbols(sym, heap, PairOrder{}, try_pair);
 
     for (int32_t i = 0; i >= 0; i = sym[i].next) {
       const Symbol& s = sym[i];
