@@ -468,13 +468,3 @@ TEST_F(CudaTest, ReleaseRejectsForeignPointers) {
 
 }  // namespace
 }  // namespace sinkserve
-
-int main(int argc, char** argv) {
-  if (sinkserve::cuda_device_count() == 0) {
-    std::printf("SKIPPED: no CUDA device (%s)\n",
-                sinkserve::cuda_compiled_in() ? "none visible" : "built without CUDA");
-    return 77;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}
