@@ -54,6 +54,9 @@ class Backend {
   virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
+  // Copies `rows` rows of `width` bytes: row i from src + i * src_pitch to dst + i * dst_pitch.
+  virtual void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
+                       size_t width, size_t rows) = 0;
   // Waits until every queued operation has finished (a no-op on synchronous backends).
   virtual void synchronize() = 0;
 
@@ -74,8 +77,10 @@ class Backend {
   // (host array). Angles are computed in double from the 64-bit position.
   virtual void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
                     const RopeParams& p) = 0;
-  // out = silu(gate) * up, elementwise over n values.
-  virtual void swiglu(float* out, const float* gate, const float* up, int64_t n) = 0;
+  // out[t][i] = silu(gate[t][i]) * up[t][i] for t < n_tok, i < width. out rows are `width` apart,
+  // gate and up rows `in_stride` apart (so both can be halves of one fused gate|up row).
+  virtual void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+                      int64_t in_stride) = 0;
   // x += y over n values.
   virtual void add(float* x, const float* y, int64_t n) = 0;
   // dst row rows[i] (row width `width` floats) = src row i, for i < n. rows is a host array.

@@ -9,19 +9,25 @@
 
 namespace sinkserve {
 
+// Q, K and V are stacked into one matrix `wqkv`, gate and up into `w_gate_up`, so that each is one
+// pass over the weights and one launch: a decode step is a chain of small, latency-bound matmuls.
+// Parts stored in different types cannot share a matrix; then the stacked weight is empty (no
+// data) and the parts are used one by one.
 struct LlamaModel::Layer {
   float* attn_norm = nullptr;
   float* ffn_norm = nullptr;
-  Weight wq, wk, wv, wo, w_gate, w_up, w_down;
+  Weight wqkv, wq, wk, wv, wo, w_gate_up, w_gate, w_up, w_down;
 };
 
 // Activations of one step, sized for the largest step seen so far.
 struct LlamaModel::Scratch {
   int64_t cap_tok = 0, cap_out = 0;
-  float *x = nullptr, *xb = nullptr, *q = nullptr, *q_sink = nullptr, *k = nullptr, *v = nullptr,
-        *att = nullptr, *o = nullptr, *gate = nullptr, *up = nullptr, *xo = nullptr,
+  float *x = nullptr, *xb = nullptr, *qkv = nullptr, *split = nullptr, *q_sink = nullptr,
+        *att = nullptr, *o = nullptr, *gate_up = nullptr, *ffn = nullptr, *xo = nullptr,
         *logits = nullptr, *gathered = nullptr;
-  std::vector<float*> all() { return {x, xb, q, q_sink, k, v, att, o, gate, up, xo, logits, gathered}; }
+  std::vector<float*> all() {
+    return {x, xb, qkv, split, q_sink, att, o, gate_up, ffn, xo, logits, gathered};
+  }
 };
 
 namespace {
@@ -67,20 +73,45 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
     weight_bytes_ += n * 4;
     return p;
   };
-  // Rows [row0, row0 + rows) of a [rows_total][cols] matrix: contiguous, so a view of the file.
-  auto rows_of = [&](const std::string& name, int64_t cols, int64_t rows_total, int64_t row0,
-                     int64_t rows, const std::string& bias_name = "") {
-    const GGUFTensorInfo& t = f.tensor(name, {cols, rows_total});
+  // Rows [row0, row0 + rows) of a [rows_total][cols] matrix (contiguous in the file), with the
+  // same rows of its bias when it has one.
+  struct RowSlice {
+    std::string name, bias_name;
+    int64_t rows_total, row0, rows;
+  };
+  auto bias_of = [&](const RowSlice& p) {
+    const GGUFTensorInfo& b = f.tensor(p.bias_name, {p.rows_total});
+    if (b.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + p.bias_name + "' must be F32");
+    weight_bytes_ += p.rows * 4;
+    return reinterpret_cast<const float*>(b.data) + p.row0;
+  };
+  auto rows_of = [&](int64_t cols, const RowSlice& p) {
+    const GGUFTensorInfo& t = f.tensor(p.name, {cols, p.rows_total});
     const int64_t rb = dtype_row_bytes(t.type, cols);
-    const float* bias = nullptr;
-    if (!bias_name.empty()) {
-      const GGUFTensorInfo& b = f.tensor(bias_name, {rows_total});
-      if (b.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + bias_name + "' must be F32");
-      bias = reinterpret_cast<const float*>(b.data) + row0;
-      weight_bytes_ += rows * 4;
+    const float* bias = p.bias_name.empty() ? nullptr : bias_of(p);
+    weight_bytes_ += p.rows * rb;
+    return backend_.prepare_weight(t.type, t.data + p.row0 * rb, p.rows, cols, bias);
+  };
+  // The slices stacked into one matrix, or an empty Weight when their types differ.
+  auto stacked = [&](int64_t cols, const std::vector<RowSlice>& parts) {
+    const DType type = f.tensor(parts[0].name, {cols, parts[0].rows_total}).type;
+    int64_t rows = 0;
+    for (const RowSlice& p : parts) {
+      if (f.tensor(p.name, {cols, p.rows_total}).type != type) return Weight{};
+      rows += p.rows;
+    }
+    const int64_t rb = dtype_row_bytes(type, cols);
+    std::vector<uint8_t> data(size_t(rows * rb));
+    std::vector<float> bias;
+    uint8_t* at = data.data();
+    for (const RowSlice& p : parts) {
+      at = std::copy_n(f.tensor(p.name).data + p.row0 * rb, size_t(p.rows * rb), at);
+      if (p.bias_name.empty()) continue;
+      const float* b = bias_of(p);
+      bias.insert(bias.end(), b, b + p.rows);
     }
     weight_bytes_ += rows * rb;
-    return backend_.prepare_weight(t.type, t.data + row0 * rb, rows, cols, bias);
+    return backend_.prepare_weight(type, data.data(), rows, cols, bias.empty() ? nullptr : bias.data());
   };
   // Columns [col0, col0 + cols) of every row: strided in the file, so this rank copies its shard.
   auto cols_of = [&](const std::string& name, int64_t cols_total, int64_t rows, int64_t col0,
@@ -97,7 +128,7 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
                                " blocks");
     const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
                   ob = dtype_row_bytes(t.type, col0);
-    std::vector<uint8_t>& buf = owned_.emplace_back(size_t(rows * sb));
+    std::vector<uint8_t> buf(size_t(rows * sb));
     for (int64_t i = 0; i < rows; ++i) std::memcpy(&buf[size_t(i * sb)], t.data + i * rb + ob, size_t(sb));
     weight_bytes_ += rows * sb;
     return backend_.prepare_weight(t.type, buf.data(), rows, cols, nullptr);
@@ -113,21 +144,34 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
     L.attn_norm = vec(p + "attn_norm.weight", dim);
     L.ffn_norm = vec(p + "ffn_norm.weight", dim);
     const bool b = cfg_.qkv_bias;
-    L.wq = rows_of(p + "attn_q.weight", dim, q_dim, int64_t(r) * n_heads_local_ * hd,
-                   int64_t(n_heads_local_) * hd, b ? p + "attn_q.bias" : "");
-    L.wk = rows_of(p + "attn_k.weight", dim, kv_dim, int64_t(kv_begin) * hd, int64_t(n_kv_local_) * hd,
-                   b ? p + "attn_k.bias" : "");
-    L.wv = rows_of(p + "attn_v.weight", dim, kv_dim, int64_t(kv_begin) * hd, int64_t(n_kv_local_) * hd,
-                   b ? p + "attn_v.bias" : "");
+    const std::vector<RowSlice> qkv = {
+        {p + "attn_q.weight", b ? p + "attn_q.bias" : "", q_dim, int64_t(r) * n_heads_local_ * hd,
+         int64_t(n_heads_local_) * hd},
+        {p + "attn_k.weight", b ? p + "attn_k.bias" : "", kv_dim, int64_t(kv_begin) * hd,
+         int64_t(n_kv_local_) * hd},
+        {p + "attn_v.weight", b ? p + "attn_v.bias" : "", kv_dim, int64_t(kv_begin) * hd,
+         int64_t(n_kv_local_) * hd}};
+    L.wqkv = stacked(dim, qkv);
+    if (!L.wqkv.data) {
+      L.wq = rows_of(dim, qkv[0]);
+      L.wk = rows_of(dim, qkv[1]);
+      L.wv = rows_of(dim, qkv[2]);
+    }
     L.wo = cols_of(p + "attn_output.weight", q_dim, dim, int64_t(r) * n_heads_local_ * hd,
                    int64_t(n_heads_local_) * hd);
-    L.w_gate = rows_of(p + "ffn_gate.weight", dim, cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_);
-    L.w_up = rows_of(p + "ffn_up.weight", dim, cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_);
+    const std::vector<RowSlice> gate_up = {
+        {p + "ffn_gate.weight", "", cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_},
+        {p + "ffn_up.weight", "", cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_}};
+    L.w_gate_up = stacked(dim, gate_up);
+    if (!L.w_gate_up.data) {
+      L.w_gate = rows_of(dim, gate_up[0]);
+      L.w_up = rows_of(dim, gate_up[1]);
+    }
     L.w_down = cols_of(p + "ffn_down.weight", cfg_.ffn, dim, int64_t(r) * ffn_local_, ffn_local_);
   }
   output_norm_ = vec("output_norm.weight", dim);
-  output_ = rows_of(cfg_.tied_output ? "token_embd.weight" : "output.weight", dim, cfg_.vocab,
-                    vocab_begin_, vocab_rows);
+  output_ = rows_of(dim, {cfg_.tied_output ? "token_embd.weight" : "output.weight", "", cfg_.vocab,
+                         vocab_begin_, vocab_rows});
   // Every matrix above is read once per forward step; the embedding table only row by row.
   streamed_bytes_ = weight_bytes_;
   const int64_t embd = int64_t(f.tensor("token_embd.weight").bytes);
@@ -164,14 +208,14 @@ void LlamaModel::ensure_scratch(int64_t n_tok, int64_t n_out) {
   const int64_t T = s.cap_tok, O = s.cap_out, hd = cfg_.head_dim;
   s.x = a(T, cfg_.dim);
   s.xb = a(T, cfg_.dim);
-  s.q = a(T, n_heads_local_ * hd);
+  const int64_t qkv_w = (n_heads_local_ + 2 * n_kv_local_) * hd;
+  s.qkv = a(T, qkv_w);
+  s.split = a(T, qkv_w);
   s.q_sink = a(T, n_heads_local_ * hd);
-  s.k = a(T, n_kv_local_ * hd);
-  s.v = a(T, n_kv_local_ * hd);
   s.att = a(T, n_heads_local_ * hd);
   s.o = a(T, cfg_.dim);
-  s.gate = a(T, ffn_local_);
-  s.up = a(T, ffn_local_);
+  s.gate_up = a(T, 2 * ffn_local_);
+  s.ffn = a(T, ffn_local_);
   s.xo = a(O, cfg_.dim);
   s.logits = a(O, vocab_local_);
   s.gathered = comm_.size() > 1 ? a(O * comm_.size(), vocab_local_) : nullptr;
@@ -219,34 +263,59 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   Scratch& s = *s_;
   Backend& be = backend_;
   const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
-  const int64_t q_w = int64_t(n_heads_local_) * hd;
+  const int64_t q_w = int64_t(n_heads_local_) * hd, qkv_w = q_w + 2 * kv_w, ffn = ffn_local_;
   be.embed(tok_embd_, tokens.data(), T, s.x);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
-    // Attention block.
+    // Attention block. q, k and v end up as [T][q_w], [T][kv_w], [T][kv_w] arrays.
     be.rmsnorm(s.xb, s.x, L.attn_norm, T, dim, cfg_.norm_eps);
-    be.matmul(L.wq, s.xb, T, s.q);
-    be.matmul(L.wk, s.xb, T, s.k);
-    be.matmul(L.wv, s.xb, T, s.v);
-    be.rope(s.k, T, n_kv_local_, hd, pos_win.data(), cfg_.rope);
+    float *q, *k, *v;
+    if (!L.wqkv.data) {
+      q = s.qkv;
+      k = q + T * q_w;
+      v = k + T * kv_w;
+      be.matmul(L.wq, s.xb, T, q);
+      be.matmul(L.wk, s.xb, T, k);
+      be.matmul(L.wv, s.xb, T, v);
+    } else if (T == 1) {  // one row q|k|v is already the three arrays
+      be.matmul(L.wqkv, s.xb, T, s.qkv);
+      q = s.qkv;
+      k = q + q_w;
+      v = k + kv_w;
+    } else {
+      be.matmul(L.wqkv, s.xb, T, s.qkv);
+      q = s.split;
+      k = q + T * q_w;
+      v = k + T * kv_w;
+      const size_t pitch = size_t(qkv_w) * sizeof(float), f = sizeof(float);
+      be.copy_2d(q, size_t(q_w) * f, s.qkv, pitch, size_t(q_w) * f, size_t(T));
+      be.copy_2d(k, size_t(kv_w) * f, s.qkv + q_w, pitch, size_t(kv_w) * f, size_t(T));
+      be.copy_2d(v, size_t(kv_w) * f, s.qkv + q_w + kv_w, pitch, size_t(kv_w) * f, size_t(T));
+    }
+    be.rope(k, T, n_kv_local_, hd, pos_win.data(), cfg_.rope);
     if (shifted) {
-      be.copy(s.q_sink, s.q, size_t(T * q_w) * sizeof(float));
+      be.copy(s.q_sink, q, size_t(T * q_w) * sizeof(float));
       be.rope(s.q_sink, T, n_heads_local_, hd, pos_sink.data(), cfg_.rope);
     }
-    be.rope(s.q, T, n_heads_local_, hd, pos_win.data(), cfg_.rope);
-    be.scatter_rows(cache.k(l), kv_w, store.data(), s.k, T);
-    be.scatter_rows(cache.v(l), kv_w, store.data(), s.v, T);
-    be.attention(s.q, shifted ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
+    be.rope(q, T, n_heads_local_, hd, pos_win.data(), cfg_.rope);
+    be.scatter_rows(cache.k(l), kv_w, store.data(), k, T);
+    be.scatter_rows(cache.v(l), kv_w, store.data(), v, T);
+    be.attention(q, shifted ? s.q_sink : q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
                  cache.v(l), spans.data(), s.att);
     be.matmul(L.wo, s.att, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
     be.add(s.x, s.o, T * dim);
     // Feed-forward block.
     be.rmsnorm(s.xb, s.x, L.ffn_norm, T, dim, cfg_.norm_eps);
-    be.matmul(L.w_gate, s.xb, T, s.gate);
-    be.matmul(L.w_up, s.xb, T, s.up);
-    be.swiglu(s.gate, s.gate, s.up, T * ffn_local_);
-    be.matmul(L.w_down, s.gate, T, s.o);
+    if (L.w_gate_up.data) {  // rows gate|up
+      be.matmul(L.w_gate_up, s.xb, T, s.gate_up);
+      be.swiglu(s.ffn, s.gate_up, s.gate_up + ffn, T, ffn, 2 * ffn);
+    } else {
+      be.matmul(L.w_gate, s.xb, T, s.gate_up);
+      be.matmul(L.w_up, s.xb, T, s.gate_up + T * ffn);
+      be.swiglu(s.ffn, s.gate_up, s.gate_up + T * ffn, T, ffn, ffn);
+    }
+    be.matmul(L.w_down, s.ffn, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
     be.add(s.x, s.o, T * dim);
   }

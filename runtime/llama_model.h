@@ -60,7 +60,6 @@ class LlamaModel {
   std::vector<Layer> layers_;
   Weight tok_embd_, output_;
   float* output_norm_ = nullptr;
-  std::vector<std::vector<uint8_t>> owned_;  // host copies of row-parallel shards
   struct Scratch;
   std::unique_ptr<Scratch> s_;
 };

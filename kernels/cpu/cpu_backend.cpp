@@ -65,6 +65,12 @@ class CpuBackend final : public Backend {
   void to_host(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
   void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+               size_t rows) override {
+    for (size_t i = 0; i < rows; ++i)
+      std::memmove(static_cast<uint8_t*>(dst) + i * dst_pitch,
+                   static_cast<const uint8_t*>(src) + i * src_pitch, width);
+  }
   void synchronize() override {}
 
   Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
@@ -177,8 +183,16 @@ class CpuBackend final : public Backend {
   int freq_dim_ = 0;
   float freq_base_ = 0, freq_scale_ = 0;
 
-  void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
-    for_range(n, [&](int64_t b, int64_t e) { kern_.swiglu(out + b, gate + b, up + b, e - b); });
+  void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+              int64_t in_stride) override {
+    // Ranges over the flat output, split where they cross a row.
+    for_range(n_tok * width, [&](int64_t b, int64_t e) {
+      while (b < e) {
+        const int64_t t = b / width, i = b % width, n = std::min(e - b, width - i);
+        kern_.swiglu(out + b, gate + t * in_stride + i, up + t * in_stride + i, n);
+        b += n;
+      }
+    });
   }
 
   void add(float* x, const float* y, int64_t n) override {

@@ -102,6 +102,14 @@ class CudaBackend final : public Backend {
     SS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
 
+  void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+               size_t rows) override {
+    if (width == 0 || rows == 0) return;
+    use_device();
+    SS_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
+                                    cudaMemcpyDeviceToDevice, stream_));
+  }
+
   void zero(void* dst, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
@@ -215,9 +223,10 @@ class CudaBackend final : public Backend {
                       stream_);
   }
 
-  void swiglu(float* out, const float* gate, const float* up, int64_t n) override {
+  void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+              int64_t in_stride) override {
     use_device();
-    cuda::launch_swiglu(out, gate, up, n, stream_);
+    cuda::launch_swiglu(out, gate, up, n_tok, width, in_stride, stream_);
   }
 
   void add(float* x, const float* y, int64_t n) override {

@@ -94,7 +94,8 @@ void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, i
 // inv_freq[i] = freq_scale * base^(-2i/head_dim), in device memory.
 void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
                  const double* inv_freq, bool neox, cudaStream_t stream);
-void launch_swiglu(float* out, const float* gate, const float* up, int64_t n, cudaStream_t stream);
+void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+                   int64_t in_stride, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
 void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                          int64_t n, cudaStream_t stream);

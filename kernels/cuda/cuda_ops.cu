@@ -96,13 +96,16 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
   }
 }
 
-__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n) {
+__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n_tok,
+                              int64_t width, int64_t in_stride) {
   pdl_trigger();
   pdl_wait();
+  const int64_t n = n_tok * width;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    const int64_t at = i / width * in_stride + i % width;
+    const float g = gate[at];
+    out[i] = g / (1.0f + expf(-g)) * up[at];
   }
 }
 
@@ -185,9 +188,11 @@ void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64
   SS_LAUNCH_CHECK();
 }
 
-void launch_swiglu(float* out, const float* gate, const float* up, int64_t n, cudaStream_t stream) {
+void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+                   int64_t in_stride, cudaStream_t stream) {
+  const int64_t n = n_tok * width;
   if (n == 0) return;
-  launch(swiglu_kernel, grid_for(n, 256), 256, 0, stream, out, gate, up, n);
+  launch(swiglu_kernel, grid_for(n, 256), 256, 0, stream, out, gate, up, n_tok, width, in_stride);
   SS_LAUNCH_CHECK();
 }
 

@@ -224,12 +224,41 @@ TEST_F(CudaTest, SwigluAndAddMatchReference) {
       sum[i] = double(g[i]) + u[i];
     }
     float *dg = upload(g), *du = upload(u), *dy = poisoned(static_cast<size_t>(n));
-    be_->swiglu(dy, dg, du, n);
+    be_->swiglu(dy, dg, du, 1, n, n);
     EXPECT_LT(rel_err(download(dy, size_t(n)), sw), 1e-6) << n;
     be_->add(dg, du, n);
     EXPECT_LT(rel_err(download(dg, size_t(n)), sum), 1e-7) << n;
     for (float* p : {dg, du, dy}) be_->release(p);
   }
+}
+
+// Gate and up as the two halves of fused rows (the model's gate|up matmul output).
+TEST_F(CudaTest, SwigluReadsFusedRows) {
+  const int64_t n_tok = 37, width = 1001, stride = 2 * width;
+  const Vec gu = random_vec(rng_, size_t(n_tok * stride), -8.f, 8.f);
+  std::vector<double> ref(static_cast<size_t>(n_tok * width));
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t i = 0; i < width; ++i) {
+      const double g = gu[size_t(t * stride + i)], u = gu[size_t(t * stride + width + i)];
+      ref[size_t(t * width + i)] = g / (1.0 + std::exp(-g)) * u;
+    }
+  float *dgu = upload(gu), *dy = poisoned(ref.size());
+  be_->swiglu(dy, dgu, dgu + width, n_tok, width, stride);
+  EXPECT_LT(rel_err(download(dy, ref.size()), ref), 1e-6);
+  for (float* p : {dgu, dy}) be_->release(p);
+}
+
+TEST_F(CudaTest, Copy2dMovesColumnBlocks) {
+  const int64_t rows = 29, src_w = 131, dst_w = 57, col0 = 70, n = 50;
+  const Vec src = random_vec(rng_, size_t(rows * src_w)), base = random_vec(rng_, size_t(rows * dst_w));
+  float *dsrc = upload(src), *ddst = upload(base);
+  be_->copy_2d(ddst + 3, dst_w * sizeof(float), dsrc + col0, src_w * sizeof(float), n * sizeof(float),
+               size_t(rows));
+  Vec expect = base;
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(src.begin() + r * src_w + col0, n, expect.begin() + r * dst_w + 3);
+  EXPECT_EQ(download(ddst, base.size()), expect);
+  for (float* p : {dsrc, ddst}) be_->release(p);
 }
 
 TEST_F(CudaTest, ScatterAndGatherMoveExactRows) {

@@ -362,14 +362,36 @@ TEST_P(CpuBackendTest, RmsnormSwigluAddOverManyRows) {
     }
   }
   const std::vector<float> g = random_floats(x.size(), 4, -20.0f, 20.0f);
-  be->swiglu(out.data(), g.data(), x.data(), int64_t(x.size()));
+  be->swiglu(out.data(), g.data(), x.data(), n_tok, dim, dim);
   for (size_t i = 0; i < x.size(); ++i) {
     const double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * x[i];
     ASSERT_NEAR(out[i], ref, 2e-6 * std::fabs(ref) + 1e-7) << i;
   }
+  // Fused rows: gate in the first `half` values of each row of x, up in the next `half`.
+  const int64_t half = 251;
+  std::vector<float> fused_out(size_t(n_tok * half), -1.0f);
+  be->swiglu(fused_out.data(), x.data(), x.data() + half, n_tok, half, dim);
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double gv = x[size_t(t * dim + i)], uv = x[size_t(t * dim + half + i)];
+      const double ref = gv / (1.0 + std::exp(-gv)) * uv;
+      ASSERT_NEAR(fused_out[size_t(t * half + i)], ref, 2e-6 * std::fabs(ref) + 1e-7) << t << " " << i;
+    }
   std::vector<float> acc = x;
   be->add(acc.data(), g.data(), int64_t(x.size()));
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i], x[i] + g[i]) << i;
+}
+
+TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) {
+  const int64_t rows = 29, src_w = 131, dst_w = 57, col0 = 70, n = 50;
+  const std::vector<float> src = random_floats(size_t(rows * src_w), 7), base = random_floats(size_t(rows * dst_w), 8);
+  std::vector<float> dst = base;
+  be->copy_2d(dst.data() + 3, dst_w * sizeof(float), src.data() + col0, src_w * sizeof(float),
+              n * sizeof(float), size_t(rows));
+  std::vector<float> expect = base;
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(src.begin() + r * src_w + col0, n, expect.begin() + r * dst_w + 3);
+  EXPECT_EQ(dst, expect);
 }
 
 // RoPE against long double, at positions far beyond where a float angle would be useless. The

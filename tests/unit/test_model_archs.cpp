@@ -19,6 +19,7 @@ struct Shape {
   std::string arch;
   int dim = 64, layers = 2, heads = 4, kv_heads = 2, ffn = 96, vocab = 300;
   float rope_base = 10000, rope_linear_factor = 0;  // 0: no scaling
+  bool mixed_types = false;  // V and up in F16, the rest F32: Q|K|V and gate|up cannot be stacked
 };
 
 std::string write_model(const Shape& s, const std::string& name) {
@@ -44,7 +45,11 @@ std::string write_model(const Shape& s, const std::string& name) {
     for (int64_t d : ne) count *= d;
     std::vector<float> v(static_cast<size_t>(count));
     for (float& x : v) x = offset + scale * normal(rng);
-    w.add_tensor(n, DType::F32, ne, v.data(), v.size() * sizeof(float));
+    const bool f16 = s.mixed_types && (n.ends_with("attn_v.weight") || n.ends_with("ffn_up.weight"));
+    if (!f16) return w.add_tensor(n, DType::F32, ne, v.data(), v.size() * sizeof(float));
+    std::vector<uint8_t> half(size_t(dtype_row_bytes(DType::F16, count)));
+    quantize_row(DType::F16, v.data(), half.data(), count);
+    w.add_tensor(n, DType::F16, ne, half.data(), half.size());
   };
   const int hd = s.dim / s.heads;
   const float wscale = 1.0f / std::sqrt(float(s.dim));
@@ -109,6 +114,14 @@ TEST(ModelArchs, MistralWithLinearRopeScaling) {
   s.arch = "mistral";
   s.rope_linear_factor = 4.0f;
   expect_matches_reference(s, "sinkserve-test-mistral.gguf");
+}
+
+// The unstacked path: projections whose types differ are multiplied one by one.
+TEST(ModelArchs, ProjectionsOfDifferentTypes) {
+  Shape s;
+  s.arch = "qwen2";
+  s.mixed_types = true;
+  expect_matches_reference(s, "sinkserve-test-mixed.gguf");
 }
 
 TEST(ModelArchs, LlamaMultiQueryAttention) {
