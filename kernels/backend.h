@@ -42,6 +42,25 @@ struct RopeParams {
   bool neox = false;        // rotate pairs (i, i + d/2) instead of (2i, 2i + 1)
 };
 
+// How one row of logits becomes a token. In order: the logits of the `penalized` tokens are
+// divided (positive) or multiplied (negative) by `penalty`; temperature 0 takes the argmax (lowest
+// index on ties); otherwise the logits are divided by the temperature, only the top_k largest are
+// kept (0 = all; ties at the boundary keep the lowest indices), then only tokens whose probability
+// is at least min_p times the largest, then the nucleus: the most probable tokens whose mass
+// first exceeds top_p (top_p 0 or 1 = all; ties at its boundary all stay). The draw walks the
+// kept tokens in vocabulary order and returns the first whose cumulative probability exceeds
+// `coin` (uniform in [0, 1)). NaN logits count as -inf; a row with no finite logit gives -1.
+struct SampleSpec {
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float penalty = 1.0f;
+  const int32_t* penalized = nullptr;  // host array of n_penalized distinct token ids
+  int32_t n_penalized = 0;
+  float coin = 0.0f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -95,6 +114,11 @@ class Backend {
   virtual void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
                          int n_kv_heads, int head_dim, const float* k, const float* v,
                          const AttnSpan* spans, float* out) = 0;
+
+  // Draws one token per row of logits ([n_rows][width], may be modified in place) as `specs`
+  // (host array, one per row) describe; writes the tokens to host array `out` and waits for them.
+  virtual void sample(float* logits, int64_t n_rows, int64_t width, const SampleSpec* specs,
+                      int32_t* out) = 0;
 
   // Sustained read bandwidth of this backend's memory in bytes/s, measured over a buffer of
   // `bytes`: the roofline a memory-bound decode step is compared against. 0 when unknown.

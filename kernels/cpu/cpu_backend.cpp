@@ -15,7 +15,9 @@
 
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/membw.h"
+#include "kernels/cpu/sampling.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/sample_spec.h"
 
 namespace sinkserve::cpu {
 namespace {
@@ -197,6 +199,12 @@ class CpuBackend final : public Backend {
 
   void add(float* x, const float* y, int64_t n) override {
     for_range(n, [&](int64_t b, int64_t e) { kern_.add(x + b, y + b, e - b); });
+  }
+
+  void sample(float* logits, int64_t n_rows, int64_t width, const SampleSpec* specs,
+              int32_t* out) override {
+    check_sample_specs(specs, n_rows, width);
+    for (int64_t r = 0; r < n_rows; ++r) out[r] = sample_row(logits + r * width, width, specs[r]);
   }
 
   void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src, int64_t n) override {

@@ -12,8 +12,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/sample_spec.h"
 
 namespace sinkserve {
 namespace {
@@ -234,6 +234,32 @@ class CudaBackend final : public Backend {
     cuda::launch_add(x, y, n, stream_);
   }
 
+  void sample(float* logits, int64_t n_rows, int64_t width, const SampleSpec* specs,
+              int32_t* out) override {
+    check_sample_specs(specs, n_rows, width);
+    if (n_rows <= 0) return;
+    if (width > INT32_MAX)
+      throw std::invalid_argument("CUDA sample: rows of " + std::to_string(width) + " logits");
+    use_device();
+    std::vector<cuda::SampleRow> rows(static_cast<size_t>(n_rows));
+    std::vector<int32_t> penalized;
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const SampleSpec& s = specs[r];
+      rows[size_t(r)] = {s.temperature, s.top_p,       s.min_p,
+                         s.penalty,     s.coin,        s.top_k,
+                         s.n_penalized, int64_t(penalized.size())};
+      penalized.insert(penalized.end(), s.penalized, s.penalized + s.n_penalized);
+    }
+    const int32_t* d_pen = penalized.empty() ? nullptr : stage(penalized.data(), penalized.size());
+    const cuda::SampleRow* d_rows = stage(rows.data(), rows.size());
+    const size_t e_bytes = (size_t(n_rows * width) * sizeof(float) + 255) / 256 * 256;
+    auto* buf = static_cast<uint8_t*>(scratch(e_bytes + size_t(n_rows) * sizeof(int32_t)));
+    auto* d_out = reinterpret_cast<int32_t*>(buf + e_bytes);
+    cuda::launch_sample(logits, n_rows, width, d_rows, d_pen, reinterpret_cast<float*>(buf), d_out,
+                        stream_);
+    to_host(out, d_out, size_t(n_rows) * sizeof(int32_t));
+  }
+
   void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                     int64_t n) override {
     if (n <= 0) return;
@@ -303,14 +329,6 @@ class CudaBackend final : public Backend {
     release(b);
     std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
     return 2.0 * double(half) / (double(ms[ms.size() / 2]) * 1e-3);
-  }
-
-  void argmax_rows(const float* x, int64_t n_rows, int64_t width, int32_t* host_out) {
-    if (n_rows <= 0) return;
-    use_device();
-    auto* d = static_cast<int32_t*>(scratch(size_t(n_rows) * sizeof(int32_t)));
-    cuda::launch_argmax(x, n_rows, width, d, stream_);
-    to_host(host_out, d, size_t(n_rows) * sizeof(int32_t));
   }
 
  private:
@@ -442,12 +460,4 @@ int cuda_device_count() {
   }
   return n;
 }
-
-void cuda_argmax_rows(Backend& backend, const float* x, int64_t n_rows, int64_t width,
-                      int32_t* host_out) {
-  auto* cb = dynamic_cast<CudaBackend*>(&backend);
-  if (!cb) throw std::invalid_argument("cuda_argmax_rows: " + backend.name() + " is not a CUDA backend");
-  cb->argmax_rows(x, n_rows, width, host_out);
-}
-
 }  // namespace sinkserve

@@ -101,9 +101,16 @@ void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const f
                          int64_t n, cudaStream_t stream);
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream);
-// Index of the largest value of each of n_rows rows (ties: the lowest index).
-void launch_argmax(const float* x, int64_t n_rows, int64_t width, int32_t* out,
-                   cudaStream_t stream);
+// One row's SampleSpec as the sampling kernel reads it; its penalized tokens are
+// penalized[penalized_at, penalized_at + n_penalized) of one array for all rows.
+struct SampleRow {
+  float temperature, top_p, min_p, penalty, coin;
+  int32_t top_k, n_penalized;
+  int64_t penalized_at;
+};
+// Backend::sample: e_rows is scratch of n_rows * width floats; out (device) gets a token per row.
+void launch_sample(float* logits, int64_t n_rows, int64_t width, const SampleRow* specs,
+                   const int32_t* penalized, float* e_rows, int32_t* out, cudaStream_t stream);
 
 // Attention as Backend::attention describes it. `spans` is in device memory; `host_spans` (the
 // same descriptors) sizes the grid. `partials` must hold attention_partial_floats(...) floats.

@@ -4,7 +4,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <cstdint>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -129,35 +128,6 @@ __global__ void move_rows_kernel(float* __restrict__ dst, int64_t width,
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dst[d * width + c] = src[s * width + c];
 }
 
-__global__ void argmax_kernel(const float* __restrict__ x, int64_t width, int32_t* out) {
-  pdl_trigger();
-  pdl_wait();
-  __shared__ float best_v[32];
-  __shared__ int64_t best_i[32];
-  const float* row = x + int64_t(blockIdx.x) * width;
-  float bv = -FLT_MAX;
-  int64_t bi = width;  // sentinel above every index: loses every tie
-  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-    const float v = row[c];
-    if (v > bv || (v == bv && c < bi)) { bv = v; bi = c; }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x >> 5); ++w)
-      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) { bv = best_v[w]; bi = best_i[w]; }
-    // A row of NaNs or -inf only: report index 0 rather than an out-of-range sentinel.
-    out[blockIdx.x] = int32_t(bi < width ? bi : 0);
-  }
-}
-
 }  // namespace
 
 void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
@@ -213,13 +183,6 @@ void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const fl
                         int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   launch(move_rows_kernel<false>, unsigned(n), 128, 0, stream, dst, width, rows, src);
-  SS_LAUNCH_CHECK();
-}
-
-void launch_argmax(const float* x, int64_t n_rows, int64_t width, int32_t* out,
-                   cudaStream_t stream) {
-  if (n_rows == 0) return;
-  launch(argmax_kernel, unsigned(n_rows), 256, 0, stream, x, width, out);
   SS_LAUNCH_CHECK();
 }
 

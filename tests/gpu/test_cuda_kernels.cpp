@@ -15,9 +15,7 @@
 #include "cache/kv_cache.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
-#ifdef SINKSERVE_HAVE_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
+#include "tests/sample_op_checks.h"
 
 namespace sinkserve {
 namespace {
@@ -468,20 +466,56 @@ TEST_F(CudaTest, AttentionOverStreamingSinkCacheMatchesStreamSemantics) {
   }
 }
 
-#ifdef SINKSERVE_HAVE_CUDA
-TEST_F(CudaTest, ArgmaxPicksLargestWithLowestIndexOnTies) {
-  const int64_t width = 32001, rows = 5;
-  Vec x = random_vec(rng_, size_t(rows * width));
-  const int64_t want[rows] = {0, 32000, 17, 17, 4096};
-  for (int64_t r = 0; r < rows; ++r) x[size_t(r * width + want[r])] = 2.f;
-  x[size_t(3 * width + 30000)] = 2.f;  // a tie after the winner
-  float* d = upload(x);
-  int32_t got[rows];
-  cuda_argmax_rows(*be_, d, rows, width, got);
-  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(got[r], want[r]) << "row " << r;
+// ---------------------------------------------------------------------------------------------
+// sample
+
+TEST_F(CudaTest, SampleFollowsTheReferenceDistribution) { test::check_stratified_draws_follow_reference(*be_); }
+TEST_F(CudaTest, SampleWalksVocabularyOrder) { test::check_draw_walks_vocabulary_order(*be_); }
+TEST_F(CudaTest, SampleGreedyTiesAndNonFiniteRows) { test::check_greedy_ties_and_non_finite_rows(*be_); }
+TEST_F(CudaTest, SampleRefusesBadSpecs) { test::check_bad_specs_are_refused(*be_); }
+
+// Full-size rows with random specs, token for token against the CPU backend. The kernels sum in
+// different orders, so a coin within rounding of a boundary may pick the neighbour; greedy rows
+// must always agree.
+TEST_F(CudaTest, SampleAgreesWithCpuBackendOnLargeRows) {
+  const int64_t width = 32003, rows = 600;
+  std::vector<float> logits;
+  std::vector<SampleSpec> specs(static_cast<size_t>(rows));
+  std::vector<int32_t> pen;
+  for (int i = 0; i < 40; ++i) pen.push_back(int32_t(rng_() % uint32_t(width)));
+  std::sort(pen.begin(), pen.end());
+  pen.erase(std::unique(pen.begin(), pen.end()), pen.end());
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const Vec row = random_vec(rng_, size_t(width), -10.f, 10.f);
+    logits.insert(logits.end(), row.begin(), row.end());
+    SampleSpec& s = specs[size_t(r)];
+    s.temperature = r % 5 == 0 ? 0.0f : 0.3f + 1.5f * u(rng_);
+    s.top_k = r % 3 == 0 ? 0 : int32_t(1 + rng_() % 200);
+    s.top_p = r % 4 == 0 ? 1.0f : 0.5f + 0.49f * u(rng_);
+    s.min_p = r % 2 == 0 ? 0.0f : 0.1f * u(rng_);
+    if (r % 7 == 0) {
+      s.penalty = 1.3f;
+      s.penalized = pen.data();
+      s.n_penalized = int32_t(pen.size());
+    }
+    s.coin = std::min(u(rng_), std::nextafter(1.0f, 0.0f));
+  }
+  std::vector<int32_t> want(static_cast<size_t>(rows)), got(static_cast<size_t>(rows), -7);
+  Vec host = logits;
+  make_cpu_backend(1)->sample(host.data(), rows, width, specs.data(), want.data());
+  float* d = upload(logits);
+  be_->sample(d, rows, width, specs.data(), got.data());
   be_->release(d);
+  int differ = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (specs[size_t(r)].temperature == 0.0f) {
+      EXPECT_EQ(got[size_t(r)], want[size_t(r)]) << "greedy row " << r;
+    }
+    differ += got[size_t(r)] != want[size_t(r)];
+  }
+  EXPECT_LE(differ, rows / 200) << differ << " of " << rows << " draws differ";
 }
-#endif
 
 TEST(CudaBackendFactory, RejectsDevicesThatDoNotExist) {
   EXPECT_THROW(make_cuda_backend(-1), std::runtime_error);
