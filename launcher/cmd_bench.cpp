@@ -54,7 +54,7 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   LlamaModel& m = *e.model;
   const double streamed = double(m.streamed_bytes());
   TokenSource src(m.config().vocab);
-  std::vector<float> logits(static_cast<size_t>(m.config().vocab));
+  Sampler greedy{SamplingParams{}};  // every step ends in a draw, where the engine draws (--sampler)
   std::printf("model: %s (%s), dim %d, %d layers, %d heads / %d KV heads, ffn %d, vocab %d\n",
               m.config().name.c_str(), m.config().arch.c_str(), m.config().dim, m.config().n_layers,
               m.config().n_heads, m.config().n_kv_heads, m.config().ffn, m.config().vocab);
@@ -66,13 +66,13 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   {
     Stream warm(*e.lockstep);
     const std::vector<int32_t> w = src.take(8);
-    warm.feed(w, logits.data());
+    warm.feed_and_sample(w, greedy);
   }
   Stream s(*e.lockstep);
   const std::vector<int32_t> prompt = src.take(prompt_n);
   comm.clear();
   auto t0 = Clock::now();
-  s.feed(prompt, logits.data());
+  s.feed_and_sample(prompt, greedy);
   const double t_prompt = since(t0);
   std::printf("prompt: %lld tokens in %.3f s = %.1f tok/s\n", (long long)prompt_n, t_prompt,
               double(prompt_n) / t_prompt);
@@ -80,7 +80,7 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   t0 = Clock::now();
   for (int64_t i = 0; i < decode_n; ++i) {
     const int32_t t = src.next();
-    s.feed({&t, 1}, logits.data());
+    s.feed_and_sample({&t, 1}, greedy);
   }
   const double t_dec = since(t0), tps = double(decode_n) / t_dec;
   std::printf("decode: %lld tokens in %.3f s = %.2f tok/s (%.2f ms/token)\n", (long long)decode_n,
@@ -98,14 +98,14 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
 // streamed to `samples` tokens short of it, then the sessions decode in turn, token by token, so
 // that whatever else the machine does affects every length alike.
 void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
-  std::vector<float> logits(static_cast<size_t>(e.model->config().vocab));
+  Sampler greedy{SamplingParams{}};  // every step ends in a draw, where the engine draws (--sampler)
   TokenSource src(e.model->config().vocab);
   std::vector<std::unique_ptr<Stream>> streams;
   for (int64_t len : at) {
     auto& s = streams.emplace_back(std::make_unique<Stream>(*e.lockstep));
     for (int64_t n = 0; n < std::max<int64_t>(0, len - samples); ++n) {
       const int32_t t = src.next();
-      s->feed({&t, 1}, logits.data());
+      s->feed_and_sample({&t, 1}, greedy);
     }
   }
   std::vector<double> total(at.size(), 0.0);
@@ -113,7 +113,7 @@ void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
     for (size_t k = 0; k < streams.size(); ++k) {
       const int32_t t = src.next();
       const auto t0 = Clock::now();
-      streams[k]->feed({&t, 1}, logits.data());
+      streams[k]->feed_and_sample({&t, 1}, greedy);
       total[k] += since(t0);
     }
   std::printf("per-token decode latency of the %s policy, %lld tokens per length, interleaved\n",
@@ -131,7 +131,7 @@ void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
 // Sink decode latency with a full window of W against the recompute baseline at the same W.
 void bench_recompute(Engine& e, const std::vector<int64_t>& windows, int64_t samples, int chunk, int sink) {
   LlamaModel& m = *e.model;
-  std::vector<float> logits(static_cast<size_t>(m.config().vocab));
+  Sampler greedy{SamplingParams{}};  // every step ends in a draw, where the engine draws (--sampler)
   TokenSource src(m.config().vocab);
   std::printf("sink (S=%d) vs recompute: per-token latency with a full window\n", sink);
   for (int64_t W : windows) {
@@ -146,12 +146,12 @@ void bench_recompute(Engine& e, const std::vector<int64_t>& windows, int64_t sam
       Lockstep ls(m, cache);
       Stream s(ls);
       const std::vector<int32_t> fill = src.take(W + cc.sink);
-      s.feed(fill, logits.data());
+      s.feed_and_sample(fill, greedy);
       const int64_t n = p == Policy::Sink ? samples : std::max<int64_t>(2, samples / 16);
       const auto t0 = Clock::now();
       for (int64_t i = 0; i < n; ++i) {
         const int32_t t = src.next();
-        s.feed({&t, 1}, logits.data());
+        s.feed_and_sample({&t, 1}, greedy);
       }
       per_token[p == Policy::Sink ? 0 : 1] = since(t0) / double(n);
     }

@@ -8,6 +8,7 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "runtime/sampler.h"
 
 namespace sinkserve {
 namespace {
@@ -55,7 +56,18 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
       slots.push_back(e.lockstep->acquire());
       if (offset) e.lockstep->reset(slots.back(), offset);
     }
-    std::vector<float> logits(static_cast<size_t>(B) * size_t(vocab));
+    // Every step ends in a greedy draw per session, where the engine draws (--sampler).
+    const bool on_backend = e.lockstep->sample_on_backend();
+    std::vector<float> logits(on_backend ? 0 : static_cast<size_t>(B) * size_t(vocab));
+    const std::vector<SampleSpec> greedy(static_cast<size_t>(B));
+    std::vector<int32_t> drawn(static_cast<size_t>(B));
+    Sampler host_greedy{SamplingParams{}};
+    auto step = [&](std::span<const SeqStep> steps) {
+      if (on_backend) return e.lockstep->step(steps, nullptr, greedy.data(), drawn.data());
+      e.lockstep->step(steps, logits.data());
+      for (size_t i = 0; i < steps.size(); ++i)
+        drawn[i] = host_greedy.sample(logits.data() + i * size_t(vocab), vocab);
+    };
     // Each session first holds a prompt, so that attention reads a realistic cache.
     for (int slot : slots) {
       for (int64_t done = 0; done < prompt_n;) {
@@ -63,7 +75,7 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
         std::vector<int32_t> toks(static_cast<size_t>(n));
         for (auto& t : toks) t = next_token(rng, vocab);
         const SeqStep st{slot, toks.data(), n, false};
-        e.lockstep->step({&st, 1}, logits.data());
+        step({&st, 1});
         done += n;
       }
     }
@@ -74,7 +86,7 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
         toks[size_t(i)] = next_token(rng, vocab);
         batch[size_t(i)] = SeqStep{slots[size_t(i)], &toks[size_t(i)], 1, false};
       }
-      e.lockstep->step(batch, logits.data());
+      step(batch);
     };
     for (int i = 0; i < 3; ++i) run_step();  // warm-up: allocations, cuBLAS heuristics
     const auto t0 = Clock::now();

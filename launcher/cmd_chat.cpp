@@ -222,7 +222,6 @@ int run(int argc, char** argv) {
 
     std::signal(SIGINT, on_sigint);
     Sampler sampler(sp);
-    std::vector<float> logits(size_t(e->model->config().vocab));
     {
       Stream stream(*e->lockstep);
       KVCache& cache = *e->cache;
@@ -259,7 +258,7 @@ int run(int argc, char** argv) {
         std::fputs("ASSISTANT: ", stdout);
         std::fflush(stdout);
         const auto t0 = std::chrono::steady_clock::now();
-        stream.feed(ids, logits.data());
+        int32_t next = stream.feed_and_sample(ids, sampler);
         const double t_prompt = seconds_since(t0);
 
         StreamDecoder dec(tok);
@@ -269,7 +268,6 @@ int run(int argc, char** argv) {
         g_generating = true;
         const auto t1 = std::chrono::steady_clock::now();
         while (produced < max_tokens && !g_interrupted) {
-          const int32_t next = sampler.sample(logits.data(), int(logits.size()));
           if (next == tok.eos() || next == tok.bos() ||
               std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end())
             break;
@@ -283,7 +281,7 @@ int run(int argc, char** argv) {
             break;
           }
           ensure_room(1);
-          stream.feed({&next, 1}, logits.data());
+          next = stream.feed_and_sample({&next, 1}, sampler);
         }
         g_generating = false;
         printer.add(dec.flush());

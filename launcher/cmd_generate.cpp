@@ -57,17 +57,15 @@ int run(int argc, char** argv) {
     if (ids.empty()) throw std::runtime_error("the prompt encodes to no tokens and the model has no BOS");
     Sampler sampler(sp);
     for (int32_t id : ids) sampler.accept(id);
-    std::vector<float> logits(size_t(e->model->config().vocab));
     {
       Stream stream(*e->lockstep);
       const auto t0 = std::chrono::steady_clock::now();
-      stream.feed(ids, logits.data());
+      int32_t next = stream.feed_and_sample(ids, sampler);
       const double t_prompt = seconds_since(t0);
       StreamDecoder dec(tok);
       int64_t produced = 0;
       const auto t1 = std::chrono::steady_clock::now();
       while ((n_predict < 0 || produced < n_predict) && !g_stop) {
-        const int32_t next = sampler.sample(logits.data(), int(logits.size()));
         if (next == tok.eos() || next == tok.bos()) break;
         ++produced;
         const std::string text = dec.push(next);
@@ -75,7 +73,7 @@ int run(int argc, char** argv) {
         std::fflush(stdout);
         sampler.accept(next);
         if (n_predict >= 0 && produced == n_predict) break;
-        stream.feed({&next, 1}, logits.data());
+        next = stream.feed_and_sample({&next, 1}, sampler);
       }
       const std::string tail = dec.flush();
       std::fwrite(tail.data(), 1, tail.size(), stdout);

@@ -14,6 +14,8 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   p.add("-t,--threads", "N", "CPU threads per rank (default: one per core; one for models under 16 MB)", &e.threads);
   p.add("--bf16-prefill", "", "CPU: prompt matrix products in BF16 (faster, ~3 significant digits)",
         &e.bf16_prefill);
+  p.add("--sampler", "WHERE", "draw tokens on the 'backend' or the 'host' (default auto: backend on cuda)",
+        &e.sampler);
   if (with_policy)
     p.add("--policy", "NAME", "KV cache policy: sink (default), window, dense, recompute", &f.policy);
   p.add("--sink", "S", "attention-sink tokens kept (default 4)", &e.sink);
@@ -37,6 +39,8 @@ EngineOptions finish_engine_options(const EngineFlags& f) {
   if (e.chunk < 1 || e.chunk > 65536) throw UsageError("--chunk must be in 1..65536");
   if (e.ctx < 0) throw UsageError("--ctx must be >= 1");
   if (e.device != "cpu" && e.device != "cuda") throw UsageError("--device must be cpu or cuda");
+  if (e.sampler != "auto" && e.sampler != "host" && e.sampler != "backend")
+    throw UsageError("--sampler must be auto, host or backend");
   return e;
 }
 

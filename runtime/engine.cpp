@@ -57,7 +57,10 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   const CacheConfig cc = resolve_cache_config(o, e->model->config());
   e->cache = std::make_unique<KVCache>(*e->backend, e->model->config().n_layers,
                                        e->model->local_kv_dim(), cc, o.slots);
-  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache);
+  if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
+    throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
+  const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");
+  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache, 64, on_backend);
   maybe_inject_failure(e->comm->rank(), "load");
   return e;
 }

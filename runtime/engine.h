@@ -21,6 +21,9 @@ struct EngineOptions {
   std::string device = "cpu";  // cpu or cuda
   int threads = 0;             // CPU worker threads, 0 = one per core
   bool bf16_prefill = false;   // CPU prompt GEMMs in BF16 (AVX512_BF16): ~1.5x faster, ~3 digits
+  // Where tokens are drawn: "backend" (the logits never leave the device), "host" (the logits are
+  // copied out; on the CPU this reproduces llama2.c's draws), or "auto": backend on CUDA, else host.
+  std::string sampler = "auto";
   Policy policy = Policy::Sink;
   int sink = 4;
   int window = 0;    // 0: the model's training context minus the sinks (at most 4096)

@@ -24,9 +24,9 @@ struct LlamaModel::Scratch {
   int64_t cap_tok = 0, cap_out = 0;
   float *x = nullptr, *xb = nullptr, *qkv = nullptr, *split = nullptr, *q_sink = nullptr,
         *att = nullptr, *o = nullptr, *gate_up = nullptr, *ffn = nullptr, *xo = nullptr,
-        *logits = nullptr, *gathered = nullptr;
+        *logits = nullptr, *gathered = nullptr, *full = nullptr;
   std::vector<float*> all() {
-    return {x, xb, qkv, split, q_sink, att, o, gate_up, ffn, xo, logits, gathered};
+    return {x, xb, qkv, split, q_sink, att, o, gate_up, ffn, xo, logits, gathered, full};
   }
 };
 
@@ -219,9 +219,11 @@ void LlamaModel::ensure_scratch(int64_t n_tok, int64_t n_out) {
   s.xo = a(O, cfg_.dim);
   s.logits = a(O, vocab_local_);
   s.gathered = comm_.size() > 1 ? a(O * comm_.size(), vocab_local_) : nullptr;
+  s.full = comm_.size() > 1 ? a(O, cfg_.vocab) : nullptr;
 }
 
-void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* logits) {
+void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* logits,
+                         const SampleSpec* specs, int32_t* sampled) {
   if (cache.kv_dim() != local_kv_dim() || cache.n_layers() != cfg_.n_layers)
     throw std::invalid_argument("forward: the cache was not built for this model's shard");
   int64_t T = 0;
@@ -324,21 +326,21 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
   be.matmul(output_, s.xo, O, s.logits);
   for (const SeqStep& st : steps) cache.commit(st.slot, st.n);
-  if (comm_.size() == 1) {
-    be.to_host(logits, s.logits, size_t(O * cfg_.vocab) * sizeof(float));
-    return;
+  float* full = s.logits;
+  if (comm_.size() > 1) {
+    // Each rank computed a vocabulary slice; gather them and interleave them into full rows.
+    comm_.all_gather(s.logits, s.gathered, size_t(O) * vocab_local_);
+    full = s.full;
+    for (int rk = 0; rk < comm_.size(); ++rk) {
+      const int64_t begin = int64_t(rk) * vocab_local_;
+      const int64_t n = std::min<int64_t>(vocab_local_, cfg_.vocab - begin);
+      if (n > 0)
+        be.copy_2d(full + begin, size_t(cfg_.vocab) * sizeof(float), s.gathered + rk * O * vocab_local_,
+                   size_t(vocab_local_) * sizeof(float), size_t(n) * sizeof(float), size_t(O));
+    }
   }
-  // Each rank computed a vocabulary slice; gather them and interleave into full rows.
-  comm_.all_gather(s.logits, s.gathered, size_t(O) * vocab_local_);
-  std::vector<float> host(size_t(O * vocab_local_ * comm_.size()));
-  be.to_host(host.data(), s.gathered, host.size() * sizeof(float));
-  for (int rk = 0; rk < comm_.size(); ++rk) {
-    const int64_t begin = int64_t(rk) * vocab_local_;
-    const int64_t n = std::min<int64_t>(vocab_local_, cfg_.vocab - begin);
-    for (int64_t o = 0; n > 0 && o < O; ++o)
-      std::memcpy(logits + o * cfg_.vocab + begin, &host[size_t((rk * O + o) * vocab_local_)],
-                  size_t(n) * sizeof(float));
-  }
+  if (logits) be.to_host(logits, full, size_t(O * cfg_.vocab) * sizeof(float));
+  if (specs) be.sample(full, O, cfg_.vocab, specs, sampled);
 }
 
 }  // namespace sinkserve

@@ -42,9 +42,12 @@ class LlamaModel {
   int64_t streamed_bytes() const { return streamed_bytes_; }
 
   // Runs one step on every rank in lockstep (all ranks pass the same steps). Appends the tokens
-  // to their slots in `cache` and writes logits to host memory `logits` (full vocabulary, on
-  // every rank): one row per token for steps with all_logits, else one row for the last token.
-  void forward(KVCache& cache, std::span<const SeqStep> steps, float* logits);
+  // to their slots in `cache`. Its logits (full vocabulary) are one row per token for steps with
+  // all_logits, else one row for the last token; they are copied to host memory `logits` unless
+  // it is null, and when `specs` is given (one per row, on one rank or all) a token is drawn from
+  // each row on the backend into host array `sampled`.
+  void forward(KVCache& cache, std::span<const SeqStep> steps, float* logits,
+               const SampleSpec* specs = nullptr, int32_t* sampled = nullptr);
   // Rows of logits forward() writes for these steps.
   static int64_t logit_rows(std::span<const SeqStep> steps);
 

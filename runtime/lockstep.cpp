@@ -9,8 +9,8 @@
 
 namespace sinkserve {
 
-Lockstep::Lockstep(LlamaModel& model, KVCache& cache, int verify_every)
-    : model_(model), cache_(cache), verify_every_(verify_every) {}
+Lockstep::Lockstep(LlamaModel& model, KVCache& cache, int verify_every, bool sample_on_backend)
+    : model_(model), cache_(cache), verify_every_(verify_every), sample_on_backend_(sample_on_backend) {}
 
 void Lockstep::send(const Header& h) {
   if (model_.comm().size() == 1) return;
@@ -34,7 +34,8 @@ void Lockstep::reset(int slot, int64_t offset) {
   cache_.reset(slot, offset);
 }
 
-void Lockstep::step(std::span<const SeqStep> steps, float* logits) {
+void Lockstep::step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs,
+                    int32_t* sampled) {
   if (model_.comm().size() > 1) {
     // The step travels as: header, then (slot, n, all_logits) per sequence, then all tokens.
     int64_t n_tokens = 0;
@@ -50,12 +51,13 @@ void Lockstep::step(std::span<const SeqStep> steps, float* logits) {
     model_.comm().broadcast(meta.data(), meta.size() * sizeof(int32_t), 0);
     model_.comm().broadcast(tokens.data(), tokens.size() * sizeof(int32_t), 0);
   }
-  run_step(steps, logits);
+  run_step(steps, logits, specs, sampled);
 }
 
-void Lockstep::run_step(std::span<const SeqStep> steps, float* logits) {
+void Lockstep::run_step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs,
+                        int32_t* sampled) {
   maybe_inject_failure(model_.comm().rank(), "step", steps_);
-  model_.forward(cache_, steps, logits);
+  model_.forward(cache_, steps, logits, specs, sampled);
   if (++steps_ % verify_every_ == 0) verify();
 }
 
@@ -72,7 +74,6 @@ void Lockstep::finish() {
 
 void Lockstep::follow() {
   Communicator& comm = model_.comm();
-  std::vector<float> logits;
   for (;;) {
     Header h{};
     comm.broadcast(&h, sizeof h, 0);
@@ -91,8 +92,7 @@ void Lockstep::follow() {
           steps[i] = SeqStep{meta[3 * i], tok, meta[3 * i + 1], meta[3 * i + 2] != 0};
           tok += steps[i].n;
         }
-        logits.resize(size_t(LlamaModel::logit_rows(steps) * model_.config().vocab));
-        run_step(steps, logits.data());
+        run_step(steps, nullptr, nullptr, nullptr);  // only the leader needs the results
         break;
       }
       default: throw std::runtime_error("lockstep: unknown operation from rank 0");

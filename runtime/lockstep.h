@@ -14,8 +14,11 @@ namespace sinkserve {
 
 class Lockstep {
  public:
-  Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64);
+  // `sample_on_backend`: where the leader's streams draw tokens (see Stream::feed_and_sample).
+  Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64, bool sample_on_backend = false);
   bool leader() const { return model_.comm().rank() == 0; }
+  bool sample_on_backend() const { return sample_on_backend_; }
+  void set_sample_on_backend(bool on) { sample_on_backend_ = on; }
   LlamaModel& model() { return model_; }
   KVCache& cache() { return cache_; }
 
@@ -23,7 +26,9 @@ class Lockstep {
   int acquire();  // -1 when no slot is free
   void release(int slot);
   void reset(int slot, int64_t offset = 0);
-  void step(std::span<const SeqStep> steps, float* logits);
+  // LlamaModel::forward on every rank; the logits and draws (either may be null) come to the leader.
+  void step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs = nullptr,
+            int32_t* sampled = nullptr);
   // Ends follow() on the other ranks after a final consistency check. A second call with nothing
   // sent in between does nothing (the followers have already returned).
   void finish();
@@ -40,7 +45,8 @@ class Lockstep {
     int64_t n_tokens;
   };
   void send(const Header& h);
-  void run_step(std::span<const SeqStep> steps, float* logits);
+  void run_step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs,
+                int32_t* sampled);
   void verify();
 
   LlamaModel& model_;
@@ -48,6 +54,7 @@ class Lockstep {
   int verify_every_;
   int64_t steps_ = 0;
   bool finished_ = false;
+  bool sample_on_backend_;
 };
 
 }  // namespace sinkserve

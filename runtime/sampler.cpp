@@ -91,12 +91,16 @@ void Sampler::accept(int32_t token) {
   recent_pos_ = (recent_pos_ + 1) % recent_.size();
 }
 
-void Sampler::apply_repetition_penalty(float* logits, int n) {
-  if (p_.repeat_penalty == 1.0f || recent_.empty()) return;
-  // Each distinct token is penalised once however often it recurs (llama.cpp semantics).
+// Each distinct token is penalised once however often it recurs (llama.cpp semantics).
+void Sampler::collect_distinct_recent() {
   distinct_.assign(recent_.begin(), recent_.end());
   std::sort(distinct_.begin(), distinct_.end());
   distinct_.erase(std::unique(distinct_.begin(), distinct_.end()), distinct_.end());
+}
+
+void Sampler::apply_repetition_penalty(float* logits, int n) {
+  if (p_.repeat_penalty == 1.0f || recent_.empty()) return;
+  collect_distinct_recent();
   for (int32_t t : distinct_) {
     if (t >= n)
       throw std::out_of_range("sampler: recent token " + std::to_string(t) +
@@ -147,6 +151,22 @@ int32_t Sampler::sample_topp(const float* probs, int n, float coin) {
     if (r < cdf) return work_[i].index;
   }
   return work_[last].index;
+}
+
+SampleSpec Sampler::next_spec() {
+  SampleSpec s;
+  s.temperature = p_.temperature;
+  s.top_k = p_.top_k;
+  s.top_p = p_.top_p;
+  s.min_p = p_.min_p;
+  if (p_.repeat_penalty != 1.0f && !recent_.empty()) {
+    collect_distinct_recent();
+    s.penalty = p_.repeat_penalty;
+    s.penalized = distinct_.data();
+    s.n_penalized = int32_t(distinct_.size());
+  }
+  if (p_.temperature != 0.0f) s.coin = next_uniform();
+  return s;
 }
 
 int32_t Sampler::sample(float* logits, int n) {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/backend.h"
+
 namespace sinkserve {
 
 struct SamplingParams {
@@ -26,6 +28,11 @@ class Sampler {
   // std::invalid_argument for n < 1 or a NaN logit, std::out_of_range when a penalised token is
   // not below n.
   int32_t sample(float* logits, int n);
+  // The next draw as a SampleSpec for Backend::sample, consuming the coin sample() would: the same
+  // distribution as sample(), though the backend walks the candidates in vocabulary order rather
+  // than by probability, so a seed picks other tokens. The spec points into this sampler and is
+  // valid until its next call.
+  SampleSpec next_spec();
   // Records a token of the stream (prompt or generated) for the repetition penalty.
   void accept(int32_t token);
   const SamplingParams& params() const { return p_; }
@@ -39,6 +46,7 @@ class Sampler {
   };
   float next_uniform();  // [0, 1)
   void apply_repetition_penalty(float* logits, int n);
+  void collect_distinct_recent();
   int32_t sample_mult(const float* probs, int n, float coin) const;
   int32_t sample_topp(const float* probs, int n, float coin);
   SamplingParams p_;

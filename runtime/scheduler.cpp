@@ -427,9 +427,26 @@ void Scheduler::run_step() {
   }
   if (!prompting.empty()) rr_ = (rr_ + served) % prompting.size();
 
+  // A session draws a token when this step completes its feed and it may still produce one.
+  std::vector<char> draws(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Active& a = *owner[i];
+    draws[i] = a.fed + size_t(steps[i].n) == a.feed.size() && !a.done &&
+               a.usage.completion_tokens < a.max_tokens;
+  }
   const int vocab = ls_.model().config().vocab;
-  logits_.resize(size_t(LlamaModel::logit_rows(steps)) * size_t(vocab));
-  ls_.step(steps, logits_.data());
+  std::vector<int32_t> drawn(steps.size(), -1);
+  if (ls_.sample_on_backend()) {
+    std::vector<SampleSpec> specs(steps.size());  // greedy (and free) where nothing is drawn
+    for (size_t i = 0; i < steps.size(); ++i)
+      if (draws[i]) specs[i] = owner[i]->sampler.next_spec();
+    ls_.step(steps, nullptr, specs.data(), drawn.data());
+  } else {
+    logits_.resize(size_t(LlamaModel::logit_rows(steps)) * size_t(vocab));
+    ls_.step(steps, logits_.data());
+    for (size_t i = 0; i < steps.size(); ++i)
+      if (draws[i]) drawn[i] = owner[i]->sampler.sample(logits_.data() + i * size_t(vocab), vocab);
+  }
   const auto now = Clock::now();
 
   uint64_t prompt_tokens = 0;
@@ -440,12 +457,12 @@ void Scheduler::run_step() {
     if (a.prompting) prompt_tokens += uint64_t(steps[i].n);
     if (a.fed < a.feed.size() || a.done) continue;
     a.prompting = false;
-    if (a.usage.completion_tokens >= a.max_tokens) {
+    if (!draws[i]) {
       finish(a, FinishReason::Length);
       continue;
     }
-    const int32_t t = a.sampler.sample(logits_.data() + i * size_t(vocab), vocab);
-    on_token(a, t, now);
+    if (drawn[i] < 0) throw std::runtime_error("sampling: the model gave no finite logit");
+    on_token(a, drawn[i], now);
   }
   std::erase_if(active_, [](const auto& a) { return a->done; });
   std::lock_guard lk(mu_);

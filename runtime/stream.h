@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <deque>
 #include <span>
+#include <vector>
 
 #include "runtime/lockstep.h"
+#include "runtime/sampler.h"
 
 namespace sinkserve {
 
@@ -22,15 +24,24 @@ class Stream {
   // Appends tokens and writes logits (vocab floats per row) of the last token, or of every token
   // when `all` is set (tokens.size() rows).
   void feed(std::span<const int32_t> tokens, float* logits, bool all = false);
+  // Appends tokens and draws the token that follows them with `sampler`: on the backend (no
+  // logits leave it) when the lockstep driver says so, else from host logits with
+  // sampler.sample(). Throws std::runtime_error when the model gave no finite logit.
+  int32_t feed_and_sample(std::span<const int32_t> tokens, Sampler& sampler);
   int64_t tokens() const { return n_; }
   int slot() const { return slot_; }
 
  private:
+  // `logits` (host) and `spec`/`sampled` may each be null.
+  void run(std::span<const int32_t> tokens, float* logits, bool all, const SampleSpec* spec,
+           int32_t* sampled);
+
   Lockstep& ls_;
   int slot_;
   int64_t offset_;
   int64_t n_ = 0;
   std::deque<int32_t> recent_;  // recompute: the last `window` tokens
+  std::vector<float> logits_;   // feed_and_sample's on the host
 };
 
 }  // namespace sinkserve

@@ -10,6 +10,7 @@
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
+#include "runtime/sampler.h"
 #include "runtime/stream.h"
 #include "tests/model_rig.h"
 
@@ -68,6 +69,31 @@ TEST(CudaModel, GreedyStreamMatchesCpuThroughEvictions) {
   EXPECT_EQ(sg.tokens(), 2000);
   EXPECT_LT(worst, 1e-3) << "largest |logit CPU - logit CUDA| over the stream";
   std::printf("2000 greedy tokens identical; largest logit difference %.3g\n", worst);
+}
+
+// The generation path as `generate` and `serve` run it on a GPU: tokens drawn on the device (the
+// logits never leave it), against host draws on the CPU: greedy, then with a repetition penalty
+// and top-k 1 (so that a coin cannot fall differently on rounding).
+TEST(CudaModel, TokensDrawnOnTheDeviceMatchCpu) {
+  GGUFFile f(fixture("models/stories260K.gguf"));
+  Engine cpu(f, make_cpu_backend(1), kSink), gpu(f, make_cuda_backend(0), kSink);
+  gpu.ls->set_sample_on_backend(true);
+  for (float penalty : {1.0f, 1.3f}) {
+    SamplingParams sp;
+    sp.temperature = penalty == 1.0f ? 0.0f : 0.8f;
+    sp.top_k = 1;
+    sp.repeat_penalty = penalty;
+    Sampler sampler_cpu(sp), sampler_gpu(sp);
+    Stream sc(*cpu.ls), sg(*gpu.ls);
+    int32_t tc = 1, tg = 1;  // BOS
+    for (int i = 0; i < 2000; ++i) {
+      sampler_cpu.accept(tc);
+      sampler_gpu.accept(tg);
+      tc = sc.feed_and_sample({&tc, 1}, sampler_cpu);
+      tg = sg.feed_and_sample({&tg, 1}, sampler_gpu);
+      ASSERT_EQ(tc, tg) << "token " << i << " (penalty " << penalty << ")";
+    }
+  }
 }
 
 // Negative log-likelihood of a real text fed in prefill chunks (all logits), so that the batched

@@ -15,6 +15,7 @@
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
+#include "runtime/sampler.h"
 #include "runtime/stream.h"
 #include "runtime/tokenizer.h"
 
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
     if (comm->rank() != 0) {
       tp.ls->follow();  // greedy stream
       tp.ls->follow();  // perplexity stream
+      tp.ls->follow();  // sampled stream
       return 0;
     }
     auto single = make_single_communicator();
@@ -126,6 +128,37 @@ int main(int argc, char** argv) {
       }
     }
     tp.ls->finish();
+
+    // Tokens drawn on the backend from the gathered vocabulary slices, with every sampling
+    // option on: the same draws as one rank.
+    SamplingParams sp;
+    sp.temperature = 0.9f;
+    sp.top_k = 40;
+    sp.top_p = 0.9f;
+    sp.min_p = 0.02f;
+    sp.repeat_penalty = 1.1f;
+    sp.seed = 42;
+    Sampler samp_tp(sp), samp_ref(sp);
+    tp.ls->set_sample_on_backend(true);
+    ref.ls->set_sample_on_backend(true);
+    const int sampled_n = greedy_n / 4;
+    {
+      Stream s_tp(*tp.ls), s_ref(*ref.ls);
+      int32_t t = tok->bos();
+      for (int i = 0; i < sampled_n; ++i) {
+        samp_tp.accept(t);
+        samp_ref.accept(t);
+        const int32_t ta = s_tp.feed_and_sample({&t, 1}, samp_tp), tb = s_ref.feed_and_sample({&t, 1}, samp_ref);
+        if (ta != tb) {
+          status = fail("sampled token " + std::to_string(i) + " differs: tp " + std::to_string(ta) +
+                        " vs single " + std::to_string(tb));
+          break;
+        }
+        t = ta;
+      }
+    }
+    tp.ls->finish();
+    std::printf("sampled on the backend: %d tokens identical to tp=1\n", sampled_n);
     const double ppl_tp = std::exp(sum_tp / ppl_n), ppl_ref = std::exp(sum_ref / ppl_n);
     std::printf("perplexity over %d tokens: tp %.6f, single %.6f, relative diff %.3g\n", ppl_n,
                 ppl_tp, ppl_ref, std::fabs(ppl_tp / ppl_ref - 1));

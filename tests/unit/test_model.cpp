@@ -45,27 +45,30 @@ float worst_vs_reference(ReferenceLlama& ref, const std::vector<int32_t>& ids, c
 // stories260K from BOS with no prompt, as llama2.c's `run` does with 256 steps: it samples after
 // each of positions 0..255 (BOS at 0), so up to 256 new tokens, stopping when BOS is produced. Its
 // output ends with the newline it prints after the story.
-std::string llama2c_run(const SamplingParams& sp) {
+// `on_backend`: tokens drawn by Backend::sample instead of on the host.
+std::string llama2c_run(const SamplingParams& sp, bool on_backend = false) {
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 508));
+  rig.ls->set_sample_on_backend(on_backend);
   auto tok = load_tokenizer(*rig.file);
-  std::vector<float> logits(size_t(rig.vocab()));
   Stream s(*rig.ls);
   int32_t t = tok->bos();
-  s.feed({&t, 1}, logits.data());
   Sampler sampler(sp);
   StreamDecoder dec(*tok);
   std::string text;
   for (int i = 0; i < 256; ++i) {
-    t = sampler.sample(logits.data(), rig.vocab());
+    t = s.feed_and_sample({&t, 1}, sampler);
     if (t == tok->bos()) break;
     text += dec.push(t);
-    s.feed({&t, 1}, logits.data());
   }
   return text + dec.flush() + "\n";
 }
 
 TEST(Model, GreedyFromBosReproducesLlama2cReference) {
   EXPECT_EQ(llama2c_run(SamplingParams{}), read_file(fixture("models/stories260K.greedy-256.txt")));
+}
+
+TEST(Model, GreedyDrawnOnTheBackendReproducesLlama2cReference) {
+  EXPECT_EQ(llama2c_run(SamplingParams{}, true), read_file(fixture("models/stories260K.greedy-256.txt")));
 }
 
 TEST(Model, TemperatureTopPReproducesLlama2cSampler) {
