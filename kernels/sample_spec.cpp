@@ -1,8 +1,10 @@
 #include "kernels/sample_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace sinkserve {
 
@@ -25,6 +27,11 @@ void check_sample_specs(const SampleSpec* specs, int64_t n_rows, int64_t width) 
         throw std::out_of_range("sample: row " + std::to_string(r) + ": penalized token " +
                                 std::to_string(s.penalized[i]) + " is outside the " +
                                 std::to_string(width) + " logits");
+    // Penalties are applied in parallel on a GPU: a token listed twice would be a race.
+    std::vector<int32_t> ids(s.penalized, s.penalized + s.n_penalized);
+    std::sort(ids.begin(), ids.end());
+    if (std::adjacent_find(ids.begin(), ids.end()) != ids.end())
+      bad("penalized token " + std::to_string(*std::adjacent_find(ids.begin(), ids.end())) + " is listed twice");
   }
 }
 

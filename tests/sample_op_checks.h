@@ -144,6 +144,10 @@ inline void check_bad_specs_are_refused(Backend& be) {
   s.penalized = outside;
   s.n_penalized = 1;
   EXPECT_THROW(sample_copies(be, row, s, 1, false), std::out_of_range);
+  const int32_t twice[] = {1, 0, 1};
+  s.penalized = twice;
+  s.n_penalized = 3;
+  refuse(s, "a token penalized twice");
 }
 
 }  // namespace sinkserve::test

@@ -55,32 +55,24 @@ __device__ __forceinline__ uint32_t order_key(float x) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ float block_sum(float v, Shared& sh) {
-  const float total = ReduceF(sh.tmp.f).Sum(v);
-  if (threadIdx.x == 0) sh.f = total;
-  __syncthreads();
-  const float out = sh.f;
-  __syncthreads();
-  return out;
-}
+struct Plus {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
 
-__device__ int block_count(int v, Shared& sh) {
-  const int total = ReduceI(sh.tmp.i).Sum(v);
-  if (threadIdx.x == 0) sh.i = total;
+// v reduced over the block with op, for every thread; `slot` carries it from thread 0.
+template <typename Reduce, typename T, typename Op>
+__device__ T block_reduce(T v, Op op, typename Reduce::TempStorage& tmp, T& slot) {
+  const T r = Reduce(tmp).Reduce(v, op);
+  if (threadIdx.x == 0) slot = r;
   __syncthreads();
-  const int out = sh.i;
-  __syncthreads();
-  return out;
+  const T all = slot;
+  __syncthreads();  // tmp and slot are free again
+  return all;
 }
-
-__device__ int block_max(int v, Shared& sh) {
-  const int m = ReduceI(sh.tmp.i).Reduce(v, MaxOp());
-  if (threadIdx.x == 0) sh.i = m;
-  __syncthreads();
-  const int out = sh.i;
-  __syncthreads();
-  return out;
-}
+__device__ float block_sum(float v, Shared& sh) { return block_reduce<ReduceF>(v, Plus(), sh.tmp.f, sh.f); }
+__device__ int block_count(int v, Shared& sh) { return block_reduce<ReduceI>(v, Plus(), sh.tmp.i, sh.i); }
+__device__ int block_max(int v, Shared& sh) { return block_reduce<ReduceI>(v, MaxOp(), sh.tmp.i, sh.i); }
 
 __global__ void __launch_bounds__(kThreads)
 sample_kernel(float* __restrict__ logits, int64_t width, const SampleRow* __restrict__ specs,
@@ -104,10 +96,7 @@ sample_kernel(float* __restrict__ logits, int64_t width, const SampleRow* __rest
   Candidate mine{INT_MAX, -INFINITY};
   for (int64_t i = tid; i < width; i += kThreads)
     if (l[i] > mine.value) mine = {int(i), l[i]};
-  const Candidate top = ReduceC(sh.tmp.c).Reduce(mine, ArgMaxOp());
-  if (tid == 0) sh.best = top;
-  __syncthreads();
-  const Candidate best = sh.best;
+  const Candidate best = block_reduce<ReduceC>(mine, ArgMaxOp(), sh.tmp.c, sh.best);
   const float m = best.value / s.temperature;
   if (best.index == INT_MAX || s.temperature == 0.0f || isinf(m)) {
     if (tid == 0) out[blockIdx.x] = best.index == INT_MAX ? -1 : best.index;

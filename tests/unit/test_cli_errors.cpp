@@ -109,6 +109,7 @@ TEST(CliErrors, BadGenerateArguments) {
            {"generate --temp -1" + m, "--temp must be >= 0"},
            {"generate --policy lru" + m, "unknown cache policy 'lru'"},
            {"generate --device tpu" + m, "--device must be cpu or cuda"},
+           {"generate --sampler gpu" + m, "--sampler must be auto, host or backend"},
            {"generate --threads x" + m, "--threads expects an integer, got 'x'"},
            {"generate --threads 100000" + m, "--threads must be in 0..1024"},
            {"generate --window 2147483000" + m, "are limited to"},
