@@ -79,6 +79,13 @@ class Backend {
   // Waits until every queued operation has finished (a no-op on synchronous backends).
   virtual void synchronize() = 0;
 
+  // Bracket the operations of one forward step of n_tok tokens, a step that recurs with the same
+  // shapes (decode). A backend may record the bracketed operations and launch them as one unit
+  // (CUDA Graphs); work that has to wait or allocate inside the bracket still runs correctly,
+  // just without that benefit. Other backends ignore the brackets.
+  virtual void begin_step(int64_t n_tok) { (void)n_tok; }
+  virtual void end_step() {}
+
   // Makes a weight usable by matmul from host memory (e.g. an mmapped GGUF tensor). Backends copy
   // (and may repack) the data into their own memory -- CPU: huge pages, CUDA: the device -- so the
   // host memory may be released afterwards. bias may be null.

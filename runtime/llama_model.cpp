@@ -266,6 +266,10 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   Backend& be = backend_;
   const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
   const int64_t q_w = int64_t(n_heads_local_) * hd, qkv_w = q_w + 2 * kv_w, ffn = ffn_local_;
+  // The step's launches up to the logits form one recurring unit. Collectives stay outside it:
+  // a communicator's own synchronisation cannot be recorded.
+  const bool bracket = comm_.size() == 1;
+  if (bracket) be.begin_step(T);
   be.embed(tok_embd_, tokens.data(), T, s.x);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
@@ -325,6 +329,7 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   be.gather_rows(s.xo, dim, out_rows.data(), s.x, O);
   be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
   be.matmul(output_, s.xo, O, s.logits);
+  if (bracket) be.end_step();
   for (const SeqStep& st : steps) cache.commit(st.slot, st.n);
   float* full = s.logits;
   if (comm_.size() > 1) {

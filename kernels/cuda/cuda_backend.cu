@@ -12,6 +12,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/sample_spec.h"
 
@@ -25,6 +26,9 @@ namespace {
 // while cuBLAS takes 39-41 us at 16 tokens. Q8_0 always uses the GEMV kernel (8 tokens per pass),
 // which dequantizes in registers and so never materialises a dense copy.
 constexpr int64_t kGemvMaxTokens = 2;
+// Steps recorded as CUDA Graphs: decode steps, whose matmuls are all own GEMV kernels (cuBLAS
+// would need its workspace set up for capture).
+constexpr int64_t kGraphMaxTokens = kGemvMaxTokens;
 
 class CudaBackend final : public Backend {
  public:
@@ -42,12 +46,20 @@ class CudaBackend final : public Backend {
     SS_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
     cuda::enable_attention_smem(smem_limit_);
     grow_staging(1 << 20);
+    const char* graphs = std::getenv("SINKSERVE_CUDA_GRAPHS");
+    graphs_ = graphs && std::string(graphs) == "1";
+    if (graphs_) name_ += ", graphs";
   }
 
   ~CudaBackend() override {
     // Destructors must not throw: errors here (a device already lost) are ignored.
     cudaSetDevice(device_);
+    if (capturing_) {
+      cudaGraph_t g = nullptr;
+      if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    }
     cudaStreamSynchronize(stream_);
+    if (step_exec_) cudaGraphExecDestroy(step_exec_);
     for (void* p : allocs_) cudaFree(p);
     cudaFree(scratch_);
     cudaFree(partials_);
@@ -62,6 +74,7 @@ class CudaBackend final : public Backend {
   void* alloc(size_t bytes) override {
     if (bytes == 0) return nullptr;
     use_device();
+    flush_capture();
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {
@@ -78,6 +91,7 @@ class CudaBackend final : public Backend {
     if (allocs_.erase(p) == 0)
       throw std::invalid_argument("CUDA backend: release() of a pointer it did not allocate");
     use_device();
+    flush_capture();
     // cudaFree waits for the device, so queued work that still reads p finishes first.
     SS_CUDA_CHECK(cudaFree(p));
   }
@@ -85,6 +99,7 @@ class CudaBackend final : public Backend {
   void to_device(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
+    flush_capture();  // a recorded copy would read host_src only when the graph runs
     // From pageable memory the copy returns once the source has been read, so the caller may
     // reuse host_src at once.
     SS_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -92,6 +107,7 @@ class CudaBackend final : public Backend {
 
   void to_host(void* host_dst, const void* src, size_t bytes) override {
     use_device();
+    flush_capture();
     if (bytes) SS_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     synchronize();
   }
@@ -118,16 +134,52 @@ class CudaBackend final : public Backend {
 
   void synchronize() override {
     use_device();
+    flush_capture();
     SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     stage_used_ = 0;  // every staged copy has landed
     staged_.clear();
   }
+
+  // CUDA Graphs (SINKSERVE_CUDA_GRAPHS=1): a step of at most kGraphMaxTokens tokens is captured
+  // instead of launched, and the capture updates the parameters of the previous step's
+  // instantiated graph (cudaGraphExecUpdate; a changed topology, e.g. attention starting to split
+  // its keys, instantiates anew), so the GPU runs the whole step without a launch gap. An
+  // operation that must wait or allocate mid-step first launches what was captured so far
+  // (flush_capture) and the rest of the step runs eagerly.
+  void begin_step(int64_t n_tok) override {
+    if (!graphs_ || n_tok > kGraphMaxTokens) return;
+    use_device();
+    discard_capture();  // a step that threw before end_step
+    SS_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+
+  void end_step() override {
+    if (!capturing_) return;
+    cudaGraph_t g = end_capture();
+    if (step_exec_) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(step_exec_, g, &info) != cudaSuccess) {
+        cudaGetLastError();
+        cudaGraphExecDestroy(step_exec_);
+        step_exec_ = nullptr;
+      }
+    }
+    const cudaError_t e = step_exec_ ? cudaSuccess : cudaGraphInstantiate(&step_exec_, g, 0);
+    cudaGraphDestroy(g);
+    SS_CUDA_CHECK(e);
+    SS_CUDA_CHECK(cudaGraphLaunch(step_exec_, stream_));
+    ++graph_launches_;
+  }
+
+  int64_t graph_launches() const { return graph_launches_; }
 
   Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
                         const float* host_bias) override {
     if (rows < 1 || cols < 1 || !host_data)
       throw std::invalid_argument("CUDA prepare_weight: empty " + std::to_string(rows) + "x" +
                                   std::to_string(cols) + " weight");
+    flush_capture();
     if (cols % dtype_block_values(type) != 0)
       throw std::invalid_argument("CUDA prepare_weight: " + std::string(dtype_name(type)) +
                                   " rows of " + std::to_string(cols) +
@@ -332,6 +384,34 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  cudaGraph_t end_capture() {
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    SS_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    return g;
+  }
+
+  // Launches the operations captured so far, once, and leaves capture mode.
+  void flush_capture() {
+    if (!capturing_) return;
+    cudaGraph_t g = end_capture();
+    cudaGraphExec_t once = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&once, g, 0);
+    cudaGraphDestroy(g);
+    SS_CUDA_CHECK(e);
+    const cudaError_t l = cudaGraphLaunch(once, stream_);
+    cudaGraphExecDestroy(once);  // freed once the launch completes
+    SS_CUDA_CHECK(l);
+  }
+
+  void discard_capture() {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
+    cudaGetLastError();
+  }
+
   void use_device() {
     int cur = -1;
     SS_CUDA_CHECK(cudaGetDevice(&cur));
@@ -367,6 +447,7 @@ class CudaBackend final : public Backend {
   }
 
   void grow_staging(size_t bytes) {
+    flush_capture();
     SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     SS_CUDA_CHECK(cudaFreeHost(stage_host_));
     SS_CUDA_CHECK(cudaFree(stage_dev_));
@@ -380,9 +461,10 @@ class CudaBackend final : public Backend {
   }
 
   // Grow-only device buffers; growing waits for queued work that may still read the old one.
-  static void* grow(void*& buf, size_t& cap, size_t bytes, cudaStream_t stream) {
+  void* grow(void*& buf, size_t& cap, size_t bytes) {
     if (bytes <= cap) return buf;
-    SS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    flush_capture();
+    SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     SS_CUDA_CHECK(cudaFree(buf));
     buf = nullptr;
     cap = 0;
@@ -390,9 +472,9 @@ class CudaBackend final : public Backend {
     cap = bytes;
     return buf;
   }
-  void* scratch(size_t bytes) { return grow(scratch_, scratch_cap_, bytes, stream_); }
+  void* scratch(size_t bytes) { return grow(scratch_, scratch_cap_, bytes); }
   float* partial_buffer(size_t bytes) {
-    return static_cast<float*>(grow(partials_, partials_cap_, bytes, stream_));
+    return static_cast<float*>(grow(partials_, partials_cap_, bytes));
   }
 
   int device_;
@@ -403,6 +485,9 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::unordered_set<void*> allocs_;
   std::vector<double> inv_freq_;
+  bool graphs_ = false, capturing_ = false;
+  cudaGraphExec_t step_exec_ = nullptr;
+  int64_t graph_launches_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_cap_ = 0;
   void* partials_ = nullptr;
@@ -448,6 +533,12 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
     throw std::runtime_error("CUDA backend: device " + std::to_string(device) +
                              " does not exist (" + std::to_string(n) + " visible)");
   return std::make_unique<CudaBackend>(device);
+}
+
+int64_t cuda_graph_launches(const Backend& backend) {
+  const auto* cb = dynamic_cast<const CudaBackend*>(&backend);
+  if (!cb) throw std::invalid_argument("cuda_graph_launches: " + backend.name() + " is not a CUDA backend");
+  return cb->graph_launches();
 }
 
 bool cuda_compiled_in() { return true; }

@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
+#ifdef SINKSERVE_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
@@ -95,6 +99,36 @@ TEST(CudaModel, TokensDrawnOnTheDeviceMatchCpu) {
     }
   }
 }
+
+#ifdef SINKSERVE_HAVE_CUDA
+// SINKSERVE_CUDA_GRAPHS=1: decode steps replayed as CUDA graphs give bit-identical logits to
+// eager launches, through the window filling (attention's split count changes the graph's
+// topology) and evictions, with prefill chunks (not recorded) in between.
+TEST(CudaModel, GraphReplayEqualsEagerLaunches) {
+  GGUFFile f(fixture("models/stories260K.gguf"));
+  Engine eager(f, make_cuda_backend(0), kSink);
+  setenv("SINKSERVE_CUDA_GRAPHS", "1", 1);
+  Engine graphs(f, make_cuda_backend(0), kSink);
+  unsetenv("SINKSERVE_CUDA_GRAPHS");
+  const size_t V = size_t(eager.vocab());
+  std::vector<float> le(V), lg(V);
+  Stream se(*eager.ls), sg(*graphs.ls);
+  const std::vector<int32_t> prompt =
+      test::text_tokens(f, fixture("texts/pg1342_pride_and_prejudice.txt"), 150);
+  se.feed(prompt, le.data());
+  sg.feed(prompt, lg.data());
+  ASSERT_EQ(le, lg);
+  int32_t t = argmax(le);
+  for (int i = 0; i < 2000; ++i) {
+    se.feed({&t, 1}, le.data());
+    sg.feed({&t, 1}, lg.data());
+    ASSERT_EQ(le, lg) << "token " << i;
+    t = argmax(le);
+  }
+  EXPECT_GE(cuda_graph_launches(*graphs.backend), 2000);
+  EXPECT_EQ(cuda_graph_launches(*eager.backend), 0);
+}
+#endif
 
 // Negative log-likelihood of a real text fed in prefill chunks (all logits), so that the batched
 // matmul and multi-token attention paths are the ones compared.
