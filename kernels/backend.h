@@ -99,20 +99,27 @@ class Backend {
   // out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of length dim.
   virtual void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                        float eps) = 0;
-  // Rotates n_heads heads of head_dim in each of n_tok rows in place; token t at position pos[t]
-  // (host array). Angles are computed in double from the 64-bit position.
-  virtual void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-                    const RopeParams& p) = 0;
+  // x += y, then out = rmsnorm(x) as above: the residual add fused with the next norm.
+  virtual void add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
+                           int64_t dim, float eps) = 0;
+  // The rotary embedding and cache write of a step's fresh projections. Row t of qkv (rows
+  // `stride` floats apart) holds q (n_heads heads of head_dim), then k and v (n_kv_heads heads
+  // each). q rotated to position pos_win[t] goes to row t of q_win and, unless pos_sink is null,
+  // q rotated to pos_sink[t] to row t of q_sink; k rotated to pos_win[t] and v go to row rows[t]
+  // of k_cache and v_cache (rows of n_kv_heads * head_dim). pos_win, pos_sink and rows are host
+  // arrays. Angles are computed in double from the 64-bit position.
+  virtual void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
+                              int n_kv_heads, int head_dim, const int64_t* pos_win,
+                              const int64_t* pos_sink, const RopeParams& p, float* q_win,
+                              float* q_sink, float* k_cache, float* v_cache,
+                              const int64_t* rows) = 0;
   // out[t][i] = silu(gate[t][i]) * up[t][i] for t < n_tok, i < width. out rows are `width` apart,
   // gate and up rows `in_stride` apart (so both can be halves of one fused gate|up row).
   virtual void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
                       int64_t in_stride) = 0;
   // x += y over n values.
   virtual void add(float* x, const float* y, int64_t n) = 0;
-  // dst row rows[i] (row width `width` floats) = src row i, for i < n. rows is a host array.
-  virtual void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
-                            int64_t n) = 0;
-  // dst row i = src row rows[i], for i < n. rows is a host array.
+  // dst row i = src row rows[i] (rows of `width` floats), for i < n. rows is a host array.
   virtual void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                            int64_t n) = 0;
   // Causal softmax attention for n_tok query tokens. q_win/q_sink/out: [n_tok][n_heads*head_dim];

@@ -22,11 +22,11 @@ struct LlamaModel::Layer {
 // Activations of one step, sized for the largest step seen so far.
 struct LlamaModel::Scratch {
   int64_t cap_tok = 0, cap_out = 0;
-  float *x = nullptr, *xb = nullptr, *qkv = nullptr, *split = nullptr, *q_sink = nullptr,
-        *att = nullptr, *o = nullptr, *gate_up = nullptr, *ffn = nullptr, *xo = nullptr,
-        *logits = nullptr, *gathered = nullptr, *full = nullptr;
+  float *x = nullptr, *xb = nullptr, *qkv = nullptr, *parts = nullptr, *q = nullptr,
+        *q_sink = nullptr, *att = nullptr, *o = nullptr, *gate_up = nullptr, *ffn = nullptr,
+        *xo = nullptr, *logits = nullptr, *gathered = nullptr, *full = nullptr;
   std::vector<float*> all() {
-    return {x, xb, qkv, split, q_sink, att, o, gate_up, ffn, xo, logits, gathered, full};
+    return {x, xb, qkv, parts, q, q_sink, att, o, gate_up, ffn, xo, logits, gathered, full};
   }
 };
 
@@ -210,7 +210,8 @@ void LlamaModel::ensure_scratch(int64_t n_tok, int64_t n_out) {
   s.xb = a(T, cfg_.dim);
   const int64_t qkv_w = (n_heads_local_ + 2 * n_kv_local_) * hd;
   s.qkv = a(T, qkv_w);
-  s.split = a(T, qkv_w);
+  s.parts = a(T, qkv_w);
+  s.q = a(T, n_heads_local_ * hd);
   s.q_sink = a(T, n_heads_local_ * hd);
   s.att = a(T, n_heads_local_ * hd);
   s.o = a(T, cfg_.dim);
@@ -271,48 +272,34 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   const bool bracket = comm_.size() == 1;
   if (bracket) be.begin_step(T);
   be.embed(tok_embd_, tokens.data(), T, s.x);
+  // Each residual add is fused with the norm that follows it; so the first norm stands alone.
+  be.rmsnorm(s.xb, s.x, layers_[0].attn_norm, T, dim, cfg_.norm_eps);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
-    // Attention block. q, k and v end up as [T][q_w], [T][kv_w], [T][kv_w] arrays.
-    be.rmsnorm(s.xb, s.x, L.attn_norm, T, dim, cfg_.norm_eps);
-    float *q, *k, *v;
-    if (!L.wqkv.data) {
-      q = s.qkv;
-      k = q + T * q_w;
-      v = k + T * kv_w;
+    // Attention block: rows q|k|v, rotated and the keys and values stored in one pass.
+    if (L.wqkv.data) {
+      be.matmul(L.wqkv, s.xb, T, s.qkv);
+    } else {
+      float* q = s.parts;
+      float* k = q + T * q_w;
+      float* v = k + T * kv_w;
       be.matmul(L.wq, s.xb, T, q);
       be.matmul(L.wk, s.xb, T, k);
       be.matmul(L.wv, s.xb, T, v);
-    } else if (T == 1) {  // one row q|k|v is already the three arrays
-      be.matmul(L.wqkv, s.xb, T, s.qkv);
-      q = s.qkv;
-      k = q + q_w;
-      v = k + kv_w;
-    } else {
-      be.matmul(L.wqkv, s.xb, T, s.qkv);
-      q = s.split;
-      k = q + T * q_w;
-      v = k + T * kv_w;
-      const size_t pitch = size_t(qkv_w) * sizeof(float), f = sizeof(float);
-      be.copy_2d(q, size_t(q_w) * f, s.qkv, pitch, size_t(q_w) * f, size_t(T));
-      be.copy_2d(k, size_t(kv_w) * f, s.qkv + q_w, pitch, size_t(kv_w) * f, size_t(T));
-      be.copy_2d(v, size_t(kv_w) * f, s.qkv + q_w + kv_w, pitch, size_t(kv_w) * f, size_t(T));
+      const size_t f = sizeof(float), pitch = size_t(qkv_w) * f;
+      be.copy_2d(s.qkv, pitch, q, size_t(q_w) * f, size_t(q_w) * f, size_t(T));
+      be.copy_2d(s.qkv + q_w, pitch, k, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
+      be.copy_2d(s.qkv + q_w + kv_w, pitch, v, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
     }
-    be.rope(k, T, n_kv_local_, hd, pos_win.data(), cfg_.rope);
-    if (shifted) {
-      be.copy(s.q_sink, q, size_t(T * q_w) * sizeof(float));
-      be.rope(s.q_sink, T, n_heads_local_, hd, pos_sink.data(), cfg_.rope);
-    }
-    be.rope(q, T, n_heads_local_, hd, pos_win.data(), cfg_.rope);
-    be.scatter_rows(cache.k(l), kv_w, store.data(), k, T);
-    be.scatter_rows(cache.v(l), kv_w, store.data(), v, T);
-    be.attention(q, shifted ? s.q_sink : q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
+    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, pos_win.data(),
+                      shifted ? pos_sink.data() : nullptr, cfg_.rope, s.q, s.q_sink, cache.k(l),
+                      cache.v(l), store.data());
+    be.attention(s.q, shifted ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
                  cache.v(l), spans.data(), s.att);
     be.matmul(L.wo, s.att, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
-    be.add(s.x, s.o, T * dim);
+    be.add_rmsnorm(s.x, s.o, s.xb, L.ffn_norm, T, dim, cfg_.norm_eps);
     // Feed-forward block.
-    be.rmsnorm(s.xb, s.x, L.ffn_norm, T, dim, cfg_.norm_eps);
     if (L.w_gate_up.data) {  // rows gate|up
       be.matmul(L.w_gate_up, s.xb, T, s.gate_up);
       be.swiglu(s.ffn, s.gate_up, s.gate_up + ffn, T, ffn, 2 * ffn);
@@ -323,7 +310,10 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
     }
     be.matmul(L.w_down, s.ffn, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
-    be.add(s.x, s.o, T * dim);
+    if (l + 1 < cfg_.n_layers)
+      be.add_rmsnorm(s.x, s.o, s.xb, layers_[size_t(l + 1)].attn_norm, T, dim, cfg_.norm_eps);
+    else
+      be.add(s.x, s.o, T * dim);
   }
   // Output head, only for the rows whose logits were asked for.
   be.gather_rows(s.xo, dim, out_rows.data(), s.x, O);

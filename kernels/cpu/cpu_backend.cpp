@@ -137,34 +137,56 @@ class CpuBackend final : public Backend {
     for_rows(n_tok, dim, [&](int64_t t) { kern_.rmsnorm_row(out + t * dim, x + t * dim, w, dim, eps); });
   }
 
+  void add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok, int64_t dim,
+                   float eps) override {
+    if (dim <= 0) bad_arg("add_rmsnorm: dimension must be positive");
+    for_rows(n_tok, dim, [&](int64_t t) {
+      kern_.add(x + t * dim, y + t * dim, dim);
+      kern_.rmsnorm_row(out + t * dim, x + t * dim, w, dim, eps);
+    });
+  }
+
   // Angles from the exact 64-bit position, reduced modulo 2*pi in extended precision before the
   // double sin/cos: a float angle loses all precision past position 2^24, and even a double
   // product pos * freq is off by ~1e-4 rad at position 2^40, enough to move logits. Streams here
   // run forever, and their positions must not matter.
-  void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-            const RopeParams& p) override {
+  void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads, int n_kv_heads,
+                      int head_dim, const int64_t* pos_win, const int64_t* pos_sink,
+                      const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
+                      float* v_cache, const int64_t* rows) override {
     if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
+    const int64_t q_w = int64_t(n_heads) * head_dim, kv_w = int64_t(n_kv_heads) * head_dim;
+    if (stride < q_w + 2 * kv_w) bad_arg("rope_and_store: rows of " + std::to_string(stride) + " floats hold no q|k|v");
     const int half = head_dim / 2;
     const std::vector<long double>& inv_freq = rope_frequencies(head_dim, p);
     const long double two_pi = 6.283185307179586476925286766559L;
-    const int64_t row = int64_t(n_heads) * head_dim;
-    for_rows(n_tok, row, [&](int64_t t) {
-      std::vector<double> c(half), s(half);
-      for (int i = 0; i < half; ++i) {
-        const double theta = double(std::fmod((long double)pos[t] * inv_freq[i], two_pi));
-        c[i] = std::cos(theta);
-        s[i] = std::sin(theta);
-      }
-      const int64_t stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
-      for (int h = 0; h < n_heads; ++h) {
-        float* v = x + t * row + int64_t(h) * head_dim;
+    const int64_t pair_stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
+    for_rows(n_tok, stride, [&](int64_t t) {
+      std::vector<double> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+      auto angles = [&](int64_t pos) {
         for (int i = 0; i < half; ++i) {
-          float* a = v + i * stride;
-          float* b = a + offset;
-          const double x0 = *a, x1 = *b;
-          *a = float(x0 * c[i] - x1 * s[i]);
-          *b = float(x0 * s[i] + x1 * c[i]);
+          const double theta = double(std::fmod((long double)pos * inv_freq[size_t(i)], two_pi));
+          c[size_t(i)] = std::cos(theta);
+          s[size_t(i)] = std::sin(theta);
         }
+      };
+      auto rotate = [&](const float* src, float* dst, int heads) {
+        for (int h = 0; h < heads; ++h)
+          for (int i = 0; i < half; ++i) {
+            const int64_t a = int64_t(h) * head_dim + i * pair_stride, b = a + offset;
+            const double x0 = src[a], x1 = src[b];
+            dst[a] = float(x0 * c[size_t(i)] - x1 * s[size_t(i)]);
+            dst[b] = float(x0 * s[size_t(i)] + x1 * c[size_t(i)]);
+          }
+      };
+      const float* row = qkv + t * stride;
+      angles(pos_win[t]);
+      rotate(row, q_win + t * q_w, n_heads);
+      rotate(row + q_w, k_cache + rows[t] * kv_w, n_kv_heads);
+      std::memcpy(v_cache + rows[t] * kv_w, row + q_w + kv_w, size_t(kv_w) * sizeof(float));
+      if (pos_sink) {
+        angles(pos_sink[t]);
+        rotate(row, q_sink + t * q_w, n_heads);
       }
     });
   }
@@ -205,11 +227,6 @@ class CpuBackend final : public Backend {
               int32_t* out) override {
     check_sample_specs(specs, n_rows, width);
     for (int64_t r = 0; r < n_rows; ++r) out[r] = sample_row(logits + r * width, width, specs[r]);
-  }
-
-  void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src, int64_t n) override {
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(dst + rows[i] * width, src + i * width, size_t(width) * sizeof(float));
   }
 
   void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src, int64_t n) override {

@@ -258,11 +258,22 @@ class CudaBackend final : public Backend {
     cuda::launch_rmsnorm(out, x, w, n_tok, dim, eps, stream_);
   }
 
-  void rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-            const RopeParams& p) override {
+  void add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok, int64_t dim,
+                   float eps) override {
+    use_device();
+    cuda::launch_add_rmsnorm(x, y, out, w, n_tok, dim, eps, stream_);
+  }
+
+  void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads, int n_kv_heads,
+                      int head_dim, const int64_t* pos_win, const int64_t* pos_sink,
+                      const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
+                      float* v_cache, const int64_t* rows) override {
     if (n_tok <= 0) return;
     if (head_dim % 2 != 0)
       throw std::invalid_argument("CUDA rope: head_dim " + std::to_string(head_dim) + " is odd");
+    if (stride < int64_t(n_heads + 2 * n_kv_heads) * head_dim)
+      throw std::invalid_argument("CUDA rope_and_store: rows of " + std::to_string(stride) +
+                                  " floats hold no q|k|v");
     use_device();
     // The same double expression as the CPU backend, so both rotate by identical angles.
     const int half = head_dim / 2;
@@ -271,8 +282,11 @@ class CudaBackend final : public Backend {
       inv_freq_[size_t(i)] =
           double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
     const double* inv = stage(inv_freq_.data(), inv_freq_.size());
-    cuda::launch_rope(x, n_tok, n_heads, head_dim, stage(pos, size_t(n_tok)), inv, p.neox,
-                      stream_);
+    const int64_t* d_win = stage(pos_win, size_t(n_tok));
+    const int64_t* d_sink = pos_sink ? stage(pos_sink, size_t(n_tok)) : nullptr;
+    cuda::launch_rope_and_store(qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, d_win, d_sink,
+                                inv, p.neox, q_win, pos_sink ? q_sink : nullptr, k_cache, v_cache,
+                                stage(rows, size_t(n_tok)), stream_);
   }
 
   void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
@@ -310,13 +324,6 @@ class CudaBackend final : public Backend {
     cuda::launch_sample(logits, n_rows, width, d_rows, d_pen, reinterpret_cast<float*>(buf), d_out,
                         stream_);
     to_host(out, d_out, size_t(n_rows) * sizeof(int32_t));
-  }
-
-  void scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
-                    int64_t n) override {
-    if (n <= 0) return;
-    use_device();
-    cuda::launch_scatter_rows(dst, width, stage(rows, size_t(n)), src, n, stream_);
   }
 
   void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,

@@ -91,14 +91,17 @@ void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, flo
                   cudaStream_t stream);
 void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                     float eps, cudaStream_t stream);
-// inv_freq[i] = freq_scale * base^(-2i/head_dim), in device memory.
-void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-                 const double* inv_freq, bool neox, cudaStream_t stream);
+void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
+                        int64_t dim, float eps, cudaStream_t stream);
+// inv_freq[i] = freq_scale * base^(-2i/head_dim); every array in device memory.
+void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
+                           int n_kv_heads, int head_dim, const int64_t* pos_win,
+                           const int64_t* pos_sink, const double* inv_freq, bool neox,
+                           float* q_win, float* q_sink, float* k_cache, float* v_cache,
+                           const int64_t* rows, cudaStream_t stream);
 void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
                    int64_t in_stride, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
-void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
-                         int64_t n, cudaStream_t stream);
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream);
 // One row's SampleSpec as the sampling kernel reads it; its penalized tokens are

@@ -68,13 +68,47 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restri
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
-// One thread per (token, rotation pair); the angle is shared by every head of the token. Stream
-// positions grow without bound, so the angle is formed and reduced in double: in float, pos *
-// inv_freq loses all fractional precision past position 2^24. inv_freq comes from the host, so
-// that the angles equal the CPU backend's bit for bit.
-__global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
-                            const int64_t* __restrict__ pos, const double* __restrict__ inv_freq,
-                            bool neox) {
+// The residual add fused with the next RMSNorm: one block per row; each thread adds, keeps and
+// normalises its own elements, with the arithmetic of add_kernel and rmsnorm_kernel.
+__global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ y,
+                                   float* __restrict__ out, const float* __restrict__ w,
+                                   int64_t dim, float eps) {
+  pdl_trigger();
+  pdl_wait();
+  __shared__ float red[32];
+  float* xr = x + int64_t(blockIdx.x) * dim;
+  const float* yr = y + int64_t(blockIdx.x) * dim;
+  float* o = out + int64_t(blockIdx.x) * dim;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = xr[i] + yr[i];
+    xr[i] = v;
+    ss = fmaf(v, v, ss);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * inv * w[i];
+}
+
+__device__ __forceinline__ void rotate_pair(const float* src, float* dst, int a, int b, double c,
+                                            double s) {
+  const double x0 = src[a], x1 = src[b];
+  dst[a] = float(x0 * c - x1 * s);
+  dst[b] = float(x0 * s + x1 * c);
+}
+
+// One thread per (token, rotation pair) and head (blockIdx.y, covering query and KV heads), so
+// that a single decoding token still spreads over many blocks. Stream positions grow without
+// bound, so the angle is formed and reduced in double: in float, pos * inv_freq loses all
+// fractional precision past position 2^24. inv_freq comes from the host, so that the angles
+// equal the CPU backend's bit for bit.
+__global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride, int64_t n_tok,
+                                  int n_heads, int n_kv, int head_dim,
+                                  const int64_t* __restrict__ pos_win,
+                                  const int64_t* __restrict__ pos_sink,
+                                  const double* __restrict__ inv_freq, bool neox,
+                                  float* __restrict__ q_win, float* __restrict__ q_sink,
+                                  float* __restrict__ k_cache, float* __restrict__ v_cache,
+                                  const int64_t* __restrict__ rows) {
   pdl_trigger();
   pdl_wait();
   const int half = head_dim / 2;
@@ -82,16 +116,23 @@ __global__ void rope_kernel(float* x, int64_t n_tok, int n_heads, int head_dim,
   if (idx >= n_tok * half) return;
   const int64_t t = idx / half;
   const int i = int(idx % half);
+  const int h = int(blockIdx.y);
+  const int a = h * head_dim + (neox ? i : 2 * i);
+  const int b = a + (neox ? half : 1);
+  const float* row = qkv + t * stride;
+  const int64_t q_w = int64_t(n_heads) * head_dim, kv_w = int64_t(n_kv) * head_dim;
   double s, c;
-  sincos(double(pos[t]) * inv_freq[i], &s, &c);
-  float* row = x + t * int64_t(n_heads) * head_dim;
-  const int a = neox ? i : 2 * i;
-  const int b = neox ? i + half : 2 * i + 1;
-  for (int h = 0; h < n_heads; ++h) {
-    float* hp = row + int64_t(h) * head_dim;
-    const double x0 = hp[a], x1 = hp[b];
-    hp[a] = float(x0 * c - x1 * s);
-    hp[b] = float(x0 * s + x1 * c);
+  sincos(double(pos_win[t]) * inv_freq[i], &s, &c);
+  if (h < n_heads) rotate_pair(row, q_win + t * q_w, a, b, c, s);
+  if (h < n_kv) {
+    const int64_t r = rows[t];
+    rotate_pair(row + q_w, k_cache + r * kv_w, a, b, c, s);
+    v_cache[r * kv_w + a] = row[q_w + kv_w + a];
+    v_cache[r * kv_w + b] = row[q_w + kv_w + b];
+  }
+  if (q_sink && h < n_heads) {
+    sincos(double(pos_sink[t]) * inv_freq[i], &s, &c);
+    rotate_pair(row, q_sink + t * q_w, a, b, c, s);
   }
 }
 
@@ -116,16 +157,13 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {
     x[i] += y[i];
 }
 
-// scatter: dst[rows[i]] = src[i]; gather: dst[i] = src[rows[i]]. One block per row.
-template <bool kScatter>
-__global__ void move_rows_kernel(float* __restrict__ dst, int64_t width,
-                                 const int64_t* __restrict__ rows, const float* __restrict__ src) {
+// dst[i] = src[rows[i]]. One block per row.
+__global__ void gather_rows_kernel(float* __restrict__ dst, int64_t width,
+                                   const int64_t* __restrict__ rows, const float* __restrict__ src) {
   pdl_trigger();
   pdl_wait();
   const int64_t i = blockIdx.x;
-  const int64_t d = kScatter ? rows[i] : i;
-  const int64_t s = kScatter ? i : rows[i];
-  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dst[d * width + c] = src[s * width + c];
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dst[i * width + c] = src[rows[i] * width + c];
 }
 
 }  // namespace
@@ -150,11 +188,23 @@ void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, i
   SS_LAUNCH_CHECK();
 }
 
-void launch_rope(float* x, int64_t n_tok, int n_heads, int head_dim, const int64_t* pos,
-                 const double* inv_freq, bool neox, cudaStream_t stream) {
+void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
+                        int64_t dim, float eps, cudaStream_t stream) {
+  if (n_tok == 0) return;
+  launch(add_rmsnorm_kernel, unsigned(n_tok), 256, 0, stream, x, y, out, w, dim, eps);
+  SS_LAUNCH_CHECK();
+}
+
+void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
+                           int n_kv_heads, int head_dim, const int64_t* pos_win,
+                           const int64_t* pos_sink, const double* inv_freq, bool neox,
+                           float* q_win, float* q_sink, float* k_cache, float* v_cache,
+                           const int64_t* rows, cudaStream_t stream) {
   const int64_t n = n_tok * (head_dim / 2);
   if (n == 0) return;
-  launch(rope_kernel, unsigned((n + 127) / 128), 128, 0, stream, x, n_tok, n_heads, head_dim, pos, inv_freq, neox);
+  const dim3 grid{unsigned((n + 127) / 128), unsigned(std::max(n_heads, n_kv_heads))};
+  launch(rope_store_kernel, grid, 128, 0, stream, qkv, stride, n_tok, n_heads, n_kv_heads,
+         head_dim, pos_win, pos_sink, inv_freq, neox, q_win, q_sink, k_cache, v_cache, rows);
   SS_LAUNCH_CHECK();
 }
 
@@ -172,17 +222,10 @@ void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   SS_LAUNCH_CHECK();
 }
 
-void launch_scatter_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
-                         int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  launch(move_rows_kernel<true>, unsigned(n), 128, 0, stream, dst, width, rows, src);
-  SS_LAUNCH_CHECK();
-}
-
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  launch(move_rows_kernel<false>, unsigned(n), 128, 0, stream, dst, width, rows, src);
+  launch(gather_rows_kernel, unsigned(n), 128, 0, stream, dst, width, rows, src);
   SS_LAUNCH_CHECK();
 }
 

@@ -15,6 +15,7 @@
 #include "cache/kv_cache.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
+#include "tests/fused_op_checks.h"
 #include "tests/sample_op_checks.h"
 
 namespace sinkserve {
@@ -134,7 +135,7 @@ TEST_F(CudaTest, PrepareWeightRejectsPartialQ8Blocks) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// embed, rmsnorm, rope, swiglu, add, rows
+// embed, rmsnorm, add_rmsnorm, rope_and_store, swiglu, add, rows
 
 TEST_F(CudaTest, EmbedReturnsDequantizedRowsForEveryType) {
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
@@ -175,43 +176,14 @@ TEST_F(CudaTest, RmsnormMatchesReferenceInPlaceAndOutOfPlace) {
   }
 }
 
-TEST_F(CudaTest, RopeMatchesDoubleReferenceAtHugePositions) {
-  std::uniform_int_distribution<int64_t> small(0, 5000), huge(0, int64_t(1) << 40);
-  for (bool neox : {false, true}) {
-    for (int head_dim : {2, 8, 64, 128}) {
-      const int n_heads = 3;
-      const int64_t n = 37;
-      RopeParams p;
-      p.freq_base = 500000.f;
-      p.freq_scale = 0.25f;
-      p.neox = neox;
-      std::vector<int64_t> pos(static_cast<size_t>(n));
-      for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = t % 2 ? huge(rng_) : small(rng_);
-      const Vec x = random_vec(rng_, size_t(n * n_heads * head_dim));
-      std::vector<double> ref(x.begin(), x.end());
-      const int half = head_dim / 2;
-      for (int64_t t = 0; t < n; ++t)
-        for (int h = 0; h < n_heads; ++h)
-          for (int i = 0; i < half; ++i) {
-            const double th = double(pos[size_t(t)]) *
-                              (double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim));
-            const size_t base = size_t((t * n_heads + h) * head_dim);
-            const size_t a = base + (neox ? i : 2 * i), b = base + (neox ? i + half : 2 * i + 1);
-            ref[a] = x[a] * std::cos(th) - x[b] * std::sin(th);
-            ref[b] = x[a] * std::sin(th) + x[b] * std::cos(th);
-          }
-      float* dx = upload(x);
-      be_->rope(dx, n, n_heads, head_dim, pos.data(), p);
-      EXPECT_LT(rel_err(download(dx, x.size()), ref), 1e-6)
-          << (neox ? "neox" : "normal") << " head_dim " << head_dim;
-      be_->release(dx);
-    }
-  }
-  float* dx = poisoned(6);
-  const int64_t pos0 = 0;
-  EXPECT_THROW(be_->rope(dx, 1, 2, 3, &pos0, RopeParams{}), std::invalid_argument);
-  be_->release(dx);
+// The angle is formed in double from the 64-bit position (as the kernel does).
+TEST_F(CudaTest, RopeAndStoreMatchDoubleReferenceAtHugePositions) {
+  test::check_rope_and_store(*be_, [](int64_t pos, long double inv) {
+    return (long double)(double(pos) * double(inv));
+  }, 2e-6);
 }
+
+TEST_F(CudaTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be_); }
 
 TEST_F(CudaTest, SwigluAndAddMatchReference) {
   for (int64_t n : {1, 31, 1000003}) {
@@ -259,22 +231,20 @@ TEST_F(CudaTest, Copy2dMovesColumnBlocks) {
   for (float* p : {dsrc, ddst}) be_->release(p);
 }
 
-TEST_F(CudaTest, ScatterAndGatherMoveExactRows) {
-  const int64_t width = 67, n_dst = 500, n = 123;
-  std::vector<int64_t> rows(static_cast<size_t>(n_dst));
+TEST_F(CudaTest, GatherMovesExactRows) {
+  const int64_t width = 67, n_src = 500, n = 123;
+  std::vector<int64_t> rows(static_cast<size_t>(n_src));
   std::iota(rows.begin(), rows.end(), 0);
   std::shuffle(rows.begin(), rows.end(), rng_);
   rows.resize(static_cast<size_t>(n));
-  const Vec src = random_vec(rng_, size_t(n * width)), base = random_vec(rng_, size_t(n_dst * width));
-  float *dsrc = upload(src), *ddst = upload(base), *dback = poisoned(static_cast<size_t>(n * width));
-  be_->scatter_rows(ddst, width, rows.data(), dsrc, n);
-  be_->gather_rows(dback, width, rows.data(), ddst, n);
-  Vec expect = base;
+  const Vec src = random_vec(rng_, size_t(n_src * width));
+  float *dsrc = upload(src), *dback = poisoned(static_cast<size_t>(n * width));
+  be_->gather_rows(dback, width, rows.data(), dsrc, n);
+  Vec expect(static_cast<size_t>(n * width));
   for (int64_t i = 0; i < n; ++i)
-    std::copy_n(src.begin() + i * width, width, expect.begin() + rows[size_t(i)] * width);
-  EXPECT_EQ(download(ddst, base.size()), expect);
-  EXPECT_EQ(download(dback, src.size()), src);
-  for (float* p : {dsrc, ddst, dback}) be_->release(p);
+    std::copy_n(src.begin() + rows[size_t(i)] * width, width, expect.begin() + i * width);
+  EXPECT_EQ(download(dback, expect.size()), expect);
+  for (float* p : {dsrc, dback}) be_->release(p);
 }
 
 // Host arrays are staged: the caller may overwrite them as soon as the call returns, long before
@@ -424,8 +394,10 @@ TEST_F(CudaTest, AttentionOverStreamingSinkCacheMatchesStreamSemantics) {
       vals.emplace_back(v.begin() + i * kd, v.begin() + (i + 1) * kd);
     }
     float *dk = upload(k), *dv = upload(v);
-    be_->scatter_rows(cache.k(0), kd, rows.data(), dk, n);
-    be_->scatter_rows(cache.v(0), kd, rows.data(), dv, n);
+    for (int i = 0; i < n; ++i) {
+      be_->copy(cache.k(0) + rows[size_t(i)] * kd, dk + i * kd, size_t(kd) * sizeof(float));
+      be_->copy(cache.v(0) + rows[size_t(i)] * kd, dv + i * kd, size_t(kd) * sizeof(float));
+    }
     const Vec qw = random_vec(rng_, size_t(n * qd), -2.f, 2.f), qs = random_vec(rng_, size_t(n * qd), -2.f, 2.f);
     float *dqw = upload(qw), *dqs = upload(qs), *dout = poisoned(static_cast<size_t>(n * qd));
     be_->attention(dqw, dqs, n, c.n_heads, c.n_kv, c.head_dim, cache.k(0), cache.v(0),

@@ -20,6 +20,7 @@
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/dtype.h"
+#include "tests/fused_op_checks.h"
 
 namespace sinkserve::cpu {
 namespace {
@@ -397,55 +398,20 @@ TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) {
 // RoPE against long double, at positions far beyond where a float angle would be useless. The
 // backend reduces the angle in extended precision, so the error stays at float rounding even at
 // 2^40 (a plain double angle would be off by ~1e-4 there and fail).
-TEST_P(CpuBackendTest, RopeBothStylesMatchLongDoubleReferenceAtHugePositions) {
-  const int n_heads = 3, head_dim = 10;
-  const std::vector<int64_t> pos = {0, 1, 17, 4099, (int64_t(1) << 24) + 3, (int64_t(1) << 33) + 5,
-                                    (int64_t(1) << 40) - 1, int64_t(1) << 40};
-  const int64_t n_tok = int64_t(pos.size());
-  for (bool neox : {false, true}) {
-    for (float freq_scale : {1.0f, 0.25f}) {
-      const RopeParams p{10000.0f, freq_scale, neox};
-      const std::vector<float> x = random_floats(size_t(n_tok * n_heads * head_dim), 8);
-      std::vector<float> y = x;
-      be->rope(y.data(), n_tok, n_heads, head_dim, pos.data(), p);
-      for (int64_t t = 0; t < n_tok; ++t)
-        for (int h = 0; h < n_heads; ++h)
-          for (int i = 0; i < head_dim / 2; ++i) {
-            const long double theta = (long double)pos[t] * freq_scale *
-                                      std::pow(10000.0L, -2.0L * i / head_dim);
-            const long double c = std::cos(theta), s = std::sin(theta);
-            const int64_t base = (t * n_heads + h) * head_dim;
-            const int64_t ia = base + (neox ? i : 2 * i), ib = neox ? ia + head_dim / 2 : ia + 1;
-            const long double a = x[ia], b = x[ib];
-            const double tol = 2e-6;
-            EXPECT_NEAR(y[ia], double(a * c - b * s), tol) << "neox=" << neox << " pos=" << pos[t] << " i=" << i;
-            EXPECT_NEAR(y[ib], double(a * s + b * c), tol) << "neox=" << neox << " pos=" << pos[t] << " i=" << i;
-          }
-    }
-  }
-  float odd[3] = {};
-  const int64_t p0 = 0;
-  EXPECT_THROW(be->rope(odd, 1, 1, 3, &p0, RopeParams{}), std::invalid_argument);
+TEST_P(CpuBackendTest, RopeAndStoreMatchLongDoubleReferenceAtHugePositions) {
+  test::check_rope_and_store(*be, [](int64_t pos, long double inv) { return (long double)pos * inv; }, 2e-6);
 }
 
-TEST_P(CpuBackendTest, ScatterAndGatherRows) {
+TEST_P(CpuBackendTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be); }
+
+TEST_P(CpuBackendTest, GatherRows) {
   const int64_t width = 5;
-  const std::vector<float> src = random_floats(3 * width, 1);
-  std::vector<float> table(8 * width, 0.0f);
-  const int64_t rows[] = {6, 1, 3};
-  be->scatter_rows(table.data(), width, rows, src.data(), 3);
-  for (int i = 0; i < 3; ++i)
-    for (int64_t c = 0; c < width; ++c) EXPECT_EQ(table[rows[i] * width + c], src[i * width + c]);
-  for (int64_t r : {0, 2, 4, 5, 7})
-    for (int64_t c = 0; c < width; ++c) EXPECT_EQ(table[r * width + c], 0.0f) << "row " << r << " touched";
+  const std::vector<float> table = random_floats(8 * width, 1);
   std::vector<float> back(3 * width);
   const int64_t order[] = {3, 6, 1};
   be->gather_rows(back.data(), width, order, table.data(), 3);
-  for (int64_t c = 0; c < width; ++c) {
-    EXPECT_EQ(back[c], src[2 * width + c]);
-    EXPECT_EQ(back[width + c], src[c]);
-    EXPECT_EQ(back[2 * width + c], src[width + c]);
-  }
+  for (int i = 0; i < 3; ++i)
+    for (int64_t c = 0; c < width; ++c) EXPECT_EQ(back[size_t(i * width + c)], table[size_t(order[i] * width + c)]);
 }
 
 // Naive attention: every visible key listed explicitly, softmax in double.
