@@ -82,8 +82,9 @@ struct Collector {
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void start(int slots, SchedulerOptions opt = {}) {
+  void start(int slots, SchedulerOptions opt = {}, bool sample_on_backend = false) {
     engine_ = open_stories(slots);
+    engine_->lockstep->set_sample_on_backend(sample_on_backend);
     sched_ = std::make_unique<Scheduler>(*engine_->lockstep, *engine_->tokenizer, opt);
     thread_ = std::thread([this] { sched_->run(); });
   }
@@ -123,6 +124,8 @@ class SchedulerTest : public ::testing::Test {
     return out;
   }
 
+  void expect_batched_streams_match_each_alone();
+
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Scheduler> sched_;
   std::thread thread_;
@@ -138,6 +141,16 @@ const std::vector<std::string> kPrompts = {
 
 TEST_F(SchedulerTest, BatchedStreamsMatchEachStreamAlone) {
   start(8);
+  expect_batched_streams_match_each_alone();
+}
+
+// The same with every session's token drawn by Backend::sample in one call per step.
+TEST_F(SchedulerTest, BatchedStreamsDrawnOnTheBackendMatchEachStreamAlone) {
+  start(8, {}, true);
+  expect_batched_streams_match_each_alone();
+}
+
+void SchedulerTest::expect_batched_streams_match_each_alone() {
   constexpr int kMax = 40;
   // Independent reference: each prompt alone through its own Stream, outside the scheduler.
   std::vector<std::vector<int32_t>> ref;
