@@ -80,11 +80,13 @@ class Backend {
   virtual void synchronize() = 0;
 
   // Bracket the operations of one forward step of n_tok tokens, a step that recurs with the same
-  // shapes (decode). A backend may record the bracketed operations and launch them as one unit
-  // (CUDA Graphs); work that has to wait or allocate inside the bracket still runs correctly,
-  // just without that benefit. Other backends ignore the brackets.
+  // shapes (decode), so that a backend may record them and launch them as one unit (CUDA
+  // Graphs). Inside the bracket only compute operations and copies between backend buffers may
+  // be called. end_step() returning false means that nothing of the step ran (the recorded unit
+  // did not fit it): the caller runs the same operations again, bracketed. Other backends ignore
+  // the brackets.
   virtual void begin_step(int64_t n_tok) { (void)n_tok; }
-  virtual void end_step() {}
+  virtual bool end_step() { return true; }
 
   // Makes a weight usable by matmul from host memory (e.g. an mmapped GGUF tensor). Backends copy
   // (and may repack) the data into their own memory -- CPU: huge pages, CUDA: the device -- so the

@@ -263,15 +263,34 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   }
 
   ensure_scratch(T, O);
+  Backend& be = backend_;
+  // The step's launches up to the logits form one recurring unit (Backend::begin_step), run a
+  // second time when the backend asks for it. Collectives stay outside: a communicator's own
+  // synchronisation cannot be recorded.
+  const bool bracket = comm_.size() == 1;
+  for (bool done = false; !done;) {
+    if (bracket) be.begin_step(T);
+    try {
+      run_layers(cache, T, tokens.data(), pos_win.data(), shifted ? pos_sink.data() : nullptr,
+                 store.data(), spans.data(), out_rows.data(), O);
+    } catch (...) {
+      if (bracket) be.end_step();  // close the bracket before the error travels on
+      throw;
+    }
+    done = !bracket || be.end_step();
+  }
+  for (const SeqStep& st : steps) cache.commit(st.slot, st.n);
+  gather_and_sample(O, logits, specs, sampled);
+}
+
+void LlamaModel::run_layers(KVCache& cache, int64_t T, const int32_t* tokens,
+                            const int64_t* pos_win, const int64_t* pos_sink, const int64_t* store,
+                            const AttnSpan* spans, const int64_t* out_rows, int64_t O) {
   Scratch& s = *s_;
   Backend& be = backend_;
   const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
   const int64_t q_w = int64_t(n_heads_local_) * hd, qkv_w = q_w + 2 * kv_w, ffn = ffn_local_;
-  // The step's launches up to the logits form one recurring unit. Collectives stay outside it:
-  // a communicator's own synchronisation cannot be recorded.
-  const bool bracket = comm_.size() == 1;
-  if (bracket) be.begin_step(T);
-  be.embed(tok_embd_, tokens.data(), T, s.x);
+  be.embed(tok_embd_, tokens, T, s.x);
   // Each residual add is fused with the norm that follows it; so the first norm stands alone.
   be.rmsnorm(s.xb, s.x, layers_[0].attn_norm, T, dim, cfg_.norm_eps);
   for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -291,11 +310,10 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
       be.copy_2d(s.qkv + q_w, pitch, k, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
       be.copy_2d(s.qkv + q_w + kv_w, pitch, v, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
     }
-    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, pos_win.data(),
-                      shifted ? pos_sink.data() : nullptr, cfg_.rope, s.q, s.q_sink, cache.k(l),
-                      cache.v(l), store.data());
-    be.attention(s.q, shifted ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
-                 cache.v(l), spans.data(), s.att);
+    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, pos_win, pos_sink,
+                      cfg_.rope, s.q, s.q_sink, cache.k(l), cache.v(l), store);
+    be.attention(s.q, pos_sink ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
+                 cache.v(l), spans, s.att);
     be.matmul(L.wo, s.att, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
     be.add_rmsnorm(s.x, s.o, s.xb, L.ffn_norm, T, dim, cfg_.norm_eps);
@@ -316,11 +334,15 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
       be.add(s.x, s.o, T * dim);
   }
   // Output head, only for the rows whose logits were asked for.
-  be.gather_rows(s.xo, dim, out_rows.data(), s.x, O);
+  be.gather_rows(s.xo, dim, out_rows, s.x, O);
   be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
   be.matmul(output_, s.xo, O, s.logits);
-  if (bracket) be.end_step();
-  for (const SeqStep& st : steps) cache.commit(st.slot, st.n);
+}
+
+void LlamaModel::gather_and_sample(int64_t O, float* logits, const SampleSpec* specs,
+                                   int32_t* sampled) {
+  Scratch& s = *s_;
+  Backend& be = backend_;
   float* full = s.logits;
   if (comm_.size() > 1) {
     // Each rank computed a vocabulary slice; gather them and interleave them into full rows.

@@ -54,6 +54,13 @@ class LlamaModel {
  private:
   struct Layer;
   void ensure_scratch(int64_t n_tok, int64_t n_out);
+  // The backend operations of a step, from the embedding to this rank's logits (host arrays in;
+  // pos_sink null when no query sees its sinks from a shifted position).
+  void run_layers(KVCache& cache, int64_t T, const int32_t* tokens, const int64_t* pos_win,
+                  const int64_t* pos_sink, const int64_t* store, const AttnSpan* spans,
+                  const int64_t* out_rows, int64_t O);
+  // Full logit rows from the ranks' slices, to the host and/or drawn on the backend.
+  void gather_and_sample(int64_t O, float* logits, const SampleSpec* specs, int32_t* sampled);
 
   ModelConfig cfg_;
   Backend& backend_;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -54,10 +55,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     // Destructors must not throw: errors here (a device already lost) are ignored.
     cudaSetDevice(device_);
-    if (capturing_) {
-      cudaGraph_t g = nullptr;
-      if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
-    }
+    discard_capture();
     cudaStreamSynchronize(stream_);
     if (step_exec_) cudaGraphExecDestroy(step_exec_);
     for (void* p : allocs_) cudaFree(p);
@@ -74,7 +72,7 @@ class CudaBackend final : public Backend {
   void* alloc(size_t bytes) override {
     if (bytes == 0) return nullptr;
     use_device();
-    flush_capture();
+    leave_step("alloc");
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {
@@ -91,7 +89,7 @@ class CudaBackend final : public Backend {
     if (allocs_.erase(p) == 0)
       throw std::invalid_argument("CUDA backend: release() of a pointer it did not allocate");
     use_device();
-    flush_capture();
+    leave_step("release");
     // cudaFree waits for the device, so queued work that still reads p finishes first.
     SS_CUDA_CHECK(cudaFree(p));
   }
@@ -99,7 +97,7 @@ class CudaBackend final : public Backend {
   void to_device(void* dst, const void* host_src, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
-    flush_capture();  // a recorded copy would read host_src only when the graph runs
+    leave_step("to_device");  // a recorded copy would read host_src only when the graph runs
     // From pageable memory the copy returns once the source has been read, so the caller may
     // reuse host_src at once.
     SS_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -107,14 +105,15 @@ class CudaBackend final : public Backend {
 
   void to_host(void* host_dst, const void* src, size_t bytes) override {
     use_device();
-    flush_capture();
+    leave_step("to_host");
     if (bytes) SS_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    synchronize();
+    drain();
   }
 
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
+    if (replaying(Op::Copy, dst, src, bytes)) return;
     SS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
 
@@ -122,6 +121,7 @@ class CudaBackend final : public Backend {
                size_t rows) override {
     if (width == 0 || rows == 0) return;
     use_device();
+    if (replaying(Op::Copy2d, dst, dst_pitch, src, src_pitch, width, rows)) return;
     SS_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows,
                                     cudaMemcpyDeviceToDevice, stream_));
   }
@@ -129,57 +129,81 @@ class CudaBackend final : public Backend {
   void zero(void* dst, size_t bytes) override {
     if (bytes == 0) return;
     use_device();
+    if (replaying(Op::Zero, dst, bytes)) return;
     SS_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
   }
 
   void synchronize() override {
     use_device();
-    flush_capture();
-    SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    stage_used_ = 0;  // every staged copy has landed
-    staged_.clear();
+    leave_step("synchronize");
+    drain();
   }
 
-  // CUDA Graphs (SINKSERVE_CUDA_GRAPHS=1): a step of at most kGraphMaxTokens tokens is captured
-  // instead of launched, and the capture updates the parameters of the previous step's
-  // instantiated graph (cudaGraphExecUpdate; a changed topology, e.g. attention starting to split
-  // its keys, instantiates anew), so the GPU runs the whole step without a launch gap. An
-  // operation that must wait or allocate mid-step first launches what was captured so far
-  // (flush_capture) and the rest of the step runs eagerly.
+  // CUDA Graphs (SINKSERVE_CUDA_GRAPHS=1), for steps of at most kGraphMaxTokens tokens. Every
+  // operation of a bracketed step adds its launch parameters (pointers, sizes, staging offsets)
+  // to a signature. When an instantiated graph exists, the step first runs in Check mode: the
+  // operations only stage their host arrays (at the same arena offsets as when the graph was
+  // captured, where its copy nodes read them) and extend the signature; if it equals the graph's,
+  // end_step launches the graph as it is, with no capture or update. Otherwise nothing has run,
+  // end_step returns false, the caller runs the step again, and this time it is captured (Capture
+  // mode): the capture updates the graph's parameters (cudaGraphExecUpdate; a changed topology,
+  // e.g. attention starting to split its keys, instantiates anew) and is launched. Inside a
+  // captured step, an operation that must wait or allocate launches what was captured so far and
+  // the rest of the step runs eagerly.
   void begin_step(int64_t n_tok) override {
     if (!graphs_ || n_tok > kGraphMaxTokens) return;
     use_device();
     discard_capture();  // a step that threw before end_step
+    mode_ = StepMode::Eager;
+    if (stage_used_ != 0) drain();  // every step stages from offset 0
+    sig_ = kSigSeed;
+    if (step_exec_ && !force_capture_) {
+      mode_ = StepMode::Check;
+      return;
+    }
+    force_capture_ = false;
     SS_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    capturing_ = true;
+    mode_ = StepMode::Capture;
   }
 
-  void end_step() override {
-    if (!capturing_) return;
-    cudaGraph_t g = end_capture();
-    if (step_exec_) {
-      cudaGraphExecUpdateResultInfo info{};
-      if (cudaGraphExecUpdate(step_exec_, g, &info) != cudaSuccess) {
-        cudaGetLastError();
-        cudaGraphExecDestroy(step_exec_);
-        step_exec_ = nullptr;
+  bool end_step() override {
+    const StepMode mode = mode_;
+    mode_ = StepMode::Eager;
+    if (mode == StepMode::Eager) return true;
+    if (mode == StepMode::Check) {
+      if (sig_ != exec_sig_) {
+        force_capture_ = true;
+        return false;
       }
+    } else {
+      cudaGraph_t g = end_capture();
+      if (step_exec_) {
+        cudaGraphExecUpdateResultInfo info{};
+        if (cudaGraphExecUpdate(step_exec_, g, &info) != cudaSuccess) {
+          cudaGetLastError();
+          cudaGraphExecDestroy(step_exec_);
+          step_exec_ = nullptr;
+        }
+      }
+      const cudaError_t e = step_exec_ ? cudaSuccess : cudaGraphInstantiate(&step_exec_, g, 0);
+      cudaGraphDestroy(g);
+      SS_CUDA_CHECK(e);
+      exec_sig_ = sig_;
     }
-    const cudaError_t e = step_exec_ ? cudaSuccess : cudaGraphInstantiate(&step_exec_, g, 0);
-    cudaGraphDestroy(g);
-    SS_CUDA_CHECK(e);
     SS_CUDA_CHECK(cudaGraphLaunch(step_exec_, stream_));
     ++graph_launches_;
+    if (mode == StepMode::Check) ++graph_replays_;
+    return true;
   }
 
-  int64_t graph_launches() const { return graph_launches_; }
+  CudaGraphStats graph_stats() const { return {graph_launches_, graph_replays_}; }
 
   Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
                         const float* host_bias) override {
     if (rows < 1 || cols < 1 || !host_data)
       throw std::invalid_argument("CUDA prepare_weight: empty " + std::to_string(rows) + "x" +
                                   std::to_string(cols) + " weight");
-    flush_capture();
+    leave_step("prepare_weight");
     if (cols % dtype_block_values(type) != 0)
       throw std::invalid_argument("CUDA prepare_weight: " + std::string(dtype_name(type)) +
                                   " rows of " + std::to_string(cols) +
@@ -222,9 +246,11 @@ class CudaBackend final : public Backend {
     if (!w.data) throw std::invalid_argument("CUDA matmul: weight has no data");
     use_device();
     if (n_tok <= kGemvMaxTokens || w.type == DType::Q8_0) {
+      if (replaying(Op::Gemv, w.type, w.data, w.rows, w.cols, w.bias, x, n_tok, y)) return;
       cuda::launch_gemv(w, x, n_tok, y, stream_);
       return;
     }
+    leave_step("cuBLAS matmul");
     // Row-major W[rows][cols] is column-major W^T, so y^T = op_T(W^T) x^T in cuBLAS's terms.
     const float alpha = 1.f, beta = 0.f;
     const int m = int(w.rows), n = int(n_tok), k = int(w.cols);
@@ -249,18 +275,23 @@ class CudaBackend final : public Backend {
         throw std::out_of_range("CUDA embed: token " + std::to_string(tokens[t]) +
                                 " is outside the vocabulary of " + std::to_string(table.rows));
     use_device();
-    cuda::launch_embed(table, stage(tokens, size_t(n_tok)), n_tok, out, stream_);
+    const int32_t* d_tokens = stage(tokens, size_t(n_tok));
+    if (replaying(Op::Embed, table.type, table.data, table.rows, table.cols, d_tokens, n_tok, out))
+      return;
+    cuda::launch_embed(table, d_tokens, n_tok, out, stream_);
   }
 
   void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                float eps) override {
     use_device();
+    if (replaying(Op::Rmsnorm, out, x, w, n_tok, dim, eps)) return;
     cuda::launch_rmsnorm(out, x, w, n_tok, dim, eps, stream_);
   }
 
   void add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok, int64_t dim,
                    float eps) override {
     use_device();
+    if (replaying(Op::AddRmsnorm, x, y, out, w, n_tok, dim, eps)) return;
     cuda::launch_add_rmsnorm(x, y, out, w, n_tok, dim, eps, stream_);
   }
 
@@ -284,19 +315,25 @@ class CudaBackend final : public Backend {
     const double* inv = stage(inv_freq_.data(), inv_freq_.size());
     const int64_t* d_win = stage(pos_win, size_t(n_tok));
     const int64_t* d_sink = pos_sink ? stage(pos_sink, size_t(n_tok)) : nullptr;
+    const int64_t* d_rows = stage(rows, size_t(n_tok));
+    float* sink_out = pos_sink ? q_sink : nullptr;
+    if (replaying(Op::Rope, qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, d_win, d_sink, inv,
+                  p.neox, q_win, sink_out, k_cache, v_cache, d_rows))
+      return;
     cuda::launch_rope_and_store(qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, d_win, d_sink,
-                                inv, p.neox, q_win, pos_sink ? q_sink : nullptr, k_cache, v_cache,
-                                stage(rows, size_t(n_tok)), stream_);
+                                inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows, stream_);
   }
 
   void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
               int64_t in_stride) override {
     use_device();
+    if (replaying(Op::Swiglu, out, gate, up, n_tok, width, in_stride)) return;
     cuda::launch_swiglu(out, gate, up, n_tok, width, in_stride, stream_);
   }
 
   void add(float* x, const float* y, int64_t n) override {
     use_device();
+    if (replaying(Op::Add, x, y, n)) return;
     cuda::launch_add(x, y, n, stream_);
   }
 
@@ -307,6 +344,7 @@ class CudaBackend final : public Backend {
     if (width > INT32_MAX)
       throw std::invalid_argument("CUDA sample: rows of " + std::to_string(width) + " logits");
     use_device();
+    leave_step("sample");
     std::vector<cuda::SampleRow> rows(static_cast<size_t>(n_rows));
     std::vector<int32_t> penalized;
     for (int64_t r = 0; r < n_rows; ++r) {
@@ -330,7 +368,9 @@ class CudaBackend final : public Backend {
                    int64_t n) override {
     if (n <= 0) return;
     use_device();
-    cuda::launch_gather_rows(dst, width, stage(rows, size_t(n)), src, n, stream_);
+    const int64_t* d_rows = stage(rows, size_t(n));
+    if (replaying(Op::Gather, dst, width, d_rows, src, n)) return;
+    cuda::launch_gather_rows(dst, width, d_rows, src, n, stream_);
   }
 
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
@@ -356,8 +396,11 @@ class CudaBackend final : public Backend {
     float* partials = nullptr;
     if (const int64_t nf = cuda::attention_partial_floats(shape, plan); nf > 0)
       partials = partial_buffer(size_t(nf) * sizeof(float));
-    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, stage(spans, size_t(n_tok)),
-                           partials, out, stream_);
+    const AttnSpan* d_spans = stage(spans, size_t(n_tok));
+    if (replaying(Op::Attention, n_tok, n_heads, n_kv_heads, head_dim, max_keys, plan.split,
+                  plan.n_splits, plan.smem, q_win, q_sink, k, v, d_spans, partials, out))
+      return;
+    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, d_spans, partials, out, stream_);
   }
 
   // A device-to-device copy of bytes/2 counts bytes/2 read plus bytes/2 written: the traffic a
@@ -366,6 +409,7 @@ class CudaBackend final : public Backend {
     const size_t half = bytes / 2 / 256 * 256;
     if (half == 0) return 0;
     use_device();
+    leave_step("measure_bandwidth");
     void* a = alloc(half);
     void* b = alloc(half);
     SS_CUDA_CHECK(cudaMemsetAsync(a, 1, half, stream_));
@@ -391,8 +435,48 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  enum class StepMode { Eager, Capture, Check };
+  enum class Op : uint8_t { Copy, Copy2d, Zero, Gemv, Embed, Rmsnorm, AddRmsnorm, Rope, Swiglu, Add,
+                            Gather, Attention };
+  static constexpr uint64_t kSigSeed = 0xcbf29ce484222325ull;
+
+  // In a bracketed step: adds an operation's launch parameters to the step's signature, and
+  // says whether to skip launching it (Check mode). Only scalars and pointers go in, never
+  // structs, whose padding bytes are undefined.
+  template <typename... A>
+  bool replaying(Op op, A... args) {
+    if (mode_ == StepMode::Eager) return false;
+    mix(op);
+    (mix(args), ...);
+    return mode_ == StepMode::Check;
+  }
+  template <typename T>
+  void mix(T v) {
+    static_assert(std::is_arithmetic_v<T> || std::is_pointer_v<T> || std::is_enum_v<T>);
+    unsigned char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));
+    for (unsigned char c : b) sig_ = (sig_ ^ c) * 0x100000001b3ull;  // FNV-1a
+  }
+
+  // For operations that cannot be part of a recorded step. A captured step launches what it has
+  // so far and goes on eagerly; in Check mode nothing of the step has run yet, so such a call
+  // would see stale data: the caller broke the bracket.
+  void leave_step(const char* op) {
+    if (mode_ == StepMode::Check)
+      throw std::logic_error(std::string("CUDA backend: ") + op + " inside a bracketed step");
+    flush_capture();
+  }
+
+  // Waits for the stream; every staged copy has then landed and the arena is free again.
+  void drain() {
+    flush_capture();
+    SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stage_used_ = 0;
+    staged_.clear();
+  }
+
   cudaGraph_t end_capture() {
-    capturing_ = false;
+    mode_ = StepMode::Eager;
     cudaGraph_t g = nullptr;
     SS_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
     return g;
@@ -400,7 +484,7 @@ class CudaBackend final : public Backend {
 
   // Launches the operations captured so far, once, and leaves capture mode.
   void flush_capture() {
-    if (!capturing_) return;
+    if (mode_ != StepMode::Capture) return;
     cudaGraph_t g = end_capture();
     cudaGraphExec_t once = nullptr;
     const cudaError_t e = cudaGraphInstantiate(&once, g, 0);
@@ -412,8 +496,8 @@ class CudaBackend final : public Backend {
   }
 
   void discard_capture() {
-    if (!capturing_) return;
-    capturing_ = false;
+    if (mode_ != StepMode::Capture) return;
+    mode_ = StepMode::Eager;
     cudaGraph_t g = nullptr;
     if (cudaStreamEndCapture(stream_, &g) == cudaSuccess && g) cudaGraphDestroy(g);
     cudaGetLastError();
@@ -435,19 +519,23 @@ class CudaBackend final : public Backend {
   template <typename T>
   const T* stage(const T* host, size_t n) {
     const size_t bytes = n * sizeof(T);
-    for (const Staged& e : staged_)
-      if (e.bytes == bytes && std::memcmp(stage_host_ + e.offset, host, bytes) == 0)
-        return reinterpret_cast<const T*>(stage_dev_ + e.offset);
+    // Reusing an identical array would make a bracketed step's offsets depend on the data.
+    if (mode_ == StepMode::Eager)
+      for (const Staged& e : staged_)
+        if (e.bytes == bytes && std::memcmp(stage_host_ + e.offset, host, bytes) == 0)
+          return reinterpret_cast<const T*>(stage_dev_ + e.offset);
     const size_t need = (bytes + 255) / 256 * 256;
     if (stage_used_ + need > stage_cap_) {
-      synchronize();
+      drain();
       if (need > stage_cap_) grow_staging(std::max(need, 2 * stage_cap_));
     }
     const size_t off = stage_used_;
     stage_used_ += need;
     std::memcpy(stage_host_ + off, host, bytes);
-    SS_CUDA_CHECK(cudaMemcpyAsync(stage_dev_ + off, stage_host_ + off, bytes,
-                                  cudaMemcpyHostToDevice, stream_));
+    // In Check mode the graph's own copy node moves the array when the step is launched.
+    if (mode_ != StepMode::Check)
+      SS_CUDA_CHECK(cudaMemcpyAsync(stage_dev_ + off, stage_host_ + off, bytes,
+                                    cudaMemcpyHostToDevice, stream_));
     if (staged_.size() == kStagedKept) staged_.erase(staged_.begin());
     staged_.push_back({off, bytes});
     return reinterpret_cast<const T*>(stage_dev_ + off);
@@ -492,9 +580,11 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::unordered_set<void*> allocs_;
   std::vector<double> inv_freq_;
-  bool graphs_ = false, capturing_ = false;
+  bool graphs_ = false, force_capture_ = false;
+  StepMode mode_ = StepMode::Eager;
+  uint64_t sig_ = kSigSeed, exec_sig_ = 0;  // of this step's operations, of step_exec_'s
   cudaGraphExec_t step_exec_ = nullptr;
-  int64_t graph_launches_ = 0;
+  int64_t graph_launches_ = 0, graph_replays_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_cap_ = 0;
   void* partials_ = nullptr;
@@ -542,10 +632,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device) {
   return std::make_unique<CudaBackend>(device);
 }
 
-int64_t cuda_graph_launches(const Backend& backend) {
+CudaGraphStats cuda_graph_stats(const Backend& backend) {
   const auto* cb = dynamic_cast<const CudaBackend*>(&backend);
-  if (!cb) throw std::invalid_argument("cuda_graph_launches: " + backend.name() + " is not a CUDA backend");
-  return cb->graph_launches();
+  if (!cb) throw std::invalid_argument("cuda_graph_stats: " + backend.name() + " is not a CUDA backend");
+  return cb->graph_stats();
 }
 
 bool cuda_compiled_in() { return true; }

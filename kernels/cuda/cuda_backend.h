@@ -7,8 +7,13 @@
 
 namespace sinkserve {
 
-// How many steps ran as a whole CUDA graph (SINKSERVE_CUDA_GRAPHS=1; see begin_step). Throws
-// std::invalid_argument when `backend` is not a CUDA backend.
-int64_t cuda_graph_launches(const Backend& backend);
+// Steps that ran as a whole CUDA graph (SINKSERVE_CUDA_GRAPHS=1; see begin_step), and of those
+// the ones replayed without being captured again.
+struct CudaGraphStats {
+  int64_t launches = 0;
+  int64_t replays = 0;
+};
+// Throws std::invalid_argument when `backend` is not a CUDA backend.
+CudaGraphStats cuda_graph_stats(const Backend& backend);
 
 }  // namespace sinkserve
