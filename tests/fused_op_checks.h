@@ -28,8 +28,10 @@ inline std::vector<float> from_backend(Backend& be, const float* p, size_t n) {
   return v;
 }
 
-// angle(pos, inv_freq) with inv_freq = freq_scale * base^(-2i/head_dim) in long double.
-using RopeAngle = std::function<long double(int64_t, long double)>;
+// The angle of rotation pair i of a head of head_dim at position pos, as the backend forms it
+// from freq_scale * base^(-2i/head_dim): at position 2^40 one ulp of the frequency moves it by
+// ~1e-4 rad, so the reference must round the frequency exactly as the backend does.
+using RopeAngle = std::function<long double(int64_t pos, int i, int head_dim, const RopeParams&)>;
 
 inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol) {
   struct Shape {
@@ -75,8 +77,7 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
                                     const std::string& which) {
             for (int h = 0; h < heads; ++h)
               for (int i = 0; i < hd / 2; ++i) {
-                const long double inv = (long double)freq_scale * std::pow(10000.0L, -2.0L * i / hd);
-                const long double th = angle(position, inv), c = std::cos(th), s = std::sin(th);
+                const long double th = angle(position, i, int(hd), p), c = std::cos(th), s = std::sin(th);
                 const int64_t a = h * hd + (neox ? i : 2 * i), b = a + (neox ? hd / 2 : 1);
                 const long double x0 = src[a], x1 = src[b];
                 ASSERT_NEAR(dst[a], double(x0 * c - x1 * s), tol) << which << ", " << what << ", pos " << position;

@@ -178,8 +178,8 @@ TEST_F(CudaTest, RmsnormMatchesReferenceInPlaceAndOutOfPlace) {
 
 // The angle is formed in double from the 64-bit position (as the kernel does).
 TEST_F(CudaTest, RopeAndStoreMatchDoubleReferenceAtHugePositions) {
-  test::check_rope_and_store(*be_, [](int64_t pos, long double inv) {
-    return (long double)(double(pos) * double(inv));
+  test::check_rope_and_store(*be_, [](int64_t pos, int i, int hd, const RopeParams& p) {
+    return (long double)(double(pos) * (double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / hd)));
   }, 2e-6);
 }
 

@@ -399,7 +399,9 @@ TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) {
 // backend reduces the angle in extended precision, so the error stays at float rounding even at
 // 2^40 (a plain double angle would be off by ~1e-4 there and fail).
 TEST_P(CpuBackendTest, RopeAndStoreMatchLongDoubleReferenceAtHugePositions) {
-  test::check_rope_and_store(*be, [](int64_t pos, long double inv) { return (long double)pos * inv; }, 2e-6);
+  test::check_rope_and_store(*be, [](int64_t pos, int i, int hd, const RopeParams& p) {
+    return (long double)pos * ((long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / hd));
+  }, 2e-6);
 }
 
 TEST_P(CpuBackendTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be); }
