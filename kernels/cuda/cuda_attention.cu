@@ -193,7 +193,6 @@ void launch_split(const AttnShape& s, const AttnPlan& p, const AttnArgs& args,
                   cudaStream_t stream) {
   const dim3 grid(unsigned(s.n_tok * s.n_kv_heads), unsigned(p.n_splits));
   launch(attention_split_kernel<DPL>, grid, kThreads, p.smem, stream, args);
-  SS_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -254,7 +253,6 @@ void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
   else launch_split<8>(s, p, args, stream);
   if (p.n_splits > 1) {
     launch(attention_merge_kernel, unsigned(s.n_tok * s.n_heads), 128, 0, stream, partials, p.n_splits, s.head_dim, out);
-    SS_LAUNCH_CHECK();
   }
 }
 

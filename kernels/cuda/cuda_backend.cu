@@ -40,7 +40,9 @@ class CudaBackend final : public Backend {
     name_ = "cuda:" + std::to_string(device_) + " (" + prop.name + ")";
     num_sms_ = prop.multiProcessorCount;
     smem_limit_ = prop.sharedMemPerBlockOptin;
-    SS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // A blocking stream: the NCCL communicator enqueues its collectives on the legacy default
+    // stream, which orders them against blocking streams only (docs/parallel.md).
+    SS_CUDA_CHECK(cudaStreamCreate(&stream_));
     SS_CUBLAS_CHECK(cublasCreate(&cublas_));
     SS_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // Plain FP32 for F32 weights: TF32 would cost ~1e-3 relative error against the CPU backend.
@@ -86,10 +88,11 @@ class CudaBackend final : public Backend {
 
   void release(void* p) override {
     if (!p) return;
-    if (allocs_.erase(p) == 0)
+    if (!allocs_.count(p))
       throw std::invalid_argument("CUDA backend: release() of a pointer it did not allocate");
     use_device();
     leave_step("release");
+    allocs_.erase(p);
     // cudaFree waits for the device, so queued work that still reads p finishes first.
     SS_CUDA_CHECK(cudaFree(p));
   }
@@ -306,13 +309,10 @@ class CudaBackend final : public Backend {
       throw std::invalid_argument("CUDA rope_and_store: rows of " + std::to_string(stride) +
                                   " floats hold no q|k|v");
     use_device();
-    // The same double expression as the CPU backend, so both rotate by identical angles.
-    const int half = head_dim / 2;
-    inv_freq_.resize(size_t(half));
-    for (int i = 0; i < half; ++i)
-      inv_freq_[size_t(i)] =
-          double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
-    const double* inv = stage(inv_freq_.data(), inv_freq_.size());
+    const std::vector<double>& freq = rope_frequencies(head_dim, p);
+    const size_t pos_bytes = staged_size(size_t(n_tok) * sizeof(int64_t));
+    reserve_staging(staged_size(freq.size() * sizeof(double)) + (pos_sink ? 3 : 2) * pos_bytes);
+    const double* inv = stage(freq.data(), freq.size());
     const int64_t* d_win = stage(pos_win, size_t(n_tok));
     const int64_t* d_sink = pos_sink ? stage(pos_sink, size_t(n_tok)) : nullptr;
     const int64_t* d_rows = stage(rows, size_t(n_tok));
@@ -354,6 +354,8 @@ class CudaBackend final : public Backend {
                          s.n_penalized, int64_t(penalized.size())};
       penalized.insert(penalized.end(), s.penalized, s.penalized + s.n_penalized);
     }
+    reserve_staging(staged_size(penalized.size() * sizeof(int32_t)) +
+                    staged_size(rows.size() * sizeof(cuda::SampleRow)));
     const int32_t* d_pen = penalized.empty() ? nullptr : stage(penalized.data(), penalized.size());
     const cuda::SampleRow* d_rows = stage(rows.data(), rows.size());
     const size_t e_bytes = (size_t(n_rows * width) * sizeof(float) + 255) / 256 * 256;
@@ -524,11 +526,8 @@ class CudaBackend final : public Backend {
       for (const Staged& e : staged_)
         if (e.bytes == bytes && std::memcmp(stage_host_ + e.offset, host, bytes) == 0)
           return reinterpret_cast<const T*>(stage_dev_ + e.offset);
-    const size_t need = (bytes + 255) / 256 * 256;
-    if (stage_used_ + need > stage_cap_) {
-      drain();
-      if (need > stage_cap_) grow_staging(std::max(need, 2 * stage_cap_));
-    }
+    const size_t need = staged_size(bytes);
+    reserve_staging(need);
     const size_t off = stage_used_;
     stage_used_ += need;
     std::memcpy(stage_host_ + off, host, bytes);
@@ -541,7 +540,20 @@ class CudaBackend final : public Backend {
     return reinterpret_cast<const T*>(stage_dev_ + off);
   }
 
+  static size_t staged_size(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+  // Makes room for `bytes` of staged arrays (sizes rounded by staged_size) before an operation
+  // stages the first of them: draining or growing the arena between two arrays of one operation
+  // would recycle the memory the first one was staged to.
+  void reserve_staging(size_t bytes) {
+    if (stage_used_ + bytes <= stage_cap_) return;
+    drain();
+    if (bytes > stage_cap_) grow_staging(std::max(bytes, 2 * stage_cap_));
+  }
+
   void grow_staging(size_t bytes) {
+    // A recorded graph copies from the old pinned buffer: the next step must be captured anew.
+    force_capture_ = true;
     flush_capture();
     SS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     SS_CUDA_CHECK(cudaFreeHost(stage_host_));
@@ -579,7 +591,23 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::unordered_set<void*> allocs_;
+  // Per-pair inverse frequencies freq_scale * base^(-2i/head_dim), in double, for the last
+  // (head_dim, base, scale) seen: every layer of every step asks for the same ones.
+  const std::vector<double>& rope_frequencies(int head_dim, const RopeParams& p) {
+    if (head_dim != freq_dim_ || p.freq_base != freq_base_ || p.freq_scale != freq_scale_) {
+      inv_freq_.resize(size_t(head_dim / 2));
+      for (int i = 0; i < head_dim / 2; ++i)
+        inv_freq_[size_t(i)] =
+            double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
+      freq_dim_ = head_dim;
+      freq_base_ = p.freq_base;
+      freq_scale_ = p.freq_scale;
+    }
+    return inv_freq_;
+  }
   std::vector<double> inv_freq_;
+  int freq_dim_ = 0;
+  float freq_base_ = 0, freq_scale_ = 0;
   bool graphs_ = false, force_capture_ = false;
   StepMode mode_ = StepMode::Eager;
   uint64_t sig_ = kSigSeed, exec_sig_ = 0;  // of this step's operations, of step_exec_'s

@@ -1,6 +1,7 @@
 // Shared pieces of the CUDA backend: error checking and the kernel launchers that
 // cuda_backend.cu dispatches to. Every launcher queues work on `stream` and returns at once.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -32,9 +33,6 @@ namespace sinkserve::cuda {
       ::sinkserve::cuda::fail(#expr, cublasGetStatusString(ss_st_), __FILE__, __LINE__);  \
   } while (0)
 
-// A launch error (bad configuration, missing kernel image) surfaces here; faults inside a kernel
-// surface at the next synchronizing call.
-#define SS_LAUNCH_CHECK() SS_CUDA_CHECK(cudaGetLastError())
 
 // Programmatic dependent launch (sm_90+). Every kernel here is launched with launch() and
 // starts with pdl_trigger() then pdl_wait(): the next kernel on the stream may then be scheduled
@@ -71,7 +69,19 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   attr.val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = &attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  SS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  // A launch error (bad configuration, missing kernel image) surfaces here; faults inside a kernel
+  // surface at the next synchronizing call. The error is also cleared from the runtime's sticky
+  // last-error slot, so that it is not reported again by an unrelated later call.
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    fail("cudaLaunchKernelEx", cudaGetErrorString(e), __FILE__, __LINE__);
+  }
+}
+
+// Blocks for a grid-stride loop over n elements (at least one block).
+inline unsigned grid_for(int64_t n, int threads) {
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535)));
 }
 
 // Q8_0 weights are repacked on upload from GGUF's 34-byte blocks into two planes, so that a warp

@@ -77,8 +77,7 @@ template <> struct WeightTraits<DType::Q8_0> {
 template <DType T, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_kernel(const void* __restrict__ w, const float* __restrict__ x, int64_t rows,
-                int64_t cols, bool vec, const float* __restrict__ bias, float* __restrict__ y,
-                int64_t y_stride) {
+                int64_t cols, bool vec, const float* __restrict__ bias, float* __restrict__ y) {
   using Tr = WeightTraits<T>;
   constexpr int V = Tr::kVals;
   pdl_trigger();
@@ -161,15 +160,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (lane == 0) {
     const float b = bias ? bias[r] : 0.f;
 #pragma unroll
-    for (int t = 0; t < NT; ++t) y[t * y_stride + r] = acc[t] + b;
+    for (int t = 0; t < NT; ++t) y[t * rows + r] = acc[t] + b;
   }
 }
 
 template <DType T, int NT>
 void gemv_nt(const Weight& w, const float* x, float* y, bool vec, cudaStream_t stream) {
   const dim3 grid{unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock)};
-  launch(gemv_kernel<T, NT>, grid, kWarpsPerBlock * 32, 0, stream, w.data, x, w.rows, w.cols, vec, w.bias, y, w.rows);
-  SS_LAUNCH_CHECK();
+  launch(gemv_kernel<T, NT>, grid, kWarpsPerBlock * 32, 0, stream, w.data, x, w.rows, w.cols, vec, w.bias, y);
 }
 
 template <DType T>
@@ -219,10 +217,6 @@ __global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__
     y[i] += bias[i % rows];
 }
 
-unsigned grid_for(int64_t n, int threads) {
-  return unsigned(std::min<int64_t>((n + threads - 1) / threads, 65535));
-}
-
 }  // namespace
 
 void launch_gemv(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStream_t stream) {
@@ -242,14 +236,12 @@ void launch_convert_activations(DType t, const float* x, void* dst, int64_t n,
     launch(convert_kernel<__half>, grid_for(n, 256), 256, 0, stream, x, static_cast<__half*>(dst), n);
   else
     launch(convert_kernel<__nv_bfloat16>, grid_for(n, 256), 256, 0, stream, x, static_cast<__nv_bfloat16*>(dst), n);
-  SS_LAUNCH_CHECK();
 }
 
 void launch_add_bias(float* y, const float* bias, int64_t n_tok, int64_t rows,
                      cudaStream_t stream) {
   if (n_tok * rows == 0) return;
   launch(add_bias_kernel, grid_for(n_tok * rows, 256), 256, 0, stream, y, bias, n_tok, rows);
-  SS_LAUNCH_CHECK();
 }
 
 }  // namespace sinkserve::cuda

@@ -11,10 +11,6 @@
 namespace sinkserve::cuda {
 namespace {
 
-unsigned grid_for(int64_t n, int threads) {
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 65535)));
-}
-
 __device__ float block_sum(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
 #pragma unroll
@@ -54,35 +50,25 @@ __global__ void embed_kernel(const void* __restrict__ table, int64_t rows, int64
     out[t * cols + c] = load_weight<T>(table, rows, cols, r, c);
 }
 
-__global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w,
-                               int64_t dim, float eps) {
+// RMSNorm of each row of x into out, one block per row; with kAdd, x += y first and is kept (the
+// residual add fused with the norm after it). Each thread reads and writes only its own elements,
+// so out may be x.
+template <bool kAdd>
+__global__ void rmsnorm_kernel(float* out, float* x, const float* __restrict__ y,
+                               const float* __restrict__ w, int64_t dim, float eps) {
   pdl_trigger();
   pdl_wait();
   __shared__ float red[32];
-  const float* xr = x + int64_t(blockIdx.x) * dim;
-  float* yr = out + int64_t(blockIdx.x) * dim;
-  float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
-  // In place (out == x) is fine: each element is read and written by the same thread.
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
-}
-
-// The residual add fused with the next RMSNorm: one block per row; each thread adds, keeps and
-// normalises its own elements, with the arithmetic of add_kernel and rmsnorm_kernel.
-__global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ y,
-                                   float* __restrict__ out, const float* __restrict__ w,
-                                   int64_t dim, float eps) {
-  pdl_trigger();
-  pdl_wait();
-  __shared__ float red[32];
-  float* xr = x + int64_t(blockIdx.x) * dim;
-  const float* yr = y + int64_t(blockIdx.x) * dim;
-  float* o = out + int64_t(blockIdx.x) * dim;
+  const int64_t row = int64_t(blockIdx.x) * dim;
+  float* xr = x + row;
+  float* o = out + row;
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = xr[i] + yr[i];
-    xr[i] = v;
+    float v = xr[i];
+    if constexpr (kAdd) {
+      v += y[row + i];
+      xr[i] = v;
+    }
     ss = fmaf(v, v, ss);
   }
   const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
@@ -99,8 +85,7 @@ __device__ __forceinline__ void rotate_pair(const float* src, float* dst, int a,
 // One thread per (token, rotation pair) and head (blockIdx.y, covering query and KV heads), so
 // that a single decoding token still spreads over many blocks. Stream positions grow without
 // bound, so the angle is formed and reduced in double: in float, pos * inv_freq loses all
-// fractional precision past position 2^24. inv_freq comes from the host, so that the angles
-// equal the CPU backend's bit for bit.
+// fractional precision past position 2^24. inv_freq comes from the host, in double.
 __global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride, int64_t n_tok,
                                   int n_heads, int n_kv, int head_dim,
                                   const int64_t* __restrict__ pos_win,
@@ -178,21 +163,19 @@ void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, flo
     case DType::BF16: launch(embed_kernel<DType::BF16>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
     case DType::Q8_0: launch(embed_kernel<DType::Q8_0>, grid, block, 0, stream, table.data, table.rows, table.cols, tokens, out); break;
   }
-  SS_LAUNCH_CHECK();
 }
 
 void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                     float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(rmsnorm_kernel, unsigned(n_tok), 256, 0, stream, out, x, w, dim, eps);
-  SS_LAUNCH_CHECK();
+  launch(rmsnorm_kernel<false>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
+         static_cast<const float*>(nullptr), w, dim, eps);
 }
 
 void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
                         int64_t dim, float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(add_rmsnorm_kernel, unsigned(n_tok), 256, 0, stream, x, y, out, w, dim, eps);
-  SS_LAUNCH_CHECK();
+  launch(rmsnorm_kernel<true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, dim, eps);
 }
 
 void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
@@ -205,7 +188,6 @@ void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int 
   const dim3 grid{unsigned((n + 127) / 128), unsigned(std::max(n_heads, n_kv_heads))};
   launch(rope_store_kernel, grid, 128, 0, stream, qkv, stride, n_tok, n_heads, n_kv_heads,
          head_dim, pos_win, pos_sink, inv_freq, neox, q_win, q_sink, k_cache, v_cache, rows);
-  SS_LAUNCH_CHECK();
 }
 
 void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
@@ -213,20 +195,17 @@ void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok
   const int64_t n = n_tok * width;
   if (n == 0) return;
   launch(swiglu_kernel, grid_for(n, 256), 256, 0, stream, out, gate, up, n_tok, width, in_stride);
-  SS_LAUNCH_CHECK();
 }
 
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   launch(add_kernel, grid_for(n, 256), 256, 0, stream, x, y, n);
-  SS_LAUNCH_CHECK();
 }
 
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   launch(gather_rows_kernel, unsigned(n), 128, 0, stream, dst, width, rows, src);
-  SS_LAUNCH_CHECK();
 }
 
 }  // namespace sinkserve::cuda

@@ -215,7 +215,6 @@ void launch_sample(float* logits, int64_t n_rows, int64_t width, const SampleRow
   if (n_rows == 0) return;
   launch(sample_kernel, unsigned(n_rows), kThreads, 0, stream, logits, width, specs, penalized,
          e_rows, out);
-  SS_LAUNCH_CHECK();
 }
 
 }  // namespace sinkserve::cuda
