@@ -30,8 +30,8 @@ void check_sample_specs(const SampleSpec* specs, int64_t n_rows, int64_t width) 
     // Penalties are applied in parallel on a GPU: a token listed twice would be a race.
     std::vector<int32_t> ids(s.penalized, s.penalized + s.n_penalized);
     std::sort(ids.begin(), ids.end());
-    if (std::adjacent_find(ids.begin(), ids.end()) != ids.end())
-      bad("penalized token " + std::to_string(*std::adjacent_find(ids.begin(), ids.end())) + " is listed twice");
+    if (const auto twice = std::adjacent_find(ids.begin(), ids.end()); twice != ids.end())
+      bad("penalized token " + std::to_string(*twice) + " is listed twice");
   }
 }
 

@@ -161,7 +161,7 @@ class CpuBackend final : public Backend {
     const std::vector<long double>& inv_freq = rope_frequencies(head_dim, p);
     const long double two_pi = 6.283185307179586476925286766559L;
     const int64_t pair_stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
-    for_rows(n_tok, stride, [&](int64_t t) {
+    for_row_ranges(n_tok, stride, [&](int64_t first, int64_t end) {
       std::vector<double> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
       auto angles = [&](int64_t pos) {
         for (int i = 0; i < half; ++i) {
@@ -179,14 +179,16 @@ class CpuBackend final : public Backend {
             dst[b] = float(x0 * s[size_t(i)] + x1 * c[size_t(i)]);
           }
       };
-      const float* row = qkv + t * stride;
-      angles(pos_win[t]);
-      rotate(row, q_win + t * q_w, n_heads);
-      rotate(row + q_w, k_cache + rows[t] * kv_w, n_kv_heads);
-      std::memcpy(v_cache + rows[t] * kv_w, row + q_w + kv_w, size_t(kv_w) * sizeof(float));
-      if (pos_sink) {
-        angles(pos_sink[t]);
-        rotate(row, q_sink + t * q_w, n_heads);
+      for (int64_t t = first; t < end; ++t) {
+        const float* row = qkv + t * stride;
+        angles(pos_win[t]);
+        rotate(row, q_win + t * q_w, n_heads);
+        rotate(row + q_w, k_cache + rows[t] * kv_w, n_kv_heads);
+        std::memcpy(v_cache + rows[t] * kv_w, row + q_w + kv_w, size_t(kv_w) * sizeof(float));
+        if (pos_sink) {
+          angles(pos_sink[t]);
+          rotate(row, q_sink + t * q_w, n_heads);
+        }
       }
     });
   }
@@ -256,7 +258,9 @@ class CpuBackend final : public Backend {
     const int64_t q_row = int64_t(n_heads) * head_dim, kv_row = int64_t(n_kv_heads) * head_dim;
     const float scale = 1.0f / std::sqrt(float(head_dim));
     pool_.parallel_for(n_tok * n_heads, [&](int64_t b, int64_t e) {
-      std::vector<float> scores(size_t(std::max<int64_t>(max_keys, 1)));
+      // Grow-only per thread: a decoding step hands each thread one head at a time.
+      thread_local std::vector<float> scores;
+      if (scores.size() < size_t(max_keys)) scores.resize(size_t(max_keys));
       for (int64_t idx = b; idx < e; ++idx) {
         const int64_t t = idx / n_heads;
         const int h = int(idx % n_heads);
@@ -285,13 +289,20 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // fn(b, e) over ranges of rows, on the pool when the rows hold enough work.
+  template <class F>
+  void for_row_ranges(int64_t n_rows, int64_t row_len, F&& fn) {
+    if (n_rows * row_len < kParallelElements) {
+      if (n_rows > 0) fn(int64_t(0), n_rows);
+    } else {
+      pool_.parallel_for(n_rows, fn);
+    }
+  }
   template <class F>
   void for_rows(int64_t n_rows, int64_t row_len, F&& fn) {
-    auto body = [&](int64_t b, int64_t e) {
+    for_row_ranges(n_rows, row_len, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) fn(t);
-    };
-    if (n_rows * row_len < kParallelElements) body(0, n_rows);
-    else pool_.parallel_for(n_rows, body);
+    });
   }
 
   // Splits [0, n) into cache-line aligned pieces so neighbouring threads never share a line.

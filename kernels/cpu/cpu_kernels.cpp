@@ -40,6 +40,7 @@ void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0,
 }
 
 constexpr int kMr = 4, kNr = 4;
+static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {

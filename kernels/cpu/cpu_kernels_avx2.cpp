@@ -18,13 +18,6 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline float bf16_scalar(uint16_t h) {
-  const uint32_t bits = uint32_t(h) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
-}
-
 inline __m256 q8_quarter(const int8_t* q) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
@@ -47,7 +40,7 @@ struct LoadBF16 {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + k));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
-  static float one(const void* row, int64_t k) { return bf16_scalar(static_cast<const uint16_t*>(row)[k]); }
+  static float one(const void* row, int64_t k) { return bf16_to_f32(static_cast<const uint16_t*>(row)[k]); }
 };
 
 template <int NT, class L>
@@ -150,6 +143,7 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
 }
 
 constexpr int kMr = 16, kNr = 6;
+static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
 // Decodes 8 rows at a time into a row-major buffer, then gathers one column (one k) per vector
 // store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.

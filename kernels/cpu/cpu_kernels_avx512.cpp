@@ -167,6 +167,7 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
 }
 
 constexpr int kMr = 32, kNr = 12;
+static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
 // Decodes 16 rows at a time into a row-major buffer, then gathers one column (one k) per vector
 // store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.
@@ -405,9 +406,13 @@ const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                                  pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
                                  dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
-  static const Kernels without_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
-                                    nullptr, nullptr, nullptr,
-                                    dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
+  static const Kernels without_bf16 = [] {
+    Kernels k = with_bf16;
+    k.pack_panel_bf16 = nullptr;
+    k.pack_tokens_bf16 = nullptr;
+    k.gemm_tile_bf16 = nullptr;
+    return k;
+  }();
   return __builtin_cpu_supports("avx512bf16") ? with_bf16 : without_bf16;
 }
 

@@ -59,9 +59,4 @@ double measure_read_bandwidth(ThreadPool& pool, size_t bytes) {
   return best;
 }
 
-double measure_read_bandwidth(int threads, size_t bytes) {
-  ThreadPool pool(threads);
-  return measure_read_bandwidth(pool, bytes);
-}
-
 }  // namespace sinkserve::cpu

@@ -12,7 +12,6 @@ namespace sinkserve::cpu {
 // level cache, e.g. 2 GiB) with wide vector loads on every thread of `pool`; best of several
 // passes after the buffer has been faulted in.
 double measure_read_bandwidth(ThreadPool& pool, size_t bytes);
-double measure_read_bandwidth(int threads, size_t bytes);
 
 // Sums the 64-bit words of [p, p + bytes) (bytes a multiple of 512) so the loads cannot be
 // elided. Defined in membw_avx512.cpp.
