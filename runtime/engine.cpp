@@ -60,7 +60,8 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
     throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
   const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");
-  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache, 64, on_backend);
+  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache);
+  e->lockstep->set_sample_on_backend(on_backend);
   maybe_inject_failure(e->comm->rank(), "load");
   return e;
 }
@@ -71,8 +72,7 @@ ChatTemplate model_chat_template(const Engine& e, std::optional<ChatTemplate> fo
 
 bool chat_opens_with_bos(const Engine& e, ChatTemplate t) {
   if (e.tokenizer->bos() < 0) return false;
-  const GGUFValue* v = e.file->find("tokenizer.ggml.add_bos_token");
-  return v && std::holds_alternative<bool>(v->v) ? std::get<bool>(v->v) : chat_template_adds_bos(t);
+  return e.file->find_bool("tokenizer.ggml.add_bos_token").value_or(chat_template_adds_bos(t));
 }
 
 }  // namespace sinkserve

@@ -404,6 +404,13 @@ std::optional<double> GGUFFile::find_float(const std::string& key) const {
   return as_float(path_, key, *v);
 }
 
+std::optional<bool> GGUFFile::find_bool(const std::string& key) const {
+  const GGUFValue* v = find(key);
+  if (!v) return std::nullopt;
+  if (auto* b = std::get_if<bool>(&v->v)) return *b;
+  return as_int(path_, key, *v) != 0;  // throws naming the key when it is not a number either
+}
+
 std::optional<std::string> GGUFFile::find_string(const std::string& key) const {
   const GGUFValue* v = find(key);
   if (!v) return std::nullopt;

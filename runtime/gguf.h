@@ -72,6 +72,8 @@ class GGUFFile {
   const GGUFArray& get_array(const std::string& key) const;
   std::optional<int64_t> find_int(const std::string& key) const;
   std::optional<double> find_float(const std::string& key) const;
+  // A boolean key; integers count as true when non-zero (some converters write flags that way).
+  std::optional<bool> find_bool(const std::string& key) const;
   std::optional<std::string> find_string(const std::string& key) const;
 
   // Gives back this process's resident pages of the mapping; they fault in again from the file

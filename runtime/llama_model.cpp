@@ -28,6 +28,12 @@ struct LlamaModel::Scratch {
   std::vector<float*> all() {
     return {x, xb, qkv, parts, q, q_sink, att, o, gate_up, ffn, xo, logits, gathered, full};
   }
+  // The host-side plan of the current step (kept to reuse its memory): each token's id, where its
+  // K/V go, its two rotations and attention span, and the rows whose logits are wanted.
+  std::vector<int32_t> tokens;
+  std::vector<TokenPlan> plan;
+  std::vector<int64_t> store, pos_win, pos_sink, out_rows;
+  std::vector<AttnSpan> spans;
 };
 
 namespace {
@@ -239,27 +245,30 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   if (T == 0) return;
   const int64_t O = logit_rows(steps);
 
-  // Host-side plan: where each token's K/V go, its two rotations and its attention span.
-  std::vector<int32_t> tokens(static_cast<size_t>(T));
-  std::vector<TokenPlan> plan(static_cast<size_t>(T));
-  std::vector<int64_t> store(static_cast<size_t>(T)), pos_win(static_cast<size_t>(T)), pos_sink(static_cast<size_t>(T)), out_rows;
-  std::vector<AttnSpan> spans(static_cast<size_t>(T));
-  out_rows.reserve(size_t(O));
+  Scratch& s = *s_;
+  const size_t n = static_cast<size_t>(T);
+  s.tokens.resize(n);
+  s.plan.resize(n);
+  s.store.resize(n);
+  s.pos_win.resize(n);
+  s.pos_sink.resize(n);
+  s.spans.resize(n);
+  s.out_rows.clear();
   int64_t t = 0;
-  for (const SeqStep& s : steps) {
-    cache.plan(s.slot, s.n, &plan[size_t(t)]);
-    std::copy(s.tokens, s.tokens + s.n, &tokens[size_t(t)]);
-    for (int i = 0; i < s.n; ++i)
-      if (s.all_logits || i == s.n - 1) out_rows.push_back(t + i);
-    t += s.n;
+  for (const SeqStep& st : steps) {
+    cache.plan(st.slot, st.n, &s.plan[size_t(t)]);
+    std::copy(st.tokens, st.tokens + st.n, &s.tokens[size_t(t)]);
+    for (int i = 0; i < st.n; ++i)
+      if (st.all_logits || i == st.n - 1) s.out_rows.push_back(t + i);
+    t += st.n;
   }
   bool shifted = false;  // whether any query sees its sinks from a shifted position
-  for (int64_t i = 0; i < T; ++i) {
-    store[size_t(i)] = plan[size_t(i)].store_row;
-    pos_win[size_t(i)] = plan[size_t(i)].pos_win;
-    pos_sink[size_t(i)] = plan[size_t(i)].pos_sink;
-    spans[size_t(i)] = plan[size_t(i)].span;
-    shifted |= pos_sink[size_t(i)] != pos_win[size_t(i)];
+  for (size_t i = 0; i < n; ++i) {
+    s.store[i] = s.plan[i].store_row;
+    s.pos_win[i] = s.plan[i].pos_win;
+    s.pos_sink[i] = s.plan[i].pos_sink;
+    s.spans[i] = s.plan[i].span;
+    shifted |= s.pos_sink[i] != s.pos_win[i];
   }
 
   ensure_scratch(T, O);
@@ -271,8 +280,7 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   for (bool done = false; !done;) {
     if (bracket) be.begin_step(T);
     try {
-      run_layers(cache, T, tokens.data(), pos_win.data(), shifted ? pos_sink.data() : nullptr,
-                 store.data(), spans.data(), out_rows.data(), O);
+      run_layers(cache, T, O, shifted);
     } catch (...) {
       if (bracket) be.end_step();  // close the bracket before the error travels on
       throw;
@@ -283,14 +291,13 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
   gather_and_sample(O, logits, specs, sampled);
 }
 
-void LlamaModel::run_layers(KVCache& cache, int64_t T, const int32_t* tokens,
-                            const int64_t* pos_win, const int64_t* pos_sink, const int64_t* store,
-                            const AttnSpan* spans, const int64_t* out_rows, int64_t O) {
+void LlamaModel::run_layers(KVCache& cache, int64_t T, int64_t O, bool shifted) {
   Scratch& s = *s_;
   Backend& be = backend_;
+  const int64_t* pos_sink = shifted ? s.pos_sink.data() : nullptr;
   const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
   const int64_t q_w = int64_t(n_heads_local_) * hd, qkv_w = q_w + 2 * kv_w, ffn = ffn_local_;
-  be.embed(tok_embd_, tokens, T, s.x);
+  be.embed(tok_embd_, s.tokens.data(), T, s.x);
   // Each residual add is fused with the norm that follows it; so the first norm stands alone.
   be.rmsnorm(s.xb, s.x, layers_[0].attn_norm, T, dim, cfg_.norm_eps);
   for (int l = 0; l < cfg_.n_layers; ++l) {
@@ -310,10 +317,10 @@ void LlamaModel::run_layers(KVCache& cache, int64_t T, const int32_t* tokens,
       be.copy_2d(s.qkv + q_w, pitch, k, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
       be.copy_2d(s.qkv + q_w + kv_w, pitch, v, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
     }
-    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, pos_win, pos_sink,
-                      cfg_.rope, s.q, s.q_sink, cache.k(l), cache.v(l), store);
+    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, s.pos_win.data(), pos_sink,
+                      cfg_.rope, s.q, s.q_sink, cache.k(l), cache.v(l), s.store.data());
     be.attention(s.q, pos_sink ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
-                 cache.v(l), spans, s.att);
+                 cache.v(l), s.spans.data(), s.att);
     be.matmul(L.wo, s.att, T, s.o);
     if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
     be.add_rmsnorm(s.x, s.o, s.xb, L.ffn_norm, T, dim, cfg_.norm_eps);
@@ -334,7 +341,7 @@ void LlamaModel::run_layers(KVCache& cache, int64_t T, const int32_t* tokens,
       be.add(s.x, s.o, T * dim);
   }
   // Output head, only for the rows whose logits were asked for.
-  be.gather_rows(s.xo, dim, out_rows, s.x, O);
+  be.gather_rows(s.xo, dim, s.out_rows.data(), s.x, O);
   be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
   be.matmul(output_, s.xo, O, s.logits);
 }

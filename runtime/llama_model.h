@@ -32,7 +32,6 @@ class LlamaModel {
   ~LlamaModel();
 
   const ModelConfig& config() const { return cfg_; }
-  Backend& backend() { return backend_; }
   Communicator& comm() { return comm_; }
   // Width of one cache row on this rank (its KV heads x head_dim).
   int local_kv_dim() const { return n_kv_local_ * cfg_.head_dim; }
@@ -54,11 +53,9 @@ class LlamaModel {
  private:
   struct Layer;
   void ensure_scratch(int64_t n_tok, int64_t n_out);
-  // The backend operations of a step, from the embedding to this rank's logits (host arrays in;
-  // pos_sink null when no query sees its sinks from a shifted position).
-  void run_layers(KVCache& cache, int64_t T, const int32_t* tokens, const int64_t* pos_win,
-                  const int64_t* pos_sink, const int64_t* store, const AttnSpan* spans,
-                  const int64_t* out_rows, int64_t O);
+  // The backend operations of a step planned in the scratch (T tokens, O logit rows), from the
+  // embedding to this rank's logits; `shifted`: some query sees its sinks from another position.
+  void run_layers(KVCache& cache, int64_t T, int64_t O, bool shifted);
   // Full logit rows from the ranks' slices, to the host and/or drawn on the backend.
   void gather_and_sample(int64_t O, float* logits, const SampleSpec* specs, int32_t* sampled);
 

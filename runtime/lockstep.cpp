@@ -9,8 +9,8 @@
 
 namespace sinkserve {
 
-Lockstep::Lockstep(LlamaModel& model, KVCache& cache, int verify_every, bool sample_on_backend)
-    : model_(model), cache_(cache), verify_every_(verify_every), sample_on_backend_(sample_on_backend) {}
+Lockstep::Lockstep(LlamaModel& model, KVCache& cache, int verify_every)
+    : model_(model), cache_(cache), verify_every_(verify_every) {}
 
 void Lockstep::send(const Header& h) {
   if (model_.comm().size() == 1) return;

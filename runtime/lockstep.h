@@ -14,9 +14,9 @@ namespace sinkserve {
 
 class Lockstep {
  public:
-  // `sample_on_backend`: where the leader's streams draw tokens (see Stream::feed_and_sample).
-  Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64, bool sample_on_backend = false);
+  Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64);
   bool leader() const { return model_.comm().rank() == 0; }
+  // Where the leader's streams draw tokens (see Stream::feed_and_sample); the host by default.
   bool sample_on_backend() const { return sample_on_backend_; }
   void set_sample_on_backend(bool on) { sample_on_backend_ = on; }
   LlamaModel& model() { return model_; }
@@ -54,7 +54,7 @@ class Lockstep {
   int verify_every_;
   int64_t steps_ = 0;
   bool finished_ = false;
-  bool sample_on_backend_;
+  bool sample_on_backend_ = false;
 };
 
 }  // namespace sinkserve

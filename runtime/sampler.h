@@ -35,7 +35,6 @@ class Sampler {
   SampleSpec next_spec();
   // Records a token of the stream (prompt or generated) for the repetition penalty.
   void accept(int32_t token);
-  const SamplingParams& params() const { return p_; }
 
  private:
   // Same layout as llama2.c's ProbIndex: sorted with std::qsort so that ties between equal

@@ -26,6 +26,8 @@ void LatencyHistogram::observe(double seconds) {
 
 namespace {
 
+constexpr const char* kShuttingDown = "the server is shutting down";
+
 uint64_t fingerprint(const ChatMessage& m) {
   // FNV-1a over role, a separator no role contains, and content.
   uint64_t h = 0xcbf29ce484222325ull;
@@ -121,13 +123,9 @@ uint64_t Scheduler::submit(GenerationRequest r) {
   std::unique_lock lk(mu_);
   const uint64_t id = next_id_++;
   if (stop_) {
-    ++stats_.requests_rejected[int(RejectReason::ShuttingDown)];
     lk.unlock();
-    StreamEvent e;
-    e.kind = StreamEvent::Kind::Rejected;
-    e.reject = RejectReason::ShuttingDown;
-    e.message = "the server is shutting down";
-    r.sink(e);
+    Pending p{id, std::move(r), Clock::now()};
+    reject(p, RejectReason::ShuttingDown, kShuttingDown);
     return id;
   }
   inbox_.push_back({id, std::move(r), Clock::now()});
@@ -238,7 +236,7 @@ void Scheduler::run() {
     if (stopping) {
       for (auto& a : active_) finish(*a, FinishReason::Shutdown);
       active_.clear();
-      for (Pending& p : incoming) reject(p, RejectReason::ShuttingDown, "the server is shutting down");
+      for (Pending& p : incoming) reject(p, RejectReason::ShuttingDown, kShuttingDown);
       release_pending_slots();
       ls_.finish();
       return;
@@ -401,19 +399,23 @@ bool Scheduler::deliver(Active& a, const StreamEvent& e) {
 void Scheduler::run_step() {
   const CacheConfig& cc = ls_.cache().config();
   const int budget = opt_.step_tokens > 0 ? opt_.step_tokens : 4 * cc.chunk;
-  std::vector<SeqStep> steps;
-  std::vector<Active*> owner;
+  std::vector<SeqStep>& steps = step_.steps;
+  std::vector<Active*>& owner = step_.owner;
+  std::vector<Active*>& prompting = step_.prompting;
+  steps.clear();
+  owner.clear();
+  prompting.clear();
   // Decoding streams first, one token each: they never wait behind a prompt.
-  for (auto& a : active_)
-    if (!a->prompting) {
-      steps.push_back({a->slot, a->feed.data() + a->fed, 1, false});
-      owner.push_back(a.get());
+  for (auto& a : active_) {
+    if (a->prompting) {
+      prompting.push_back(a.get());
+      continue;
     }
+    steps.push_back({a->slot, a->feed.data() + a->fed, 1, false});
+    owner.push_back(a.get());
+  }
   // Prompt chunks round-robin from where the last step stopped, within the budget (the first
   // one always goes, so that prompts progress even under a tiny budget).
-  std::vector<Active*> prompting;
-  for (auto& a : active_)
-    if (a->prompting) prompting.push_back(a.get());
   int left = budget;
   size_t served = 0;
   for (size_t k = 0; k < prompting.size() && (left > 0 || served == 0); ++k) {
@@ -428,16 +430,19 @@ void Scheduler::run_step() {
   if (!prompting.empty()) rr_ = (rr_ + served) % prompting.size();
 
   // A session draws a token when this step completes its feed and it may still produce one.
-  std::vector<char> draws(steps.size());
+  std::vector<char>& draws = step_.draws;
+  draws.assign(steps.size(), 0);
   for (size_t i = 0; i < steps.size(); ++i) {
     const Active& a = *owner[i];
     draws[i] = a.fed + size_t(steps[i].n) == a.feed.size() && !a.done &&
                a.usage.completion_tokens < a.max_tokens;
   }
   const int vocab = ls_.model().config().vocab;
-  std::vector<int32_t> drawn(steps.size(), -1);
+  std::vector<int32_t>& drawn = step_.drawn;
+  drawn.assign(steps.size(), -1);
   if (ls_.sample_on_backend()) {
-    std::vector<SampleSpec> specs(steps.size());  // greedy (and free) where nothing is drawn
+    std::vector<SampleSpec>& specs = step_.specs;
+    specs.assign(steps.size(), SampleSpec{});  // greedy (and free) where nothing is drawn
     for (size_t i = 0; i < steps.size(); ++i)
       if (draws[i]) specs[i] = owner[i]->sampler.next_spec();
     ls_.step(steps, nullptr, specs.data(), drawn.data());

@@ -197,6 +197,14 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   size_t rr_ = 0;  // round-robin position among prompt-feeding requests
   std::vector<float> logits_;
+  // run_step's working arrays, kept to reuse their memory step after step.
+  struct StepBuffers {
+    std::vector<SeqStep> steps;
+    std::vector<Active*> owner, prompting;
+    std::vector<char> draws;
+    std::vector<int32_t> drawn;
+    std::vector<SampleSpec> specs;
+  } step_;
 };
 
 }  // namespace sinkserve

@@ -43,9 +43,9 @@ void Stream::run(std::span<const int32_t> tokens, float* logits, bool all, const
       // The window is rebuilt from nothing, so only tokens whose logits are wanted need a pass.
       const bool last = i + 1 == tokens.size();
       if (!all && !last) continue;
-      const std::vector<int32_t> window(recent_.begin(), recent_.end());
+      window_.assign(recent_.begin(), recent_.end());
       ls_.reset(slot_, offset_);
-      const SeqStep step{slot_, window.data(), int(window.size()), false};
+      const SeqStep step{slot_, window_.data(), int(window_.size()), false};
       ls_.step({&step, 1}, logits ? logits + (all ? int64_t(i) * vocab : 0) : nullptr,
                last ? spec : nullptr, last ? sampled : nullptr);
     }

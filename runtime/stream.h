@@ -41,6 +41,7 @@ class Stream {
   int64_t offset_;
   int64_t n_ = 0;
   std::deque<int32_t> recent_;  // recompute: the last `window` tokens
+  std::vector<int32_t> window_;  // recompute: recent_ as one array for the step
   std::vector<float> logits_;   // feed_and_sample's on the host
 };
 

@@ -65,13 +65,6 @@ std::string VocabTokenizer::piece(int32_t id) const {
   return pieces_[size_t(id)];
 }
 
-bool find_bool(const GGUFFile& f, const std::string& key, bool fallback) {
-  const GGUFValue* v = f.find(key);
-  if (!v) return fallback;
-  if (auto* b = std::get_if<bool>(&v->v)) return *b;
-  return f.get_int(key) != 0;  // throws naming the key when it is not a number either
-}
-
 Vocab::Vocab(const GGUFFile& f, bool spm) {
   const GGUFArray* tokens = find_array(f, "tokenizer.ggml.tokens", Elem::kString, 0);
   if (!tokens) throw GGUFError(f.path() + ": metadata key 'tokenizer.ggml.tokens' is missing");
@@ -106,7 +99,7 @@ Vocab::Vocab(const GGUFFile& f, bool spm) {
   bos = read_token_id(f, "tokenizer.ggml.bos_token_id", spm ? 1 : -1, nv);
   eos = read_token_id(f, "tokenizer.ggml.eos_token_id", spm ? 2 : -1, nv);
   unk = read_token_id(f, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, nv);
-  add_bos = find_bool(f, "tokenizer.ggml.add_bos_token", spm) && bos >= 0;
+  add_bos = f.find_bool("tokenizer.ggml.add_bos_token").value_or(spm) && bos >= 0;
 
   for (size_t i = 0; i < n; ++i) {
     if (text[i].empty()) continue;

@@ -121,9 +121,6 @@ class VocabTokenizer : public Tokenizer {
   std::vector<std::string> pieces_;
 };
 
-// Reads an optional boolean metadata key (GGUF bool, or an integer as some converters write).
-bool find_bool(const GGUFFile& f, const std::string& key, bool fallback);
-
 std::unique_ptr<Tokenizer> make_spm_tokenizer(const GGUFFile& f);
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(const GGUFFile& f);
 

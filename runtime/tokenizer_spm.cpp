@@ -20,7 +20,7 @@ constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's 
 class SpmTokenizer final : public VocabTokenizer {
  public:
   explicit SpmTokenizer(const GGUFFile& f)
-      : VocabTokenizer(f, /*spm=*/true), add_space_prefix_(find_bool(f, "tokenizer.ggml.add_space_prefix", true)) {
+      : VocabTokenizer(f, /*spm=*/true), add_space_prefix_(f.find_bool("tokenizer.ggml.add_space_prefix").value_or(true)) {
     byte_token_.fill(-1);
     pieces_.resize(v_.text.size());
     for (int32_t id = 0; id < v_.size(); ++id) {
