@@ -9,18 +9,9 @@
 namespace sinkserve {
 namespace {
 
-// MPI counts are ints; larger buffers go in pieces of this many elements.
-constexpr size_t kMaxCount = size_t{1} << 30;
-
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator() {
-    mpi::ensure_initialized();
-    mpi::check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
-    mpi::check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-    mpi::check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
-    mpi::check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
-  }
+  MpiCommunicator() { mpi::dup_world(&comm_, &rank_, &size_); }
   ~MpiCommunicator() override {
     if (mpi::initialized()) MPI_Comm_free(&comm_);
   }
@@ -30,8 +21,8 @@ class MpiCommunicator final : public Communicator {
   std::string name() const override { return "mpi"; }
 
   void all_reduce_sum(float* buf, size_t n) override {
-    for (size_t off = 0; off < n; off += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, n - off));
+    for (size_t off = 0; off < n; off += mpi::kMaxCount) {
+      int count = static_cast<int>(std::min(mpi::kMaxCount, n - off));
       mpi::check(MPI_Allreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, comm_),
                  "MPI_Allreduce");
     }
@@ -50,23 +41,12 @@ class MpiCommunicator final : public Communicator {
   }
 
   void broadcast(void* host_buf, size_t bytes, int root) override {
-    if (root < 0 || root >= size_)
-      throw std::invalid_argument("broadcast root " + std::to_string(root) + " is not a rank of " +
-                                  std::to_string(size_));
-    auto* p = static_cast<char*>(host_buf);
-    for (size_t off = 0; off < bytes; off += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, bytes - off));
-      mpi::check(MPI_Bcast(p + off, count, MPI_BYTE, root, comm_), "MPI_Bcast");
-    }
+    mpi::check_root(root, size_);
+    mpi::broadcast_bytes(host_buf, bytes, root, comm_);
   }
 
   void all_reduce_sum_u64(uint64_t* host_buf, size_t n) override {
-    for (size_t off = 0; off < n; off += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, n - off));
-      mpi::check(
-          MPI_Allreduce(MPI_IN_PLACE, host_buf + off, count, MPI_UINT64_T, MPI_SUM, comm_),
-          "MPI_Allreduce(u64)");
-    }
+    mpi::all_reduce_sum_u64(host_buf, n, comm_);
   }
 
   void barrier() override { mpi::check(MPI_Barrier(comm_), "MPI_Barrier"); }

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace sinkserve::mpi {
 namespace {
@@ -18,10 +19,7 @@ const char* env(const char* name) {
 // processes that actually initialized MPI.
 struct Finalizer {
   ~Finalizer() {
-    int inited = 0, finalized = 0;
-    MPI_Initialized(&inited);
-    MPI_Finalized(&finalized);
-    if (inited && !finalized) MPI_Finalize();
+    if (initialized()) MPI_Finalize();
   }
 };
 
@@ -43,11 +41,10 @@ int launcher_world_size() {
 }
 
 void ensure_initialized() {
-  int inited = 0, finalized = 0;
-  MPI_Initialized(&inited);
+  if (initialized()) return;
+  int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) throw std::logic_error("MPI was already finalized in this process");
-  if (inited) return;
   // SERIALIZED is asked for so that a caller moving its compute loop to another thread keeps
   // working where the library allows it; FUNNELED is all sinkserve needs (rank 0's HTTP thread
   // never calls MPI), so it is the floor.
@@ -94,6 +91,36 @@ void check(int rc, const char* what) {
   if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) len = 0;
   throw std::runtime_error(std::string(what) + ": " +
                            (len ? std::string(msg, len) : "MPI error " + std::to_string(rc)));
+}
+
+void dup_world(MPI_Comm* comm, int* rank, int* size) {
+  ensure_initialized();
+  check(MPI_Comm_dup(MPI_COMM_WORLD, comm), "MPI_Comm_dup");
+  check(MPI_Comm_set_errhandler(*comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check(MPI_Comm_rank(*comm, rank), "MPI_Comm_rank");
+  check(MPI_Comm_size(*comm, size), "MPI_Comm_size");
+}
+
+void check_root(int root, int size) {
+  if (root < 0 || root >= size)
+    throw std::invalid_argument("broadcast root " + std::to_string(root) + " is not a rank of " +
+                                std::to_string(size));
+}
+
+void broadcast_bytes(void* buf, size_t bytes, int root, MPI_Comm comm) {
+  auto* p = static_cast<char*>(buf);
+  for (size_t off = 0; off < bytes; off += kMaxCount) {
+    int count = static_cast<int>(std::min(kMaxCount, bytes - off));
+    check(MPI_Bcast(p + off, count, MPI_BYTE, root, comm), "MPI_Bcast");
+  }
+}
+
+void all_reduce_sum_u64(uint64_t* buf, size_t n, MPI_Comm comm) {
+  for (size_t off = 0; off < n; off += kMaxCount) {
+    int count = static_cast<int>(std::min(kMaxCount, n - off));
+    check(MPI_Allreduce(MPI_IN_PLACE, buf + off, count, MPI_UINT64_T, MPI_SUM, comm),
+          "MPI_Allreduce(u64)");
+  }
 }
 
 void abort_job(int rank, const std::string& message) {

@@ -1,8 +1,11 @@
 // Process-wide MPI state shared by the MPI and NCCL communicators: one MPI_Init_thread per process,
-// one MPI_Finalize at exit, and what the launcher tells us before MPI is even initialized.
+// one MPI_Finalize at exit, what the launcher tells us before MPI is even initialized, and the
+// host-side MPI calls both communicators make.
 #pragma once
 #include <mpi.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace sinkserve::mpi {
@@ -28,6 +31,20 @@ NodePlacement node_placement();
 // Throws std::runtime_error("<what>: <MPI's error string>") when rc is not MPI_SUCCESS. MPI errors
 // become exceptions (the communicators set MPI_ERRORS_RETURN), so run_ranked can report them.
 void check(int rc, const char* what);
+
+// MPI counts are ints; larger buffers go in pieces of this many elements.
+constexpr size_t kMaxCount = size_t{1} << 30;
+
+// Initializes MPI if needed and sets *comm to a private duplicate of MPI_COMM_WORLD that returns
+// errors (MPI_ERRORS_RETURN), with this process's rank and the job size in it.
+void dup_world(MPI_Comm* comm, int* rank, int* size);
+
+// Throws std::invalid_argument unless root is a rank of a job of `size`.
+void check_root(int root, int size);
+// MPI_Bcast of host bytes from root, and an in-place MPI_Allreduce sum of host u64 integers, over
+// comm; buffers beyond MPI's int counts go in pieces.
+void broadcast_bytes(void* buf, size_t bytes, int root, MPI_Comm comm);
+void all_reduce_sum_u64(uint64_t* buf, size_t n, MPI_Comm comm);
 
 // Prints "sinkserve: rank R: <message>" and ends the whole job (MPI_Abort when MPI is up).
 [[noreturn]] void abort_job(int rank, const std::string& message);

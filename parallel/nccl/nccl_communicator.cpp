@@ -3,7 +3,6 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -21,13 +20,7 @@ class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(void* stream)
       : stream_(stream ? static_cast<cudaStream_t>(stream) : cudaStreamLegacy) {
-    if (mpi::launched_by_mpirun()) {
-      mpi::ensure_initialized();
-      mpi::check(MPI_Comm_dup(MPI_COMM_WORLD, &mpi_comm_), "MPI_Comm_dup");
-      mpi::check(MPI_Comm_set_errhandler(mpi_comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-      mpi::check(MPI_Comm_rank(mpi_comm_, &rank_), "MPI_Comm_rank");
-      mpi::check(MPI_Comm_size(mpi_comm_, &size_), "MPI_Comm_size");
-    }
+    if (mpi::launched_by_mpirun()) mpi::dup_world(&mpi_comm_, &rank_, &size_);
     std::string hint = bind_device();
     ncclUniqueId id;
     if (rank_ == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
@@ -60,25 +53,14 @@ class NcclCommunicator final : public Communicator {
   }
 
   void broadcast(void* host_buf, size_t bytes, int root) override {
-    if (root < 0 || root >= size_)
-      throw std::invalid_argument("broadcast root " + std::to_string(root) + " is not a rank of " +
-                                  std::to_string(size_));
+    mpi::check_root(root, size_);
     if (size_ == 1) return;
-    auto* p = static_cast<char*>(host_buf);
-    for (size_t off = 0; off < bytes; off += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, bytes - off));
-      mpi::check(MPI_Bcast(p + off, count, MPI_BYTE, root, mpi_comm_), "MPI_Bcast");
-    }
+    mpi::broadcast_bytes(host_buf, bytes, root, mpi_comm_);
   }
 
   void all_reduce_sum_u64(uint64_t* host_buf, size_t n) override {
     if (size_ == 1) return;
-    for (size_t off = 0; off < n; off += kMaxCount) {
-      int count = static_cast<int>(std::min(kMaxCount, n - off));
-      mpi::check(
-          MPI_Allreduce(MPI_IN_PLACE, host_buf + off, count, MPI_UINT64_T, MPI_SUM, mpi_comm_),
-          "MPI_Allreduce(u64)");
-    }
+    mpi::all_reduce_sum_u64(host_buf, n, mpi_comm_);
   }
 
   // Device work first: a barrier promises every rank's enqueued collectives have completed.
@@ -90,8 +72,6 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void abort(const std::string& message) override { mpi::abort_job(rank_, message); }
 
  private:
-  static constexpr size_t kMaxCount = size_t{1} << 30;  // MPI counts are ints
-
   // Returns a hint for the likely cause should NCCL initialization fail.
   std::string bind_device() {
     int devices = 0;
