@@ -32,10 +32,8 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
   if (cfg_.sink < 0 || cfg_.window < 1 || cfg_.chunk < 1 || n_slots < 1 || n_layers < 1 ||
       kv_dim < 1)
     throw std::invalid_argument("cache: need sink >= 0, window >= 1, chunk >= 1, slots >= 1");
-  sink_rows_ = cfg_.sink;
   // Dense and recompute slots never wrap: they hold at most `window` tokens.
-  const bool ring = cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window;
-  const int64_t ring_rows = ring ? int64_t(cfg_.window) + cfg_.chunk : cfg_.window;
+  const int64_t ring_rows = ring() ? int64_t(cfg_.window) + cfg_.chunk : cfg_.window;
   if (int64_t(cfg_.sink) + ring_rows > INT32_MAX)
     throw std::invalid_argument("cache: sink + window + chunk must stay below 2^31 rows");
   ring_ = int(ring_rows);
@@ -49,8 +47,7 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
       v_.push_back(static_cast<float*>(backend_.alloc(bytes)));
     }
   } catch (const std::bad_alloc&) {
-    for (float* p : k_) backend_.release(p);
-    for (float* p : v_) backend_.release(p);
+    release_buffers();
     throw std::runtime_error("cache: cannot allocate " + std::to_string(n_slots) + " slots x " +
                              std::to_string(slot_rows()) + " rows x " + std::to_string(n_layers) +
                              " layers (" + std::to_string(double(bytes) * 2 * n_layers / double(1 << 30)) +
@@ -58,7 +55,9 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
   }
 }
 
-KVCache::~KVCache() {
+KVCache::~KVCache() { release_buffers(); }
+
+void KVCache::release_buffers() {
   for (float* p : k_) backend_.release(p);
   for (float* p : v_) backend_.release(p);
 }
@@ -87,15 +86,14 @@ void KVCache::reset(int slot, int64_t offset) {
 
 void KVCache::plan(int slot, int n, TokenPlan* out) const {
   const Slot& s = slots_.at(size_t(slot));
-  const bool ring = cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window;
-  if (ring && n > cfg_.chunk)
+  if (ring() && n > cfg_.chunk)
     throw std::invalid_argument("cache: a step may append at most " + std::to_string(cfg_.chunk) +
                                 " tokens to a slot, got " + std::to_string(n));
-  if (!ring && s.n + n > cfg_.window)
+  if (!ring() && s.n + n > cfg_.window)
     throw std::length_error("cache: the " + policy_name(cfg_.policy) + " policy holds at most " +
                             std::to_string(cfg_.window) + " tokens (context full at " +
                             std::to_string(s.n) + " + " + std::to_string(n) + ")");
-  const int64_t S = sink_rows_, W = cfg_.window, R = ring_;
+  const int64_t S = cfg_.sink, W = cfg_.window, R = ring_;
   const int64_t row0 = int64_t(slot) * slot_rows();
   for (int i = 0; i < n; ++i) {
     const int64_t p = s.n + i;
@@ -118,7 +116,7 @@ void KVCache::commit(int slot, int n) { slots_.at(size_t(slot)).n += n; }
 int64_t KVCache::stream_tokens(int slot) const { return slots_.at(size_t(slot)).n; }
 
 int64_t KVCache::cached_tokens(int slot) const {
-  const int64_t n = stream_tokens(slot), S = sink_rows_;
+  const int64_t n = stream_tokens(slot), S = cfg_.sink;
   return std::min<int64_t>(n, S) + std::min<int64_t>(std::max<int64_t>(n - S, 0), cfg_.window);
 }
 
@@ -138,7 +136,7 @@ uint64_t KVCache::metadata_hash() const {
       h *= 1099511628211ull;
     }
   };
-  mix(uint64_t(sink_rows_));
+  mix(uint64_t(cfg_.sink));
   mix(uint64_t(ring_));
   for (const Slot& s : slots_) {
     mix(s.used);

@@ -56,7 +56,7 @@ class KVCache {
   int n_slots() const { return int(slots_.size()); }
   int n_layers() const { return n_layers_; }
   int kv_dim() const { return kv_dim_; }
-  int64_t slot_rows() const { return sink_rows_ + ring_; }
+  int64_t slot_rows() const { return cfg_.sink + ring_; }
 
   // A free slot, reset to an empty stream; -1 when none is free.
   int acquire();
@@ -89,11 +89,13 @@ class KVCache {
     int64_t n = 0;       // stream tokens appended
     int64_t offset = 0;  // rotation offset of stream position 0
   };
+  // Whether the slots keep a ring that wraps (sink, window); dense and recompute slots never wrap.
+  bool ring() const { return cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window; }
+  void release_buffers();
   Backend& backend_;
   CacheConfig cfg_;
   int n_layers_;
   int kv_dim_;
-  int sink_rows_;
   int ring_;
   std::vector<Slot> slots_;
   std::vector<float*> k_, v_;
