@@ -92,8 +92,8 @@ struct detail::ServerImpl {
 // One request's generation: filled by the scheduler's compute thread through the sink, drained
 // on the connection's strand.
 struct Gen {
-  Gen(bool chat_, bool stream_, bool usage_, std::string route_, ResponseFormat f)
-      : chat(chat_), stream(stream_), include_usage(usage_), route(std::move(route_)), fmt(std::move(f)) {}
+  Gen(bool stream_, bool usage_, std::string route_, ResponseFormat f)
+      : stream(stream_), include_usage(usage_), route(std::move(route_)), fmt(std::move(f)) {}
   std::mutex mu;
   std::vector<StreamEvent> events;
   bool posted = false;
@@ -102,7 +102,7 @@ struct Gen {
   size_t pending = 0;     // bytes queued in events or written but not yet sent
 
   uint64_t id = 0;
-  const bool chat, stream, include_usage;
+  const bool stream, include_usage;
   const std::string route;
   const ResponseFormat fmt;
   std::string text;  // whole (non-streamed) reply
@@ -130,9 +130,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  private:
+  // A read that ended because the client went away or stayed idle: close without answering.
+  static bool is_hangup(const beast::error_code& ec) {
+    return ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::eof ||
+           ec == net::error::operation_aborted || ec == net::error::connection_reset;
+  }
+
   void read_request() {
     if (closed_) return;
     response_done_ = false;
+    session_.clear();
     parser_.emplace();
     parser_->body_limit(srv_->opt.max_body);
     parser_->header_limit(kHeaderLimit);
@@ -145,9 +152,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_header(beast::error_code ec) {
     if (ec == http::error::header_limit) return fail_request(431, "request headers are too large");
     if (ec == http::error::body_limit) return too_large();
-    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted ||
-        ec == net::error::eof || ec == net::error::connection_reset)
-      return close();
+    if (is_hangup(ec)) return close();
     if (ec) return fail_request(400, std::string("malformed HTTP request: ") + ec.message());
     if (auto len = parser_->content_length(); len && *len > srv_->opt.max_body) return too_large();
     auto& req = parser_->get();
@@ -170,9 +175,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_request(beast::error_code ec) {
     if (ec == http::error::body_limit) return too_large();
-    if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::eof ||
-        ec == net::error::operation_aborted || ec == net::error::connection_reset)
-      return close();
+    if (is_hangup(ec)) return close();
     if (ec) return fail_request(400, std::string("malformed HTTP request: ") + ec.message());
     stream_.expires_never();
     handle();
@@ -287,10 +290,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (!parse_generation_request(req.body(), chat, srv_->opt.model_id, header_session, &ar, &err))
       return respond(route, err.status, error_body(err));
     const uint64_t n = srv_->next_response++;
-    ResponseFormat fmt(chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(unix_now()) + "-" + std::to_string(n),
-                       srv_->opt.model_id, unix_now(), ar.gen.session);
+    const int64_t created = unix_now();
+    ResponseFormat fmt(chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(created) + "-" + std::to_string(n),
+                       srv_->opt.model_id, created, ar.gen.session);
     session_ = ar.gen.session;
-    auto g = std::make_shared<Gen>(chat, ar.stream, ar.include_usage, route, std::move(fmt));
+    auto g = std::make_shared<Gen>(ar.stream, ar.include_usage, route, std::move(fmt));
     gen_ = g;
     response_done_ = false;
     // The sink keeps the connection alive until the scheduler is done with the request: no
@@ -458,8 +462,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     http::response<http::string_body> res{http::int_to_status(unsigned(status)), 11};
     res.set(http::field::server, "sinkserve");
     res.set(http::field::content_type, content_type);
-    if (!session_.empty() && (route == "/v1/chat/completions" || route == "/v1/completions"))
-      res.set("X-Session-Id", session_);
+    if (!session_.empty()) res.set("X-Session-Id", session_);
     for (const auto& [k, v] : extra) res.set(k, v);
     res.keep_alive(keep_alive_);
     res.body() = std::move(body);
@@ -469,7 +472,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     srv_->counters.count(route, status);
     enqueue(os.str(), 0);
     response_done_ = true;
-    session_.clear();
     flush();
   }
 
