@@ -2,7 +2,9 @@
 
 #include <charconv>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
+#include <utility>
 
 namespace sinkserve {
 
@@ -23,18 +25,20 @@ ArgParser& ArgParser::epilog(std::string text) {
   return *this;
 }
 
-ArgParser::Opt* ArgParser::find(const std::string& name) {
-  for (Opt& o : opts_)
+const ArgParser::Opt* ArgParser::find(const std::string& name) const {
+  for (const Opt& o : opts_)
     for (const std::string& n : o.names)
       if (n == name) return &o;
   return nullptr;
 }
 
+ArgParser::Opt* ArgParser::find(const std::string& name) {
+  return const_cast<Opt*>(std::as_const(*this).find(name));
+}
+
 bool ArgParser::given(const std::string& name) const {
-  for (const Opt& o : opts_)
-    for (const std::string& n : o.names)
-      if (n == name) return o.seen;
-  return false;
+  const Opt* o = find(name);
+  return o && o->seen;
 }
 
 namespace {
@@ -108,6 +112,30 @@ std::string ArgParser::help() const {
   s += "  -h, --help                  this help\n";
   if (!epilog_.empty()) s += "\n" + epilog_ + "\n";
   return s;
+}
+
+std::vector<int64_t> parse_positive_list(const std::string& s, const std::string& opt) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(item, &used);
+      if (used != item.size() || v < 1) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      throw UsageError(opt + " expects positive integers separated by commas, got '" + s + "'");
+    }
+  }
+  return out;
+}
+
+std::string read_option_file(const std::string& opt, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError("cannot read " + opt + " '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace sinkserve

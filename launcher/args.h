@@ -35,9 +35,17 @@ class ArgParser {
     Target target;
     bool required, seen = false;
   };
+  const Opt* find(const std::string& name) const;
   Opt* find(const std::string& name);
   std::string command_, description_, epilog_;
   std::vector<Opt> opts_;
 };
+
+// A list like "1,16,64" given to `opt`; empty for an empty string. Throws UsageError unless every
+// item is a positive integer.
+std::vector<int64_t> parse_positive_list(const std::string& s, const std::string& opt);
+
+// The bytes of the file named by option `opt`; throws UsageError("cannot read <opt> '<path>'").
+std::string read_option_file(const std::string& opt, const std::string& path);
 
 }  // namespace sinkserve

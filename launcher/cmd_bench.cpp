@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "launcher/measure.h"
 #include "parallel/timed_communicator.h"
 #include "runtime/process_memory.h"
 #include "runtime/stream.h"
@@ -15,39 +15,6 @@ namespace sinkserve {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::vector<int64_t> parse_list(const std::string& s, const char* opt) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) {
-    try {
-      size_t used = 0;
-      const long long v = std::stoll(item, &used);
-      if (used != item.size() || v < 1) throw std::invalid_argument(item);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      throw UsageError(std::string(opt) + " expects positive integers separated by commas, got '" + s + "'");
-    }
-  }
-  return out;
-}
-
-// Token ids that look like text to the model's cost (any id costs the same), reproducibly.
-struct TokenSource {
-  uint64_t state = 0x9E3779B97F4A7C15ull;
-  int vocab;
-  explicit TokenSource(int v) : vocab(v) {}
-  int32_t next() {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    return int32_t(3 + (state >> 33) % uint64_t(std::max(1, vocab - 3)));
-  }
-  std::vector<int32_t> take(int64_t n) {
-    std::vector<int32_t> v(static_cast<size_t>(n));
-    for (auto& t : v) t = next();
-    return v;
-  }
-};
 
 void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t decode_n,
                  int64_t bw_mib) {
@@ -73,7 +40,7 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   comm.clear();
   auto t0 = Clock::now();
   s.feed_and_sample(prompt, greedy);
-  const double t_prompt = since(t0);
+  const double t_prompt = seconds_since(t0);
   std::printf("prompt: %lld tokens in %.3f s = %.1f tok/s\n", (long long)prompt_n, t_prompt,
               double(prompt_n) / t_prompt);
   comm.clear();
@@ -82,7 +49,7 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
     const int32_t t = src.next();
     s.feed_and_sample({&t, 1}, greedy);
   }
-  const double t_dec = since(t0), tps = double(decode_n) / t_dec;
+  const double t_dec = seconds_since(t0), tps = double(decode_n) / t_dec;
   std::printf("decode: %lld tokens in %.3f s = %.2f tok/s (%.2f ms/token)\n", (long long)decode_n,
               t_dec, tps, 1e3 / tps);
   if (bw > 0)
@@ -114,7 +81,7 @@ void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
       const int32_t t = src.next();
       const auto t0 = Clock::now();
       streams[k]->feed_and_sample({&t, 1}, greedy);
-      total[k] += since(t0);
+      total[k] += seconds_since(t0);
     }
   std::printf("per-token decode latency of the %s policy, %lld tokens per length, interleaved\n",
               policy_name(e.cache->config().policy).c_str(), (long long)samples);
@@ -153,7 +120,7 @@ void bench_recompute(Engine& e, const std::vector<int64_t>& windows, int64_t sam
         const int32_t t = src.next();
         s.feed_and_sample({&t, 1}, greedy);
       }
-      per_token[p == Policy::Sink ? 0 : 1] = since(t0) / double(n);
+      per_token[p == Policy::Sink ? 0 : 1] = seconds_since(t0) / double(n);
     }
     std::printf("  W = %5lld: sink %.2f ms/token, recompute %.1f ms/token, speedup %.1fx\n",
                 (long long)W, 1e3 * per_token[0], 1e3 * per_token[1], per_token[1] / per_token[0]);
@@ -180,9 +147,8 @@ int run(int argc, char** argv) {
   EngineOptions eo = finish_engine_options(ef);
   if (prompt_n < 1 || decode_n < 1 || samples < 1 || bw_mib < 0)
     throw UsageError("--prompt, --decode and --samples must be >= 1, --bandwidth-mib >= 0");
-  const std::vector<int64_t> at = latency_at.empty() ? std::vector<int64_t>{} : parse_list(latency_at, "--latency-at");
-  const std::vector<int64_t> wins =
-      recompute_windows.empty() ? std::vector<int64_t>{} : parse_list(recompute_windows, "--recompute");
+  const std::vector<int64_t> at = parse_positive_list(latency_at, "--latency-at");
+  const std::vector<int64_t> wins = parse_positive_list(recompute_windows, "--recompute");
   eo.chunk = int(std::max<int64_t>(eo.chunk, prompt_n));
 
   if (!at.empty() || !wins.empty()) eo.slots = std::max<int>(1, int(at.size()));

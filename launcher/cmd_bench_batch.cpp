@@ -4,47 +4,20 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <sstream>
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "launcher/measure.h"
 #include "runtime/sampler.h"
 
 namespace sinkserve {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-std::vector<int64_t> parse_sessions(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size() || v < 1)
-      throw UsageError("--sessions expects positive integers separated by commas, got '" + s + "'");
-    out.push_back(v);
-  }
-  if (out.empty()) throw UsageError("--sessions is empty");
-  return out;
-}
-
-// Reproducible token ids away from the special ones; every id costs the same to the model.
-int32_t next_token(uint64_t& state, int vocab) {
-  state = state * 6364136223846793005ull + 1442695040888963407ull;
-  return int32_t(3 + (state >> 33) % uint64_t(std::max(1, vocab - 3)));
-}
-
 void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int64_t steps,
            int64_t offset) {
   LlamaModel& m = *e.model;
   const int vocab = m.config().vocab;
-  uint64_t rng = 0x9E3779B97F4A7C15ull;
+  TokenSource src(vocab);
   std::printf("backend: %s, policy %s, window %d, sink %d, prompt %lld, stream offset %lld\n",
               e.backend->name().c_str(), policy_name(e.cache->config().policy).c_str(),
               e.cache->config().window, e.cache->config().sink, (long long)prompt_n,
@@ -72,8 +45,7 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
     for (int slot : slots) {
       for (int64_t done = 0; done < prompt_n;) {
         const int n = int(std::min<int64_t>(prompt_n - done, e.cache->config().chunk));
-        std::vector<int32_t> toks(static_cast<size_t>(n));
-        for (auto& t : toks) t = next_token(rng, vocab);
+        const std::vector<int32_t> toks = src.take(n);
         const SeqStep st{slot, toks.data(), n, false};
         step({&st, 1});
         done += n;
@@ -83,15 +55,15 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
     std::vector<SeqStep> batch(static_cast<size_t>(B));
     auto run_step = [&] {
       for (int64_t i = 0; i < B; ++i) {
-        toks[size_t(i)] = next_token(rng, vocab);
+        toks[size_t(i)] = src.next();
         batch[size_t(i)] = SeqStep{slots[size_t(i)], &toks[size_t(i)], 1, false};
       }
       step(batch);
     };
     for (int i = 0; i < 3; ++i) run_step();  // warm-up: allocations, cuBLAS heuristics
-    const auto t0 = Clock::now();
+    const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < steps; ++i) run_step();
-    const double dt = std::chrono::duration<double>(Clock::now() - t0).count() / double(steps);
+    const double dt = seconds_since(t0) / double(steps);
     std::printf("%8lld %12.3f %14.1f %14.2f\n", (long long)B, 1e3 * dt, double(B) / dt, 1.0 / dt);
     for (int slot : slots) e.lockstep->release(slot);
   }
@@ -112,7 +84,8 @@ int run(int argc, char** argv) {
         "of a step must not depend on it", &offset);
   if (!p.parse(argc, argv)) return 0;
   EngineOptions eo = finish_engine_options(ef);
-  const std::vector<int64_t> batches = parse_sessions(sessions);
+  const std::vector<int64_t> batches = parse_positive_list(sessions, "--sessions");
+  if (batches.empty()) throw UsageError("--sessions is empty");
   if (prompt_n < 1 || steps < 1) throw UsageError("--prompt and --steps must be >= 1");
   if (offset < 0) throw UsageError("--offset must be >= 0");
   eo.slots = int(*std::max_element(batches.begin(), batches.end()));

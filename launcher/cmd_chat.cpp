@@ -18,6 +18,7 @@
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "launcher/measure.h"
 #include "runtime/chat_template.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
@@ -38,10 +39,6 @@ void on_sigint(int) {
   constexpr char nl = '\n';
   [[maybe_unused]] const ssize_t w = ::write(STDOUT_FILENO, &nl, 1);
   ::_exit(130);
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 // The user turns of an MT-Bench style file: one JSON object per line with a "turns" array of
@@ -104,20 +101,16 @@ class ReplyPrinter {
     return false;
   }
   void finish() { emit(trimmed_end(text_.size())); }
-  bool empty() const { return text_.find_first_not_of(" \t\r\n") == std::string::npos; }
 
  private:
+  static bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
   size_t trimmed_end(size_t end) const {
-    while (end > shown_ && (text_[end - 1] == ' ' || text_[end - 1] == '\n' || text_[end - 1] == '\t' ||
-                            text_[end - 1] == '\r'))
-      --end;
+    while (end > shown_ && is_space(text_[end - 1])) --end;
     return end;
   }
   void emit(size_t end) {
     if (shown_ == 0)
-      while (shown_ < end && (text_[shown_] == ' ' || text_[shown_] == '\n' || text_[shown_] == '\t' ||
-                              text_[shown_] == '\r'))
-        ++shown_;
+      while (shown_ < end && is_space(text_[shown_])) ++shown_;
     if (end <= shown_) return;
     std::fwrite(text_.data() + shown_, 1, end - shown_, stdout);
     std::fflush(stdout);
@@ -158,13 +151,7 @@ int run(int argc, char** argv) {
   if (questions < 0) throw UsageError("--questions must be >= 0");
   if (questions > 0 && prompts_path.empty()) throw UsageError("--questions needs --prompts");
   std::optional<ChatTemplate> forced;
-  if (!template_name.empty()) {
-    try {
-      forced = parse_chat_template_name(template_name);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(std::string("--template: ") + e.what());
-    }
-  }
+  if (!template_name.empty()) forced = parse_template_option(template_name);
   const bool scripted = !prompts_path.empty();
   const std::vector<std::string> scripted_turns =
       scripted ? read_prompts(prompts_path, questions) : std::vector<std::string>{};

@@ -3,11 +3,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "launcher/measure.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
 
@@ -15,10 +14,6 @@ namespace sinkserve {
 namespace {
 
 std::atomic<bool> g_stop{false};
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 int run(int argc, char** argv) {
   EngineFlags ef;
@@ -42,13 +37,7 @@ int run(int argc, char** argv) {
   const SamplingParams sp = finish_sampling_options(sf);
   if (n_predict < -1) throw UsageError("-n must be -1 (endless) or >= 0");
   if (!prompt.empty() && !prompt_file.empty()) throw UsageError("give --prompt or --prompt-file, not both");
-  if (!prompt_file.empty()) {
-    std::ifstream in(prompt_file, std::ios::binary);
-    if (!in) throw UsageError("cannot read --prompt-file '" + prompt_file + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    prompt = ss.str();
-  }
+  if (!prompt_file.empty()) prompt = read_option_file("--prompt-file", prompt_file);
 
   return run_engine_command("generate", eo, [&](Engine* e) -> int {
     std::signal(SIGINT, [](int) { g_stop = true; });

@@ -5,9 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 
 #include "launcher/command.h"
@@ -55,13 +53,10 @@ int run(int argc, char** argv) {
   const EngineOptions eo = finish_engine_options(ef);
   if (max_tokens < 0) throw UsageError("--tokens must be >= 1");
   if (every < 1) throw UsageError("--every must be >= 1");
-  std::ifstream in(text_path, std::ios::binary);
-  if (!in) throw UsageError("cannot read --text '" + text_path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_option_file("--text", text_path);
 
   return run_engine_command("perplexity", eo, [&](Engine* e) -> int {
-    std::vector<int32_t> ids = e->tokenizer->encode(ss.str(), true);
+    std::vector<int32_t> ids = e->tokenizer->encode(text, true);
     const size_t text_len = ids.size();
     if (text_len < 2) throw std::runtime_error("the text has fewer than 2 tokens");
     const int64_t n = max_tokens > 0 ? max_tokens : int64_t(text_len) - 1;

@@ -63,13 +63,7 @@ int run(int argc, char** argv) {
   if (so.io_threads < 1 || so.io_threads > 64) throw UsageError("--http-threads must be in 1..64");
   so.max_body = size_t(max_body);
   so.max_pending_bytes = size_t(client_buffer);
-  if (!template_name.empty()) {
-    try {
-      sched_opt.chat_template = parse_chat_template_name(template_name);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(std::string("--template: ") + e.what());
-    }
-  }
+  if (!template_name.empty()) sched_opt.chat_template = parse_template_option(template_name);
   so.model_id = model_id.empty() ? std::filesystem::path(eo.model).stem().string() : model_id;
 
   // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends, after

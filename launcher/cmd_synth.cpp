@@ -12,6 +12,7 @@
 
 #include "launcher/args.h"
 #include "launcher/command.h"
+#include "launcher/measure.h"
 #include "runtime/gguf.h"
 
 namespace sinkserve {
@@ -232,7 +233,7 @@ int run(int argc, char** argv) {
 
   const auto t0 = std::chrono::steady_clock::now();
   w.write(out);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = seconds_since(t0);
   std::printf("wrote %s: %s, %d layers, dim %d, heads %d/%d, ffn %d, vocab %d, %s, %.2f GB in %.1f s\n",
               out.c_str(), arch.c_str(), layers, dim, heads, kv_heads, ffn, vocab,
               std::string(dtype_name(type)).c_str(), double(std::filesystem::file_size(out)) / 1e9, secs);

@@ -1,6 +1,7 @@
 #include "launcher/engine_options.h"
 
 #include <chrono>
+#include <stdexcept>
 
 #include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
@@ -67,6 +68,14 @@ SamplingParams finish_sampling_options(const SamplingFlags& f) {
   s.seed = f.seed >= 0 ? uint64_t(f.seed)
                        : uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
   return s;
+}
+
+ChatTemplate parse_template_option(const std::string& name) {
+  try {
+    return parse_chat_template_name(name);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--template: ") + e.what());
+  }
 }
 
 std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o) {

@@ -6,6 +6,7 @@
 
 #include "launcher/args.h"
 #include "parallel/communicator.h"
+#include "runtime/chat_template.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 
@@ -25,6 +26,9 @@ struct SamplingFlags {
 };
 void add_sampling_options(ArgParser& p, SamplingFlags& f);
 SamplingParams finish_sampling_options(const SamplingFlags& f);
+
+// The chat template named by --template; throws UsageError("--template: ...") for an unknown name.
+ChatTemplate parse_template_option(const std::string& name);
 
 // The communicator for this launch: MPI ranks under mpirun (NCCL between GPUs), else one rank.
 std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o);
