@@ -1,5 +1,5 @@
-# Shared by scripts/demo and scripts/test: installs what is missing, configures and builds.
-# Sourced, not run.
+# Shared by scripts/demo, test, bench and bench-gpu: REPO and BUILD_DIR, and functions that install
+# what is missing, configure and build. Sourced, not run.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${SINKSERVE_BUILD_DIR:-$REPO/build}"

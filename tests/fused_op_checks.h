@@ -1,10 +1,11 @@
-// Backend::rope_and_store and Backend::add_rmsnorm against references written here, for every
-// backend (the CPU unit tests and the GPU tests run them). The rotation angle of the reference
-// is the caller's: the CPU backend reduces pos * freq in extended precision, the CUDA backend
-// forms it in double.
+// Backend::rope_and_store, Backend::add_rmsnorm and Backend::copy_2d against references written
+// here, for every backend (the CPU unit tests and the GPU tests run them). The rotation angle of
+// the reference is the caller's: the CPU backend reduces pos * freq in extended precision, the
+// CUDA backend forms it in double.
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -13,20 +14,9 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "tests/backend_io.h"
 
 namespace sinkserve::test {
-
-inline float* to_backend(Backend& be, const std::vector<float>& v) {
-  auto* p = static_cast<float*>(be.alloc(v.size() * sizeof(float)));
-  be.to_device(p, v.data(), v.size() * sizeof(float));
-  return p;
-}
-
-inline std::vector<float> from_backend(Backend& be, const float* p, size_t n) {
-  std::vector<float> v(n);
-  be.to_host(v.data(), p, n * sizeof(float));
-  return v;
-}
 
 // The angle of rotation pair i of a head of head_dim at position pos, as the backend forms it
 // from freq_scale * base^(-2i/head_dim): at position 2^40 one ulp of the frequency moves it by
@@ -147,6 +137,28 @@ inline void check_add_rmsnorm(Backend& be) {
       }
       for (float* b : {dx, dy, dw, dout}) be.release(b);
     }
+}
+
+// copy_2d moves a block of columns between row-major matrices of different widths, leaving the
+// rest of the destination as it was.
+inline void check_copy_2d(Backend& be) {
+  const int64_t rows = 29, src_w = 131, dst_w = 57, col0 = 70, n = 50;
+  auto random = [](size_t size, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> v(size);
+    for (float& x : v) x = u(rng);
+    return v;
+  };
+  const std::vector<float> src = random(size_t(rows * src_w), 7), base = random(size_t(rows * dst_w), 8);
+  float *dsrc = to_backend(be, src), *ddst = to_backend(be, base);
+  be.copy_2d(ddst + 3, dst_w * sizeof(float), dsrc + col0, src_w * sizeof(float), n * sizeof(float),
+             size_t(rows));
+  std::vector<float> expect = base;
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(src.begin() + r * src_w + col0, n, expect.begin() + r * dst_w + 3);
+  EXPECT_EQ(from_backend(be, ddst, base.size()), expect);
+  for (float* p : {dsrc, ddst}) be.release(p);
 }
 
 }  // namespace sinkserve::test

@@ -1,12 +1,8 @@
 // Hand-assembled GGUF bytes, independent of GGUFWriter: the reference encoding the writer is
 // checked against, and the way tests build corrupt files that no writer would produce.
 #pragma once
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -49,23 +45,5 @@ struct GGUFBytes {
     return u32(ggml_type).u64(offset);
   }
 };
-
-// A fresh directory for one test program's files, removed at exit by the caller's fixture.
-inline std::filesystem::path make_temp_dir(const std::string& tag) {
-  auto d = std::filesystem::temp_directory_path() / ("sinkserve_" + tag + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d;
-}
-
-inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
-  std::ofstream f(p, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), std::streamsize(bytes.size()));
-}
-
-inline std::string read_bytes(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 }  // namespace sinkserve::test

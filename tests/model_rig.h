@@ -1,9 +1,8 @@
-// A single-rank model + cache + lockstep driver on the CPU backend, for tests.
+// A single-rank model + cache + lockstep driver for tests, on the CPU backend unless given one.
 #pragma once
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/gguf.h"
@@ -11,6 +10,7 @@
 #include "runtime/lockstep.h"
 #include "runtime/stream.h"
 #include "runtime/tokenizer.h"
+#include "tests/cache_config.h"
 #include "tests/fixtures.h"
 
 namespace sinkserve::test {
@@ -23,32 +23,19 @@ struct Rig {
   std::unique_ptr<KVCache> cache;
   std::unique_ptr<Lockstep> ls;
 
-  Rig(const std::string& path, const CacheConfig& cfg, int slots = 1, int threads = 1)
+  Rig(const std::string& path, const CacheConfig& cfg, std::unique_ptr<Backend> b, int slots = 1)
       : file(std::make_unique<GGUFFile>(path)),
-        backend(make_cpu_backend(threads)),
+        backend(std::move(b)),
         comm(make_single_communicator()),
         model(std::make_unique<LlamaModel>(*file, *backend, *comm)),
         cache(std::make_unique<KVCache>(*backend, model->config().n_layers, model->local_kv_dim(),
                                         cfg, slots)),
         ls(std::make_unique<Lockstep>(*model, *cache)) {}
+  // On the CPU backend with `threads` threads.
+  Rig(const std::string& path, const CacheConfig& cfg, int slots = 1, int threads = 1)
+      : Rig(path, cfg, make_cpu_backend(threads), slots) {}
   int vocab() const { return model->config().vocab; }
 };
-
-inline CacheConfig cache_config(Policy p, int sink, int window, int chunk = 64) {
-  CacheConfig c;
-  c.policy = p;
-  c.sink = sink;
-  c.window = window;
-  c.chunk = chunk;
-  return c;
-}
-
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // The first n tokens of a real text (BOS first), repeated when the text is shorter.
 inline std::vector<int32_t> text_tokens(const GGUFFile& f, const std::string& text_path, size_t n) {

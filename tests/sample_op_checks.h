@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "tests/backend_io.h"
 #include "tests/sample_reference.h"
 
 namespace sinkserve::test {
@@ -26,8 +27,7 @@ inline std::vector<int32_t> sample_copies(Backend& be, const std::vector<float>&
   std::vector<SampleSpec> specs(static_cast<size_t>(rows), s);
   if (stratified)
     for (int i = 0; i < rows; ++i) specs[size_t(i)].coin = float((i + 0.5) / rows);
-  auto* d = static_cast<float*>(be.alloc(all.size() * sizeof(float)));
-  be.to_device(d, all.data(), all.size() * sizeof(float));
+  float* d = to_backend(be, all);
   std::vector<int32_t> out(static_cast<size_t>(rows), -7);
   be.sample(d, rows, int64_t(w), specs.data(), out.data());
   be.release(d);

@@ -15,6 +15,8 @@
 #include "cache/kv_cache.h"
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
+#include "tests/backend_io.h"
+#include "tests/cache_config.h"
 #include "tests/fused_op_checks.h"
 #include "tests/sample_op_checks.h"
 
@@ -46,18 +48,10 @@ class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override { be_ = make_cuda_backend(0); }
 
-  float* upload(const Vec& v) {
-    auto* p = static_cast<float*>(be_->alloc(v.size() * sizeof(float)));
-    be_->to_device(p, v.data(), v.size() * sizeof(float));
-    return p;
-  }
+  float* upload(const Vec& v) { return test::to_backend(*be_, v); }
   // A device buffer of n floats, filled with NaN so that unwritten outputs fail the comparison.
   float* poisoned(size_t n) { return upload(Vec(n, kNaN)); }
-  Vec download(const float* p, size_t n) {
-    Vec v(n);
-    be_->to_host(v.data(), p, n * sizeof(float));
-    return v;
-  }
+  Vec download(const float* p, size_t n) { return test::from_backend(*be_, p, n); }
 
   std::unique_ptr<Backend> be_;
   std::mt19937 rng_{20240611};
@@ -218,18 +212,7 @@ TEST_F(CudaTest, SwigluReadsFusedRows) {
   for (float* p : {dgu, dy}) be_->release(p);
 }
 
-TEST_F(CudaTest, Copy2dMovesColumnBlocks) {
-  const int64_t rows = 29, src_w = 131, dst_w = 57, col0 = 70, n = 50;
-  const Vec src = random_vec(rng_, size_t(rows * src_w)), base = random_vec(rng_, size_t(rows * dst_w));
-  float *dsrc = upload(src), *ddst = upload(base);
-  be_->copy_2d(ddst + 3, dst_w * sizeof(float), dsrc + col0, src_w * sizeof(float), n * sizeof(float),
-               size_t(rows));
-  Vec expect = base;
-  for (int64_t r = 0; r < rows; ++r)
-    std::copy_n(src.begin() + r * src_w + col0, n, expect.begin() + r * dst_w + 3);
-  EXPECT_EQ(download(ddst, base.size()), expect);
-  for (float* p : {dsrc, ddst}) be_->release(p);
-}
+TEST_F(CudaTest, Copy2dMovesColumnBlocks) { test::check_copy_2d(*be_); }
 
 TEST_F(CudaTest, GatherMovesExactRows) {
   const int64_t width = 67, n_src = 500, n = 123;
@@ -366,11 +349,7 @@ TEST_F(CudaTest, AttentionRejectsBadShapes) {
 TEST_F(CudaTest, AttentionOverStreamingSinkCacheMatchesStreamSemantics) {
   const AttnCase c{8, 2, 16};
   const int S = 4, W = 60, chunk = 16, n_slots = 3;
-  CacheConfig cfg;
-  cfg.policy = Policy::Sink;
-  cfg.sink = S;
-  cfg.window = W;
-  cfg.chunk = chunk;
+  const CacheConfig cfg = test::cache_config(Policy::Sink, S, W, chunk);
   const int kd = c.n_kv * c.head_dim, qd = c.n_heads * c.head_dim;
   KVCache cache(*be_, 1, kd, cfg, n_slots);
   // The third slot of the pool, so that its rows start past other slots' rows.

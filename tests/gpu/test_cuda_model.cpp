@@ -23,23 +23,7 @@ namespace {
 
 using test::cache_config;
 using test::fixture;
-
-struct Engine {
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Communicator> comm;
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<KVCache> cache;
-  std::unique_ptr<Lockstep> ls;
-
-  Engine(const GGUFFile& f, std::unique_ptr<Backend> b, const CacheConfig& cfg)
-      : backend(std::move(b)),
-        comm(make_single_communicator()),
-        model(std::make_unique<LlamaModel>(f, *backend, *comm)),
-        cache(std::make_unique<KVCache>(*backend, model->config().n_layers, model->local_kv_dim(),
-                                        cfg, 1)),
-        ls(std::make_unique<Lockstep>(*model, *cache)) {}
-  int vocab() const { return model->config().vocab; }
-};
+using test::Rig;
 
 int32_t argmax(const std::vector<float>& v) {
   return int32_t(std::max_element(v.begin(), v.end()) - v.begin());
@@ -49,8 +33,8 @@ int32_t argmax(const std::vector<float>& v) {
 const CacheConfig kSink = cache_config(Policy::Sink, 4, 60, 64);
 
 TEST(CudaModel, GreedyStreamMatchesCpuThroughEvictions) {
-  GGUFFile f(fixture("models/stories260K.gguf"));
-  Engine cpu(f, make_cpu_backend(1), kSink), gpu(f, make_cuda_backend(0), kSink);
+  const std::string model = fixture("models/stories260K.gguf");
+  Rig cpu(model, kSink, make_cpu_backend(1)), gpu(model, kSink, make_cuda_backend(0));
   const size_t V = size_t(cpu.vocab());
   std::vector<float> lc(V), lg(V);
   Stream sc(*cpu.ls), sg(*gpu.ls);
@@ -79,8 +63,8 @@ TEST(CudaModel, GreedyStreamMatchesCpuThroughEvictions) {
 // logits never leave it), against host draws on the CPU: greedy, then with a repetition penalty
 // and top-k 1 (so that a coin cannot fall differently on rounding).
 TEST(CudaModel, TokensDrawnOnTheDeviceMatchCpu) {
-  GGUFFile f(fixture("models/stories260K.gguf"));
-  Engine cpu(f, make_cpu_backend(1), kSink), gpu(f, make_cuda_backend(0), kSink);
+  const std::string model = fixture("models/stories260K.gguf");
+  Rig cpu(model, kSink, make_cpu_backend(1)), gpu(model, kSink, make_cuda_backend(0));
   gpu.ls->set_sample_on_backend(true);
   for (float penalty : {1.0f, 1.3f}) {
     SamplingParams sp;
@@ -105,16 +89,16 @@ TEST(CudaModel, TokensDrawnOnTheDeviceMatchCpu) {
 // give bit-identical logits to eager launches, through the window filling (attention's split
 // count changes the graph's topology) and evictions, after a prefill (not recorded).
 TEST(CudaModel, GraphReplayEqualsEagerLaunches) {
-  GGUFFile f(fixture("models/stories260K.gguf"));
-  Engine eager(f, make_cuda_backend(0), kSink);
+  const std::string model = fixture("models/stories260K.gguf");
+  Rig eager(model, kSink, make_cuda_backend(0));
   setenv("SINKSERVE_CUDA_GRAPHS", "1", 1);
-  Engine graphs(f, make_cuda_backend(0), kSink);
+  Rig graphs(model, kSink, make_cuda_backend(0));
   unsetenv("SINKSERVE_CUDA_GRAPHS");
   const size_t V = size_t(eager.vocab());
   std::vector<float> le(V), lg(V);
   Stream se(*eager.ls), sg(*graphs.ls);
   const std::vector<int32_t> prompt =
-      test::text_tokens(f, fixture("texts/pg1342_pride_and_prejudice.txt"), 150);
+      test::text_tokens(*eager.file, fixture("texts/pg1342_pride_and_prejudice.txt"), 150);
   se.feed(prompt, le.data());
   sg.feed(prompt, lg.data());
   ASSERT_EQ(le, lg);
@@ -135,7 +119,7 @@ TEST(CudaModel, GraphReplayEqualsEagerLaunches) {
 
 // Negative log-likelihood of a real text fed in prefill chunks (all logits), so that the batched
 // matmul and multi-token attention paths are the ones compared.
-double text_nll(Engine& e, const std::vector<int32_t>& ids, int chunk) {
+double text_nll(Rig& e, const std::vector<int32_t>& ids, int chunk) {
   const size_t V = size_t(e.vocab());
   std::vector<float> logits(static_cast<size_t>(chunk) * V);
   Stream s(*e.ls);
@@ -155,10 +139,10 @@ double text_nll(Engine& e, const std::vector<int32_t>& ids, int chunk) {
 }
 
 TEST(CudaModel, PerplexityOverTextMatchesCpu) {
-  GGUFFile f(fixture("models/stories260K.gguf"));
+  const std::string model = fixture("models/stories260K.gguf");
+  Rig cpu(model, kSink, make_cpu_backend(1)), gpu(model, kSink, make_cuda_backend(0));
   const std::vector<int32_t> ids =
-      test::text_tokens(f, fixture("texts/pg1342_pride_and_prejudice.txt"), 1500);
-  Engine cpu(f, make_cpu_backend(1), kSink), gpu(f, make_cuda_backend(0), kSink);
+      test::text_tokens(*cpu.file, fixture("texts/pg1342_pride_and_prejudice.txt"), 1500);
   for (int chunk : {1, 37, 64}) {
     const double pc = std::exp(text_nll(cpu, ids, chunk)), pg = std::exp(text_nll(gpu, ids, chunk));
     EXPECT_NEAR(pg / pc, 1.0, 1e-3) << "chunk " << chunk << ": CPU ppl " << pc << ", CUDA " << pg;

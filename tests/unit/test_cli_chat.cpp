@@ -1,8 +1,6 @@
 // `sinkserve chat` end to end on the trained stories260K model: a whole MT-Bench conversation
 // through one session with a window far smaller than the conversation, so the sink cache evicts
 // across turns.
-#include <sys/wait.h>
-
 #include <filesystem>
 #include <regex>
 #include <string>
@@ -11,9 +9,9 @@
 #include <gtest/gtest.h>
 
 #include "tests/fixtures.h"
-#include "tests/gguf_bytes.h"
 
 namespace fs = std::filesystem;
+using sinkserve::test::CliResult;
 
 namespace {
 
@@ -22,22 +20,8 @@ fs::path dir() {
   return d;
 }
 
-struct Result {
-  int code = -1;  // -1: killed by a signal
-  std::string out, err;
-};
-
-Result run(const std::string& args, const std::string& stdin_text = "") {
-  const fs::path in = dir() / "stdin.txt", out = dir() / "stdout.txt", err = dir() / "stderr.txt";
-  sinkserve::test::write_bytes(in, stdin_text);
-  const std::string cmd = sinkserve::test::sinkserve_binary() + " " + args + " <" + in.string() + " >" +
-                          out.string() + " 2>" + err.string();
-  const int st = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  r.out = sinkserve::test::read_bytes(out);
-  r.err = sinkserve::test::read_bytes(err);
-  return r;
+CliResult run(const std::string& args, const std::string* stdin_text = nullptr) {
+  return sinkserve::test::run_sinkserve(dir(), args, stdin_text);
 }
 
 // Single quotes for /bin/sh.
@@ -99,7 +83,7 @@ std::vector<TurnStats> parse_stats(const std::string& err) {
 }
 
 TEST(CliChat, MtBenchThroughOneSessionEvictsAndStaysBounded) {
-  const Result r = run(chat_args());
+  const CliResult r = run(chat_args());
   ASSERT_EQ(r.code, 0) << r.err;
   const std::vector<Turn> turns = parse_transcript(r.out);
   ASSERT_EQ(turns.size(), 6u) << r.out;
@@ -131,8 +115,8 @@ TEST(CliChat, MtBenchThroughOneSessionEvictsAndStaysBounded) {
 }
 
 TEST(CliChat, IdenticalRunsGiveIdenticalTranscripts) {
-  const Result a = run(chat_args());
-  const Result b = run(chat_args());
+  const CliResult a = run(chat_args());
+  const CliResult b = run(chat_args());
   ASSERT_EQ(a.code, 0) << a.err;
   ASSERT_EQ(b.code, 0) << b.err;
   EXPECT_EQ(a.out, b.out);
@@ -141,13 +125,13 @@ TEST(CliChat, IdenticalRunsGiveIdenticalTranscripts) {
 // The first turn of a chat is exactly a generation from the rendered turn: same tokens, same
 // chunked prefill, same greedy reply.
 TEST(CliChat, FirstReplyEqualsGenerateOnTheRenderedTurn) {
-  const Result chat = run(chat_args());
+  const CliResult chat = run(chat_args());
   ASSERT_EQ(chat.code, 0) << chat.err;
   const std::vector<Turn> turns = parse_transcript(chat.out);
   ASSERT_FALSE(turns.empty());
   // With the raw template and no system message the first turn renders to the question itself.
-  const Result gen = run("generate " + model_args() + " -n " + std::to_string(kTokens) + " --prompt " +
-                         quoted(turns[0].user));
+  const CliResult gen = run("generate " + model_args() + " -n " + std::to_string(kTokens) + " --prompt " +
+                            quoted(turns[0].user));
   ASSERT_EQ(gen.code, 0) << gen.err;
   std::string expected = gen.out;
   while (!expected.empty() && std::isspace(static_cast<unsigned char>(expected.back()))) expected.pop_back();
@@ -156,8 +140,8 @@ TEST(CliChat, FirstReplyEqualsGenerateOnTheRenderedTurn) {
 
 // Interactive use reads one turn per line from stdin (here a pipe), skipping blank lines.
 TEST(CliChat, ReadsTurnsFromStdin) {
-  const Result r = run("chat " + model_args() + " --template vicuna --system 'A chat.' -n 12",
-                       "Once upon a time\n\n   \nTell me a story about a cat.\n");
+  const std::string input = "Once upon a time\n\n   \nTell me a story about a cat.\n";
+  const CliResult r = run("chat " + model_args() + " --template vicuna --system 'A chat.' -n 12", &input);
   ASSERT_EQ(r.code, 0) << r.err;
   const std::vector<Turn> turns = parse_transcript(r.out);
   ASSERT_EQ(turns.size(), 2u) << r.out;
@@ -168,9 +152,9 @@ TEST(CliChat, ReadsTurnsFromStdin) {
 }
 
 TEST(CliChat, DenseCacheEndsWithAClearErrorWhenFull) {
-  const Result r = run("chat --model " + sinkserve::test::fixture("models/stories260K.gguf") +
-                       " --threads 1 --temp 0 --policy dense --ctx 100 --template raw -n 40 --prompts " +
-                       sinkserve::test::fixture("prompts/mt_bench.jsonl") + " --questions 3");
+  const CliResult r = run("chat --model " + sinkserve::test::fixture("models/stories260K.gguf") +
+                          " --threads 1 --temp 0 --policy dense --ctx 100 --template raw -n 40 --prompts " +
+                          sinkserve::test::fixture("prompts/mt_bench.jsonl") + " --questions 3");
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("the dense cache is full"), std::string::npos) << r.err;
 }
@@ -178,7 +162,7 @@ TEST(CliChat, DenseCacheEndsWithAClearErrorWhenFull) {
 TEST(CliChat, BadArgumentsAreUsageErrors) {
   const fs::path bad = dir() / "bad.jsonl";
   sinkserve::test::write_bytes(bad, "{\"turns\": [\"hi\"]}\n{\"turns\": 3}\n");
-  Result r = run("chat " + model_args() + " --prompts " + bad.string());
+  CliResult r = run("chat " + model_args() + " --prompts " + bad.string());
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
   r = run("chat " + model_args() + " --template nope");

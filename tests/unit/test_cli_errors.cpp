@@ -1,7 +1,5 @@
 // The sinkserve executable on bad input: corrupt model files and bad arguments end in a clear
 // message and a non-zero exit status, never a crash.
-#include <sys/wait.h>
-
 #include <filesystem>
 #include <string>
 #include <utility>
@@ -14,6 +12,7 @@
 #include "tests/gguf_bytes.h"
 
 using namespace sinkserve;
+using sinkserve::test::CliResult;
 using sinkserve::test::GGUFBytes;
 namespace fs = std::filesystem;
 
@@ -24,23 +23,7 @@ fs::path dir() {
   return d;
 }
 
-struct Result {
-  bool exited = false;  // false: killed by a signal
-  int code = -1;
-  std::string out, err;
-};
-
-Result run(const std::string& args) {
-  const std::string out = (dir() / "stdout.txt").string(), err = (dir() / "stderr.txt").string();
-  const std::string cmd = sinkserve::test::sinkserve_binary() + " " + args + " >" + out + " 2>" + err;
-  const int st = std::system(cmd.c_str());
-  Result r;
-  r.exited = WIFEXITED(st);
-  r.code = r.exited ? WEXITSTATUS(st) : -1;
-  r.out = sinkserve::test::read_bytes(out);
-  r.err = sinkserve::test::read_bytes(err);
-  return r;
-}
+CliResult run(const std::string& args) { return sinkserve::test::run_sinkserve(dir(), args); }
 
 std::string write_model(const std::string& name, const std::string& bytes) {
   const fs::path p = dir() / name;
@@ -60,7 +43,7 @@ GGUFBytes valid_model(uint64_t dim0 = 8, uint64_t offset_b = 32) {
 // Every command that opens a model refuses the file the same way.
 void expect_failure(const std::string& model, const std::string& needle) {
   for (const char* cmd : {"inspect --model ", "generate -n 4 --threads 1 --model "}) {
-    const Result r = run(cmd + model);
+    const CliResult r = run(cmd + model);
     EXPECT_TRUE(r.exited) << "killed by a signal: " << cmd << model;
     EXPECT_EQ(r.code, 1) << cmd << ": " << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << cmd << " stderr: " << r.err;
@@ -97,7 +80,7 @@ TEST(CliErrors, UnsupportedArchitectureAndTensorType) {
 }
 
 TEST(CliErrors, TruncatedRealModel) {
-  const std::string real = sinkserve::test::read_bytes(sinkserve::test::fixture("models/stories260K.gguf"));
+  const std::string real = sinkserve::test::read_file(sinkserve::test::fixture("models/stories260K.gguf"));
   expect_failure(write_model("stories_cut.gguf", real.substr(0, real.size() / 2)), "truncated");
 }
 
@@ -116,7 +99,7 @@ TEST(CliErrors, BadGenerateArguments) {
            {"generate --chunk 0" + m, "--chunk must be in 1..65536"},
            {"perplexity --text /nonexistent/file" + m, "cannot read --text"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
-    const Result r = run(args);
+    const CliResult r = run(args);
     EXPECT_TRUE(r.exited) << args;
     EXPECT_EQ(r.code, 2) << args << ": " << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << " stderr: " << r.err;
@@ -124,7 +107,7 @@ TEST(CliErrors, BadGenerateArguments) {
 }
 
 TEST(CliErrors, BadArguments) {
-  Result r = run("inspect --bogus");
+  CliResult r = run("inspect --bogus");
   EXPECT_TRUE(r.exited);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("unknown argument '--bogus'"), std::string::npos) << r.err;
@@ -139,7 +122,7 @@ TEST(CliErrors, BadArguments) {
 }
 
 TEST(CliErrors, InspectRealModel) {
-  const Result r = run("inspect --tensors --model " + sinkserve::test::fixture("models/stories260K.gguf"));
+  const CliResult r = run("inspect --tensors --model " + sinkserve::test::fixture("models/stories260K.gguf"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("GGUF v3"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("layers 5, dim 64, heads 8, kv heads 4, head dim 8, ffn 172, vocab 512"),

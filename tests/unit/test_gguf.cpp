@@ -1,7 +1,6 @@
 // GGUF reader, writer, model config and `synth`: real fixtures, round trips against a hand-made
 // reference encoding, targeted corruptions with their messages, and a seeded mutation corpus.
 #include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -49,11 +48,8 @@ std::string load_error(const std::string& bytes, const std::string& name = "case
     EXPECT_NE(err_.find("case.gguf"), std::string::npos) << err_;                     \
   } while (0)
 
-int run_sinkserve(const std::string& args) {
-  const std::string cmd = sinkserve::test::sinkserve_binary() + " " + args + " >/dev/null 2>" + tmp("stderr.txt");
-  const int st = std::system(cmd.c_str());
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+// The exit status of `sinkserve <args>` (-1: killed by a signal).
+int exit_status(const std::string& args) { return sinkserve::test::run_sinkserve(tmp_dir(), args).code; }
 
 uint64_t splitmix(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -77,7 +73,7 @@ uint64_t data_start_of(const GGUFFile& f) {
 
 // Every tensor's data pointer must address the bytes at data_start + offset of the file itself.
 void expect_data_pointers_match_file(const GGUFFile& f) {
-  const std::string bytes = sinkserve::test::read_bytes(f.path());
+  const std::string bytes = sinkserve::test::read_file(f.path());
   const uint64_t start = data_start_of(f);
   ASSERT_EQ(start % f.alignment(), 0u);
   for (const auto& t : f.tensors())
@@ -180,7 +176,7 @@ TEST(GGUFWriter, MatchesHandAssembledBytes) {
   ref.pad(32);
   ref.b.append(4, char(0xab));
   ref.pad(32);
-  EXPECT_EQ(sinkserve::test::read_bytes(tmp("w.gguf")), ref.b);
+  EXPECT_EQ(sinkserve::test::read_file(tmp("w.gguf")), ref.b);
   EXPECT_FALSE(fs::exists(tmp("w.gguf.partial")));
 }
 
@@ -480,7 +476,7 @@ TEST(GGUFMutation, WrittenFile) {
     start = data_start_of(f);
     for (const auto& t : f.tensors()) end = std::max(end, start + t.offset + t.bytes);
   }
-  mutation_corpus(sinkserve::test::read_bytes(p), start, end, 42, 6000);
+  mutation_corpus(sinkserve::test::read_file(p), start, end, 42, 6000);
 }
 
 TEST(GGUFMutation, Stories260K) {
@@ -491,7 +487,7 @@ TEST(GGUFMutation, Stories260K) {
     start = data_start_of(f);
     for (const auto& t : f.tensors()) end = std::max(end, start + t.offset + t.bytes);
   }
-  mutation_corpus(sinkserve::test::read_bytes(p), start, end, 7, 2000);
+  mutation_corpus(sinkserve::test::read_file(p), start, end, 7, 2000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,12 +582,12 @@ TEST(ModelConfig, AbsurdValuesAreNamed) {
 
 TEST(Synth, DeterministicBySeedAndReadsBack) {
   const std::string common = "synth --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 300 --type Q8_0";
-  ASSERT_EQ(run_sinkserve(common + " --seed 5 --out " + tmp("s1.gguf")), 0);
-  ASSERT_EQ(run_sinkserve(common + " --seed 5 --out " + tmp("s2.gguf")), 0);
-  ASSERT_EQ(run_sinkserve(common + " --seed 6 --out " + tmp("s3.gguf")), 0);
-  const std::string a = sinkserve::test::read_bytes(tmp("s1.gguf"));
-  EXPECT_EQ(a, sinkserve::test::read_bytes(tmp("s2.gguf")));
-  EXPECT_NE(a, sinkserve::test::read_bytes(tmp("s3.gguf")));
+  ASSERT_EQ(exit_status(common + " --seed 5 --out " + tmp("s1.gguf")), 0);
+  ASSERT_EQ(exit_status(common + " --seed 5 --out " + tmp("s2.gguf")), 0);
+  ASSERT_EQ(exit_status(common + " --seed 6 --out " + tmp("s3.gguf")), 0);
+  const std::string a = sinkserve::test::read_file(tmp("s1.gguf"));
+  EXPECT_EQ(a, sinkserve::test::read_file(tmp("s2.gguf")));
+  EXPECT_NE(a, sinkserve::test::read_file(tmp("s3.gguf")));
 
   GGUFFile f(tmp("s1.gguf"));
   const ModelConfig c = read_model_config(f);
@@ -623,9 +619,9 @@ TEST(Synth, DeterministicBySeedAndReadsBack) {
 }
 
 TEST(Synth, TokenizerFromAndVariants) {
-  ASSERT_EQ(run_sinkserve("synth --dim 32 --layers 1 --heads 2 --ffn 64 --tied --arch qwen2 --type BF16 --out " +
-                          tmp("q.gguf") + " --tokenizer-from " +
-                          sinkserve::test::fixture("tokenizers/ggml-vocab-llama-spm.gguf")),
+  ASSERT_EQ(exit_status("synth --dim 32 --layers 1 --heads 2 --ffn 64 --tied --arch qwen2 --type BF16 --out " +
+                        tmp("q.gguf") + " --tokenizer-from " +
+                        sinkserve::test::fixture("tokenizers/ggml-vocab-llama-spm.gguf")),
             0);
   GGUFFile f(tmp("q.gguf"));
   const ModelConfig c = read_model_config(f);
@@ -637,9 +633,9 @@ TEST(Synth, TokenizerFromAndVariants) {
   f.tensor("blk.0.attn_k.bias", {32});
   EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");
 
-  EXPECT_EQ(run_sinkserve("synth --dim 48 --heads 4 --type Q8_0 --out " + tmp("x.gguf")), 2);  // 48 % 32
-  EXPECT_EQ(run_sinkserve("synth --heads 3 --out " + tmp("x.gguf")), 2);
-  EXPECT_EQ(run_sinkserve("synth --vocab 100 --out " + tmp("x.gguf")), 2);
-  EXPECT_EQ(run_sinkserve("synth --type Q4_0 --out " + tmp("x.gguf")), 2);
+  EXPECT_EQ(exit_status("synth --dim 48 --heads 4 --type Q8_0 --out " + tmp("x.gguf")), 2);  // 48 % 32
+  EXPECT_EQ(exit_status("synth --heads 3 --out " + tmp("x.gguf")), 2);
+  EXPECT_EQ(exit_status("synth --vocab 100 --out " + tmp("x.gguf")), 2);
+  EXPECT_EQ(exit_status("synth --type Q4_0 --out " + tmp("x.gguf")), 2);
   EXPECT_FALSE(fs::exists(tmp("x.gguf")));
 }

@@ -383,17 +383,7 @@ TEST_P(CpuBackendTest, RmsnormSwigluAddOverManyRows) {
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(acc[i], x[i] + g[i]) << i;
 }
 
-TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) {
-  const int64_t rows = 29, src_w = 131, dst_w = 57, col0 = 70, n = 50;
-  const std::vector<float> src = random_floats(size_t(rows * src_w), 7), base = random_floats(size_t(rows * dst_w), 8);
-  std::vector<float> dst = base;
-  be->copy_2d(dst.data() + 3, dst_w * sizeof(float), src.data() + col0, src_w * sizeof(float),
-              n * sizeof(float), size_t(rows));
-  std::vector<float> expect = base;
-  for (int64_t r = 0; r < rows; ++r)
-    std::copy_n(src.begin() + r * src_w + col0, n, expect.begin() + r * dst_w + 3);
-  EXPECT_EQ(dst, expect);
-}
+TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) { test::check_copy_2d(*be); }
 
 // RoPE against long double, at positions far beyond where a float angle would be useless. The
 // backend reduces the angle in extended precision, so the error stays at float rounding even at

@@ -4,19 +4,12 @@
 #include <set>
 
 #include "cache/kv_cache.h"
+#include "tests/cache_config.h"
 
 using namespace sinkserve;
+using sinkserve::test::cache_config;
 
 namespace {
-
-CacheConfig cfg(Policy p, int sink, int window, int chunk) {
-  CacheConfig c;
-  c.policy = p;
-  c.sink = sink;
-  c.window = window;
-  c.chunk = chunk;
-  return c;
-}
 
 // Stream positions a query at position p sees: the sinks and the last `window` tokens.
 std::set<int64_t> visible(int64_t p, int sink, int window) {
@@ -30,7 +23,7 @@ std::set<int64_t> visible(int64_t p, int sink, int window) {
 // holds, and checks every query's span against the definition.
 void check_stream(Policy policy, int sink, int window, int chunk, int step, int64_t total) {
   auto be = make_cpu_backend(1);
-  KVCache cache(*be, 1, 8, cfg(policy, sink, window, chunk), 2);
+  KVCache cache(*be, 1, 8, cache_config(policy, sink, window, chunk), 2);
   const int slot = cache.acquire();
   ASSERT_EQ(slot, 0);
   const int other = cache.acquire();  // a second slot must never be touched
@@ -76,7 +69,7 @@ TEST(KVCache, DenseSeesEverything) { check_stream(Policy::Dense, 0, 100, 8, 9, 1
 
 TEST(KVCache, DenseRefusesToGrowPastCapacity) {
   auto be = make_cpu_backend(1);
-  KVCache cache(*be, 1, 8, cfg(Policy::Dense, 0, 10, 4), 1);
+  KVCache cache(*be, 1, 8, cache_config(Policy::Dense, 0, 10, 4), 1);
   const int s = cache.acquire();
   std::vector<TokenPlan> plan(11);
   cache.plan(s, 10, plan.data());
@@ -86,14 +79,14 @@ TEST(KVCache, DenseRefusesToGrowPastCapacity) {
 
 TEST(KVCache, StepLargerThanChunkIsRefused) {
   auto be = make_cpu_backend(1);
-  KVCache cache(*be, 1, 8, cfg(Policy::Sink, 4, 10, 4), 1);
+  KVCache cache(*be, 1, 8, cache_config(Policy::Sink, 4, 10, 4), 1);
   std::vector<TokenPlan> plan(5);
   EXPECT_THROW(cache.plan(cache.acquire(), 5, plan.data()), std::invalid_argument);
 }
 
 TEST(KVCache, MemoryIsFixedAndLiveBytesSaturate) {
   auto be = make_cpu_backend(1);
-  KVCache cache(*be, 3, 16, cfg(Policy::Sink, 4, 20, 8), 2);
+  KVCache cache(*be, 3, 16, cache_config(Policy::Sink, 4, 20, 8), 2);
   const int64_t pool = cache.pool_bytes();
   EXPECT_EQ(pool, 2 * (4 + 20 + 8) * 16 * 4 * 2 * 3);
   const int s = cache.acquire();
@@ -109,7 +102,8 @@ TEST(KVCache, MemoryIsFixedAndLiveBytesSaturate) {
 
 TEST(KVCache, SlotsAreAcquiredReleasedAndHashed) {
   auto be = make_cpu_backend(1);
-  KVCache a(*be, 1, 8, cfg(Policy::Sink, 4, 10, 4), 2), b(*be, 1, 8, cfg(Policy::Sink, 4, 10, 4), 2);
+  const CacheConfig cfg = cache_config(Policy::Sink, 4, 10, 4);
+  KVCache a(*be, 1, 8, cfg, 2), b(*be, 1, 8, cfg, 2);
   EXPECT_EQ(a.acquire(), 0);
   EXPECT_EQ(a.acquire(), 1);
   EXPECT_EQ(a.acquire(), -1);
