@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "kernels/dtype.h"
 
@@ -36,11 +38,27 @@ struct AttnSpan {
   int32_t n_win = 0;
 };
 
+// Rotary embedding of the first `n_rot` dimensions of each head (d = n_rot, i < d/2):
+//   angle_i = pos * freq_scale * base^(-2i/d) / freq_factors[i]
+// NORM style rotates pairs (2i, 2i + 1), NEOX style pairs (i, i + d/2); dimensions from n_rot on
+// pass through unrotated (partial rotary: Pythia, Phi-2, GPT-J, StableLM).
 struct RopeParams {
   float freq_base = 10000.0f;
-  float freq_scale = 1.0f;  // linear scaling: angle = pos * freq_scale * base^(-2i/d)
-  bool neox = false;        // rotate pairs (i, i + d/2) instead of (2i, 2i + 1)
+  float freq_scale = 1.0f;  // linear scaling
+  bool neox = false;
+  int n_rot = -1;           // rotated dimensions per head: -1 = all, 0 = none (ALiBi models)
+  std::vector<float> freq_factors;  // Llama-3's rope_freqs, one per pair; empty = all 1
+  // Rotated dimensions of a head of head_dim values.
+  int rotated(int head_dim) const { return n_rot < 0 ? head_dim : n_rot; }
 };
+// The inverse frequency of pair i as above, in extended precision: positions of endless streams
+// grow without bound, and the angle is reduced modulo 2*pi from it.
+long double rope_inv_freq(const RopeParams& p, int head_dim, int i);
+
+// Activation functions of the feed-forward block. GeluTanh is the tanh approximation
+// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GeluErf the exact 0.5 x (1 + erf(x / sqrt 2)).
+enum class Activation : uint8_t { Silu, GeluTanh, GeluErf };
+std::string_view activation_name(Activation a);
 
 // How one row of logits becomes a token. In order: the logits of the `penalized` tokens are
 // divided (positive) or multiplied (negative) by `penalty`; temperature 0 takes the argmax (lowest
@@ -104,21 +122,32 @@ class Backend {
   // x += y, then out = rmsnorm(x) as above: the residual add fused with the next norm.
   virtual void add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
                            int64_t dim, float eps) = 0;
+  // out[t] = (x[t] - mean) / sqrt(var + eps) * w + b (biased variance), rows of length dim; b may
+  // be null (no bias).
+  virtual void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok,
+                         int64_t dim, float eps) = 0;
+  // x += y, then out = layernorm(x).
+  virtual void add_layernorm(float* x, const float* y, float* out, const float* w, const float* b,
+                             int64_t n_tok, int64_t dim, float eps) = 0;
   // The rotary embedding and cache write of a step's fresh projections. Row t of qkv (rows
   // `stride` floats apart) holds q (n_heads heads of head_dim), then k and v (n_kv_heads heads
   // each). q rotated to position pos_win[t] goes to row t of q_win and, unless pos_sink is null,
   // q rotated to pos_sink[t] to row t of q_sink; k rotated to pos_win[t] and v go to row rows[t]
   // of k_cache and v_cache (rows of n_kv_heads * head_dim). pos_win, pos_sink and rows are host
-  // arrays. Angles are computed in double from the 64-bit position.
+  // arrays. Angles are computed in double from the 64-bit position. Only the first
+  // p.rotated(head_dim) dimensions of each head rotate; the rest are copied.
   virtual void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
                               int n_kv_heads, int head_dim, const int64_t* pos_win,
                               const int64_t* pos_sink, const RopeParams& p, float* q_win,
                               float* q_sink, float* k_cache, float* v_cache,
                               const int64_t* rows) = 0;
-  // out[t][i] = silu(gate[t][i]) * up[t][i] for t < n_tok, i < width. out rows are `width` apart,
-  // gate and up rows `in_stride` apart (so both can be halves of one fused gate|up row).
-  virtual void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
-                      int64_t in_stride) = 0;
+  // out[t][i] = act(gate[t][i]) * up[t][i] for t < n_tok, i < width (SwiGLU, GeGLU), or
+  // act(gate[t][i]) when up is null. out rows are `width` apart, gate and up rows `in_stride`
+  // apart (so both can be halves of one fused gate|up row). out may be gate when up is null.
+  virtual void activate(Activation act, float* out, const float* gate, const float* up,
+                        int64_t n_tok, int64_t width, int64_t in_stride) = 0;
+  // x = min(max(x, -limit), limit) over n values (MPT's clamp_kqv).
+  virtual void clamp(float* x, int64_t n, float limit) = 0;
   // x += y over n values.
   virtual void add(float* x, const float* y, int64_t n) = 0;
   // dst row i = src row rows[i] (rows of `width` floats), for i < n. rows is a host array.
@@ -127,9 +156,12 @@ class Backend {
   // Causal softmax attention for n_tok query tokens. q_win/q_sink/out: [n_tok][n_heads*head_dim];
   // k/v: the layer's cache, rows of n_kv_heads*head_dim; query head h reads KV head
   // h / (n_heads / n_kv_heads). spans: host array of n_tok descriptors. Scale 1/sqrt(head_dim).
+  // With ALiBi (alibi_slopes: host array of n_heads slopes, else null), head h adds
+  // -slope[h] * (n - 1 - j) to the score of the token's key j of n (sinks first, then the window):
+  // the distance inside the cache, since the token itself is its last key.
   virtual void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
                          int n_kv_heads, int head_dim, const float* k, const float* v,
-                         const AttnSpan* spans, float* out) = 0;
+                         const AttnSpan* spans, const float* alibi_slopes, float* out) = 0;
 
   // Draws one token per row of logits ([n_rows][width], may be modified in place) as `specs`
   // (host array, one per row) describe; writes the tokens to host array `out` and waits for them.

@@ -59,14 +59,23 @@ void print_tokenizer(const GGUFFile& f) {
 }
 
 void print_config(const ModelConfig& c) {
+  const ArchSpec& a = *c.spec;
   std::printf("architecture:   %s%s\n", c.arch.c_str(), c.name.empty() ? "" : (" (" + c.name + ")").c_str());
   std::printf("  layers %d, dim %d, heads %d, kv heads %d, head dim %d, ffn %d, vocab %d\n", c.n_layers,
               c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn, c.vocab);
-  std::printf("  context (trained) %" PRId64 ", rms eps %g, rope base %g, rope scale %g, rope %s\n",
-              c.ctx_train, double(c.norm_eps), double(c.rope.freq_base), double(c.rope.freq_scale),
-              c.rope.neox ? "neox" : "normal");
-  std::printf("  output head %s, qkv bias %s", c.tied_output ? "tied to token_embd" : "separate",
-              c.qkv_bias ? "yes" : "no");
+  std::printf("  %s (eps %g), %s%s, %s residual\n", a.norm == NormKind::Rms ? "RMSNorm" : "LayerNorm",
+              double(c.norm_eps), std::string(activation_name(a.act)).c_str(), a.gated ? " gated" : "",
+              c.parallel_residual ? "parallel" : "sequential");
+  if (a.positions == Positions::Alibi) {
+    std::printf("  positions ALiBi (max bias %g)", double(c.alibi_bias_max));
+  } else {
+    std::printf("  positions RoPE %s over %d of %d dims, base %g, scale %g%s", c.rope.neox ? "neox" : "normal",
+                c.rope.rotated(c.head_dim), c.head_dim, double(c.rope.freq_base), double(c.rope.freq_scale),
+                c.rope.freq_factors.empty() ? "" : ", rope_freqs factors");
+  }
+  if (c.clamp_kqv > 0) std::printf(", clamp_kqv %g", double(c.clamp_kqv));
+  std::printf("\n  context (trained) %" PRId64 ", output head %s", c.ctx_train,
+              c.tied_output ? "tied to token_embd" : "separate");
   if (c.sliding_window) std::printf(", sliding window %" PRId64 " (not enforced)", c.sliding_window);
   std::printf("\n");
 }

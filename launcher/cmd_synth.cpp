@@ -1,5 +1,7 @@
-// `sinkserve synth`: a random-weight llama-family GGUF of any size, for benchmarks and tests that
-// need shapes of real models without their weights. Bytes depend only on the options and the seed.
+// `sinkserve synth`: a random-weight GGUF of any family in the architecture table and any size,
+// for benchmarks and tests that need shapes of real models without their weights. Metadata keys
+// and tensor names follow llama.cpp's converter; which tensors a family has comes from the table.
+// Bytes depend only on the options and the seed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -13,6 +15,7 @@
 #include "launcher/args.h"
 #include "launcher/command.h"
 #include "launcher/measure.h"
+#include "runtime/arch.h"
 #include "runtime/gguf.h"
 
 namespace sinkserve {
@@ -111,24 +114,53 @@ uint32_t file_type(DType t) {  // llama.cpp's general.file_type (LLAMA_FTYPE_*)
   return 0;
 }
 
+// Llama-3.1's rope_freqs for a head of d rotated dimensions: scaling factor 8 below the low-frequency
+// wavelength (original context 8192 / 1), 1 above the high one (8192 / 4), smoothly in between.
+std::vector<float> llama3_rope_factors(int d, float base) {
+  const double factor = 8, low = 1, high = 4, orig = 8192;
+  std::vector<float> f;
+  for (int i = 0; i < d / 2; ++i) {
+    const double wavelen = 2 * M_PI * std::pow(double(base), 2.0 * i / d);
+    if (wavelen < orig / high) f.push_back(1.0f);
+    else if (wavelen > orig / low) f.push_back(float(factor));
+    else {
+      const double smooth = (orig / wavelen - low) / (high - low);
+      f.push_back(float(1.0 / ((1 - smooth) / factor + smooth)));
+    }
+  }
+  return f;
+}
+
 int run(int argc, char** argv) {
-  std::string out, preset, type_name = "F32", tokenizer_from, arch = "llama";
-  int dim = 64, layers = 2, heads = 4, kv_heads = 0, ffn = 192, vocab = 512;
+  std::string out, preset, type_name = "F32", tokenizer_from, arch = "llama", qkv_form, residual;
+  int dim = 64, layers = 2, heads = 4, kv_heads = 0, ffn = 192, vocab = 512, rot = -1;
   int64_t seed = 0, ctx = 2048;
-  bool tied = false;
-  ArgParser p("synth", "Writes a llama-family GGUF with random weights (deterministic by seed).");
+  float clamp_kqv = 0;
+  bool tied = false, biases = false, rope_freqs = false;
+  ArgParser p("synth", "Writes a GGUF of any supported architecture with random weights (deterministic by seed).");
   p.add("-o,--out", "FILE", "output GGUF path", &out, true)
       .add("--preset", "NAME", "tinyllama or llama2-7b (shape options given override it)", &preset)
+      .add("--arch", "A", "architecture: " + supported_archs() + " (default llama)", &arch)
       .add("--dim", "N", "embedding width (default 64)", &dim)
       .add("--layers", "N", "transformer blocks (default 2)", &layers)
       .add("--heads", "N", "attention heads (default 4)", &heads)
-      .add("--kv-heads", "N", "key/value heads (default: --heads)", &kv_heads)
+      .add("--kv-heads", "N", "key/value heads (default: --heads; falcon: 1 is the 7B style, more "
+           "the 40B style with a second norm)", &kv_heads)
       .add("--ffn", "N", "feed-forward width (default 192)", &ffn)
       .add("--vocab", "N", "vocabulary size (default 512; >= 259 without --tokenizer-from)", &vocab)
-      .add("--type", "T", "matrix type: F32, F16, BF16 or Q8_0 (default F32; norms stay F32)", &type_name)
+      .add("--rot", "N", "rotated dimensions per head (rope.dimension_count; default: the family's "
+           "usual share of the head)", &rot)
+      .add("--qkv", "FORM", "fused (attn_qkv) or split (attn_q/k/v); default: the family's converter's",
+           &qkv_form)
+      .add("--biases", "", "also write the optional biases of the family (MPT, StableLM, ...)", &biases)
+      .add("--residual", "KIND", "parallel or sequential, for families whose metadata says "
+           "(gptneox, stablelm; default: the family's usual)", &residual)
+      .add("--clamp-kqv", "C", "attention.clamp_kqv metadata (mpt)", &clamp_kqv)
+      .add("--rope-freqs", "", "write Llama-3.1 style rope_freqs factors", &rope_freqs)
+      .add("--type", "T", "matrix type: F32, F16, BF16 or Q8_0 (default F32; norms and biases stay F32)",
+           &type_name)
       .add("--seed", "N", "random seed (default 0)", &seed)
       .add("--tokenizer-from", "GGUF", "copy the tokenizer.* metadata of this file", &tokenizer_from)
-      .add("--arch", "A", "llama, mistral or qwen2 (qwen2 adds q/k/v biases; default llama)", &arch)
       .add("--ctx", "N", "context_length metadata (default 2048)", &ctx)
       .add("--tied", "", "no output.weight: the embedding doubles as the output head", &tied);
   if (!p.parse(argc, argv)) return 0;
@@ -148,8 +180,8 @@ int run(int argc, char** argv) {
   }
   if (!p.given("--kv-heads") && kv_heads == 0) kv_heads = heads;
   const DType type = parse_type(type_name);
-  if (arch != "llama" && arch != "mistral" && arch != "qwen2")
-    throw UsageError("--arch must be llama, mistral or qwen2, got '" + arch + "'");
+  const ArchSpec* spec = find_arch(arch);
+  if (!spec) throw UsageError("--arch must be one of " + supported_archs() + ", got '" + arch + "'");
   for (auto [name, v] : {std::pair{"--dim", dim}, {"--layers", layers}, {"--heads", heads},
                          {"--kv-heads", kv_heads}, {"--ffn", ffn}, {"--vocab", vocab}})
     if (v <= 0) throw UsageError(std::string(name) + " must be positive, got " + std::to_string(v));
@@ -161,6 +193,23 @@ int run(int argc, char** argv) {
   if (head_dim % 2) throw UsageError("head dimension --dim/--heads = " + std::to_string(head_dim) + " must be even");
   if (type == DType::Q8_0 && (dim % kQ8Block || ffn % kQ8Block))
     throw UsageError("Q8_0 needs --dim and --ffn to be multiples of 32");
+  const bool rope = spec->positions == Positions::Rope;
+  if (rot < 0) {  // the family's usual rotary share
+    const double share = arch == "phi2" ? 0.4 : (arch == "gptneox" || arch == "gptj" || arch == "stablelm") ? 0.25 : 1.0;
+    rot = std::max(2, int(head_dim * share) / 2 * 2);
+  }
+  if (rope && (rot % 2 || rot > head_dim))
+    throw UsageError("--rot " + std::to_string(rot) + " must be even and at most the head dimension " +
+                     std::to_string(head_dim));
+  if (!qkv_form.empty() && qkv_form != "fused" && qkv_form != "split")
+    throw UsageError("--qkv must be fused or split, got '" + qkv_form + "'");
+  if (clamp_kqv < 0) throw UsageError("--clamp-kqv must be positive");
+  if (!residual.empty() && residual != "parallel" && residual != "sequential")
+    throw UsageError("--residual must be parallel or sequential, got '" + residual + "'");
+  if (!residual.empty() && !spec->parallel_key)
+    throw UsageError("--residual: " + arch + " has a fixed block shape");
+  const bool fused = qkv_form.empty() ? (arch == "gptneox" || arch == "falcon" || arch == "mpt" || arch == "phi2")
+                                      : qkv_form == "fused";
 
   GGUFWriter w;
   w.set_string("general.architecture", arch);
@@ -172,9 +221,18 @@ int run(int argc, char** argv) {
   w.set_u32(arch + ".feed_forward_length", uint32_t(ffn));
   w.set_u32(arch + ".attention.head_count", uint32_t(heads));
   w.set_u32(arch + ".attention.head_count_kv", uint32_t(kv_heads));
-  w.set_u32(arch + ".rope.dimension_count", uint32_t(head_dim));
-  w.set_f32(arch + ".attention.layer_norm_rms_epsilon", arch == "qwen2" ? 1e-6f : 1e-5f);
-  w.set_f32(arch + ".rope.freq_base", arch == "qwen2" ? 1e6f : 1e4f);
+  const bool rms = spec->norm == NormKind::Rms;
+  w.set_f32(arch + (rms ? ".attention.layer_norm_rms_epsilon" : ".attention.layer_norm_epsilon"),
+            arch == "qwen2" ? 1e-6f : 1e-5f);
+  if (rope) {
+    w.set_u32(arch + ".rope.dimension_count", uint32_t(rot));
+    w.set_f32(arch + ".rope.freq_base", arch == "qwen2" ? 1e6f : 1e4f);
+  } else {
+    w.set_f32(arch + ".attention.max_alibi_bias", 8.0f);
+  }
+  if (clamp_kqv > 0) w.set_f32(arch + ".attention.clamp_kqv", clamp_kqv);
+  const bool parallel = residual.empty() ? spec->parallel : residual == "parallel";
+  if (spec->parallel_key) w.set(arch + ".use_parallel_residual", {GGUFType::BOOL, parallel});
 
   if (!tokenizer_from.empty()) {
     const GGUFFile tok(tokenizer_from);
@@ -191,44 +249,80 @@ int run(int argc, char** argv) {
   }
 
   // Projections get sigma = 1/sqrt(fan_in) so that each layer maps unit-variance activations to
-  // unit variance; the embedding uses LLaMA's 0.02 init (the RMSNorms rescale it anyway).
+  // unit variance; the embedding uses LLaMA's 0.02 init (the norms rescale it anyway). Norm
+  // weights scatter around 1 and biases around 0, so that a norm or bias applied in the wrong place
+  // changes the output.
   uint64_t seed_state = uint64_t(seed);
   const uint64_t base = splitmix64(seed_state);
   auto matrix = [&](const std::string& name, int64_t cols, int64_t rows, float sigma) {
     const uint64_t key = base ^ fnv1a(name);
     w.add_tensor(name, type, {cols, rows}, [=](uint8_t* dst, size_t) { fill_rows(dst, type, cols, rows, sigma, key); });
   };
-  auto ones = [&](const std::string& name, int64_t n) {
-    w.add_tensor(name, DType::F32, {n}, [](uint8_t* dst, size_t bytes) {
-      const float one = 1.0f;
-      for (size_t i = 0; i < bytes; i += 4) std::memcpy(dst + i, &one, 4);
+  auto vec = [&](const std::string& name, int64_t n, float mean, float sigma) {
+    const uint64_t key = base ^ fnv1a(name);
+    w.add_tensor(name, DType::F32, {n}, [=](uint8_t* dst, size_t) {
+      fill_rows(dst, DType::F32, n, 1, sigma, key);
+      for (int64_t i = 0; i < n; ++i) {
+        float v;
+        std::memcpy(&v, dst + 4 * i, 4);
+        v += mean;
+        std::memcpy(dst + 4 * i, &v, 4);
+      }
     });
   };
-  auto bias = [&](const std::string& name, int64_t n) {
-    const uint64_t key = base ^ fnv1a(name);
-    w.add_tensor(name, DType::F32, {n}, [=](uint8_t* dst, size_t) { fill_rows(dst, DType::F32, n, 1, 0.02f, key); });
+  auto norm = [&](const std::string& name) {
+    vec(name + ".weight", dim, 1.0f, 0.1f);
+    if (!rms) vec(name + ".bias", dim, 0.0f, 0.1f);
+  };
+  const uint32_t allowed = spec->required | spec->optional;
+  using enum LayerTensor;
+  // Families whose layers must have some bias (GPT-NeoX, Phi-2, ...) get all the biases they may
+  // have; the others only what --biases asks for.
+  const uint32_t bias_bits = bit(AttnQkvB) | bit(AttnQB) | bit(AttnKB) | bit(AttnVB) | bit(AttnOutB) |
+                             bit(FfnUpB) | bit(FfnDownB);
+  const bool all_biases = biases || (spec->required & bias_bits);
+  auto want_bias = [&](LayerTensor t) {
+    return (spec->required & bit(t)) || (all_biases && (allowed & bit(t)));
   };
   const float s_dim = 1.0f / std::sqrt(float(dim)), s_ffn = 1.0f / std::sqrt(float(ffn));
   const int64_t q_dim = int64_t(heads) * head_dim, kv_dim = int64_t(kv_heads) * head_dim;
   matrix("token_embd.weight", dim, vocab, 0.02f);
-  ones("output_norm.weight", dim);
-  if (!tied) matrix("output.weight", dim, vocab, s_dim);
+  norm("output_norm");
+  if (!tied) {
+    matrix("output.weight", dim, vocab, s_dim);
+    if (spec->output_bias) vec("output.bias", vocab, 0.0f, 0.02f);
+  }
+  if (rope_freqs) {
+    const std::vector<float> f = llama3_rope_factors(rot, arch == "qwen2" ? 1e6f : 1e4f);
+    w.add_tensor("rope_freqs.weight", DType::F32, {int64_t(f.size())}, f.data(), f.size() * sizeof(float));
+  }
   for (int l = 0; l < layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
-    ones(b + "attn_norm.weight", dim);
-    matrix(b + "attn_q.weight", dim, q_dim, s_dim);
-    matrix(b + "attn_k.weight", dim, kv_dim, s_dim);
-    matrix(b + "attn_v.weight", dim, kv_dim, s_dim);
-    if (arch == "qwen2") {
-      bias(b + "attn_q.bias", q_dim);
-      bias(b + "attn_k.bias", kv_dim);
-      bias(b + "attn_v.bias", kv_dim);
+    auto name = [&](LayerTensor t) { return b + std::string(layer_tensor_name(t)); };
+    norm(b + "attn_norm");
+    // Falcon-40B style (grouped KV) brings the MLP its own norm; a sequential block needs one.
+    if ((allowed & bit(AttnNorm2)) && kv_heads > 1) norm(b + "attn_norm_2");
+    else if ((spec->required & bit(FfnNorm)) || ((allowed & bit(FfnNorm)) && !parallel)) norm(b + "ffn_norm");
+    if (fused) {
+      matrix(name(AttnQkv), dim, q_dim + 2 * kv_dim, s_dim);
+      if (want_bias(AttnQkvB)) vec(name(AttnQkvB), q_dim + 2 * kv_dim, 0.0f, 0.5f);
+    } else {
+      matrix(name(AttnQ), dim, q_dim, s_dim);
+      matrix(name(AttnK), dim, kv_dim, s_dim);
+      matrix(name(AttnV), dim, kv_dim, s_dim);
+      if (want_bias(AttnQB) || want_bias(AttnQkvB)) {
+        vec(name(AttnQB), q_dim, 0.0f, 0.5f);
+        vec(name(AttnKB), kv_dim, 0.0f, 0.5f);
+        vec(name(AttnVB), kv_dim, 0.0f, 0.5f);
+      }
     }
-    matrix(b + "attn_output.weight", q_dim, dim, 1.0f / std::sqrt(float(q_dim)));
-    ones(b + "ffn_norm.weight", dim);
-    matrix(b + "ffn_gate.weight", dim, ffn, s_dim);
-    matrix(b + "ffn_up.weight", dim, ffn, s_dim);
-    matrix(b + "ffn_down.weight", ffn, dim, s_ffn);
+    matrix(name(AttnOut), q_dim, dim, 1.0f / std::sqrt(float(q_dim)));
+    if (want_bias(AttnOutB)) vec(name(AttnOutB), dim, 0.0f, 0.1f);
+    if (spec->gated) matrix(name(FfnGate), dim, ffn, s_dim);
+    matrix(name(FfnUp), dim, ffn, s_dim);
+    if (want_bias(FfnUpB)) vec(name(FfnUpB), ffn, 0.0f, 0.1f);
+    matrix(name(FfnDown), ffn, dim, s_ffn);
+    if (want_bias(FfnDownB)) vec(name(FfnDownB), dim, 0.0f, 0.1f);
   }
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -240,7 +334,7 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-const RegisterCommand reg({"synth", "write a random-weight llama-family GGUF (benchmarks, tests)", &run});
+const RegisterCommand reg({"synth", "write a random-weight GGUF of any supported architecture (benchmarks, tests)", &run});
 
 }  // namespace
 }  // namespace sinkserve

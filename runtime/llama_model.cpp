@@ -9,24 +9,14 @@
 
 namespace sinkserve {
 
-// Q, K and V are stacked into one matrix `wqkv`, gate and up into `w_gate_up`, so that each is one
-// pass over the weights and one launch: a decode step is a chain of small, latency-bound matmuls.
-// Parts stored in different types cannot share a matrix; then the stacked weight is empty (no
-// data) and the parts are used one by one.
-struct LlamaModel::Layer {
-  float* attn_norm = nullptr;
-  float* ffn_norm = nullptr;
-  Weight wqkv, wq, wk, wv, wo, w_gate_up, w_gate, w_up, w_down;
-};
-
 // Activations of one step, sized for the largest step seen so far.
 struct LlamaModel::Scratch {
   int64_t cap_tok = 0, cap_out = 0;
-  float *x = nullptr, *xb = nullptr, *qkv = nullptr, *parts = nullptr, *q = nullptr,
-        *q_sink = nullptr, *att = nullptr, *o = nullptr, *gate_up = nullptr, *ffn = nullptr,
-        *xo = nullptr, *logits = nullptr, *gathered = nullptr, *full = nullptr;
+  StepBuffers buf;
+  float *xo = nullptr, *logits = nullptr, *gathered = nullptr, *full = nullptr;
   std::vector<float*> all() {
-    return {x, xb, qkv, parts, q, q_sink, att, o, gate_up, ffn, xo, logits, gathered, full};
+    return {buf.x, buf.xb, buf.xb2, buf.qkv, buf.parts, buf.q, buf.q_sink, buf.att, buf.o, buf.o2,
+            buf.gate_up, buf.ffn, xo, logits, gathered, full};
   }
   // The host-side plan of the current step (kept to reuse its memory): each token's id, where its
   // K/V go, its two rotations and attention span, and the rows whose logits are wanted.
@@ -43,141 +33,77 @@ std::string shard_error(const GGUFFile& f, const std::string& what, int64_t n, i
          std::to_string(n) + ") does not divide by " + std::to_string(ranks);
 }
 
+// The LayerTensor bits of the tensors named blk.<l>.*; a tensor the family does not know is an
+// error naming it (a silently ignored tensor would compute a different model).
+uint32_t layer_tensors(const GGUFFile& f, const ModelConfig& c, int l) {
+  const std::string prefix = "blk." + std::to_string(l) + ".";
+  const uint32_t allowed = c.spec->required | c.spec->optional;
+  uint32_t have = 0;
+  for (const GGUFTensorInfo& t : f.tensors()) {
+    if (t.name.rfind(prefix, 0) != 0) continue;
+    const std::string_view rest = std::string_view(t.name).substr(prefix.size());
+    uint32_t b = 0;
+    for (unsigned i = 0; i < unsigned(LayerTensor::Count); ++i)
+      if (layer_tensor_name(LayerTensor(i)) == rest) b = bit(LayerTensor(i));
+    if (!(b & allowed))
+      throw GGUFError(f.path() + ": tensor '" + t.name + "' is not part of a " + c.arch + " layer");
+    have |= b;
+  }
+  for (unsigned i = 0; i < unsigned(LayerTensor::Count); ++i)
+    if ((c.spec->required & bit(LayerTensor(i))) && !(have & bit(LayerTensor(i))))
+      throw GGUFError(f.path() + ": tensor '" + prefix + std::string(layer_tensor_name(LayerTensor(i))) +
+                      "' not found (required by " + c.arch + ")");
+  using enum LayerTensor;
+  const uint32_t apart = bit(AttnQ) | bit(AttnK) | bit(AttnV);
+  if (!(have & bit(AttnQkv)) && (have & apart) != apart)
+    throw GGUFError(f.path() + ": tensor '" + prefix + "attn_qkv.weight' not found (nor all of attn_q, attn_k, attn_v)");
+  return have;
+}
+
 }  // namespace
 
 LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
     : cfg_(read_model_config(f)), backend_(backend), comm_(comm), s_(std::make_unique<Scratch>()) {
   const int R = comm.size(), r = comm.rank();
-  const int hd = cfg_.head_dim, dim = cfg_.dim;
+  const int dim = cfg_.dim;
   if (cfg_.n_heads % R) throw std::runtime_error(shard_error(f, "attention heads", cfg_.n_heads, R));
   if (cfg_.ffn % R) throw std::runtime_error(shard_error(f, "feed-forward width", cfg_.ffn, R));
-  n_heads_local_ = cfg_.n_heads / R;
+  shard_.n_heads = cfg_.n_heads / R;
+  shard_.ffn = cfg_.ffn / R;
   // KV heads are split like the query heads when they divide; otherwise every rank keeps the one
   // KV head its query heads share (replication), which needs ranks to be a multiple of KV heads.
   int kv_begin;
   if (cfg_.n_kv_heads % R == 0) {
-    n_kv_local_ = cfg_.n_kv_heads / R;
-    kv_begin = r * n_kv_local_;
+    shard_.n_kv = cfg_.n_kv_heads / R;
+    kv_begin = r * shard_.n_kv;
   } else if (R % cfg_.n_kv_heads == 0) {
-    n_kv_local_ = 1;
-    kv_begin = r * n_heads_local_ / (cfg_.n_heads / cfg_.n_kv_heads);
+    shard_.n_kv = 1;
+    kv_begin = r * shard_.n_heads / (cfg_.n_heads / cfg_.n_kv_heads);
   } else {
     throw std::runtime_error(f.path() + ": cannot shard " + std::to_string(cfg_.n_kv_heads) +
                              " KV heads over " + std::to_string(R) +
                              " ranks: one must be a multiple of the other");
   }
-  ffn_local_ = cfg_.ffn / R;
   vocab_local_ = (cfg_.vocab + R - 1) / R;
   vocab_begin_ = r * vocab_local_;
   const int vocab_rows = std::max(0, std::min(cfg_.vocab - vocab_begin_, vocab_local_));
+  if (cfg_.spec->positions == Positions::Alibi)
+    alibi_ = alibi_slopes(cfg_.n_heads, cfg_.alibi_bias_max, r * shard_.n_heads, shard_.n_heads);
 
-  auto vec = [&](const std::string& name, int64_t n) {
-    const GGUFTensorInfo& t = f.tensor(name, {n});
-    if (t.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + name + "' must be F32");
-    auto* p = static_cast<float*>(backend_.alloc(size_t(n) * 4));
-    backend_.to_device(p, t.data, size_t(n) * 4);
-    weight_bytes_ += n * 4;
-    return p;
-  };
-  // Rows [row0, row0 + rows) of a [rows_total][cols] matrix (contiguous in the file), with the
-  // same rows of its bias when it has one.
-  struct RowSlice {
-    std::string name, bias_name;
-    int64_t rows_total, row0, rows;
-  };
-  auto bias_of = [&](const RowSlice& p) {
-    const GGUFTensorInfo& b = f.tensor(p.bias_name, {p.rows_total});
-    if (b.type != DType::F32) throw GGUFError(f.path() + ": tensor '" + p.bias_name + "' must be F32");
-    weight_bytes_ += p.rows * 4;
-    return reinterpret_cast<const float*>(b.data) + p.row0;
-  };
-  auto rows_of = [&](int64_t cols, const RowSlice& p) {
-    const GGUFTensorInfo& t = f.tensor(p.name, {cols, p.rows_total});
-    const int64_t rb = dtype_row_bytes(t.type, cols);
-    const float* bias = p.bias_name.empty() ? nullptr : bias_of(p);
-    weight_bytes_ += p.rows * rb;
-    return backend_.prepare_weight(t.type, t.data + p.row0 * rb, p.rows, cols, bias);
-  };
-  // The slices stacked into one matrix, or an empty Weight when their types differ.
-  auto stacked = [&](int64_t cols, const std::vector<RowSlice>& parts) {
-    const DType type = f.tensor(parts[0].name, {cols, parts[0].rows_total}).type;
-    int64_t rows = 0;
-    for (const RowSlice& p : parts) {
-      if (f.tensor(p.name, {cols, p.rows_total}).type != type) return Weight{};
-      rows += p.rows;
-    }
-    const int64_t rb = dtype_row_bytes(type, cols);
-    std::vector<uint8_t> data(size_t(rows * rb));
-    std::vector<float> bias;
-    uint8_t* at = data.data();
-    for (const RowSlice& p : parts) {
-      at = std::copy_n(f.tensor(p.name).data + p.row0 * rb, size_t(p.rows * rb), at);
-      if (p.bias_name.empty()) continue;
-      const float* b = bias_of(p);
-      bias.insert(bias.end(), b, b + p.rows);
-    }
-    weight_bytes_ += rows * rb;
-    return backend_.prepare_weight(type, data.data(), rows, cols, bias.empty() ? nullptr : bias.data());
-  };
-  // Columns [col0, col0 + cols) of every row: strided in the file, so this rank copies its shard.
-  auto cols_of = [&](const std::string& name, int64_t cols_total, int64_t rows, int64_t col0,
-                     int64_t cols) {
-    const GGUFTensorInfo& t = f.tensor(name, {cols_total, rows});
-    if (cols == cols_total) {
-      weight_bytes_ += int64_t(t.bytes);
-      return backend_.prepare_weight(t.type, t.data, rows, cols, nullptr);
-    }
-    const int64_t bv = dtype_block_values(t.type);
-    if (col0 % bv || cols % bv)
-      throw std::runtime_error(f.path() + ": cannot shard '" + name + "': " + std::to_string(cols) +
-                               "-column slices do not align to " + std::string(dtype_name(t.type)) +
-                               " blocks");
-    const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
-                  ob = dtype_row_bytes(t.type, col0);
-    std::vector<uint8_t> buf(size_t(rows * sb));
-    for (int64_t i = 0; i < rows; ++i) std::memcpy(&buf[size_t(i * sb)], t.data + i * rb + ob, size_t(sb));
-    weight_bytes_ += rows * sb;
-    return backend_.prepare_weight(t.type, buf.data(), rows, cols, nullptr);
-  };
-
-  const int q_dim = cfg_.n_heads * hd, kv_dim = cfg_.n_kv_heads * hd;
+  ShardLoader ld(f, backend_, r, R, owned_);
   tok_embd_ = backend_.prepare_weight(f.tensor("token_embd.weight", {dim, cfg_.vocab}).type,
                                       f.tensor("token_embd.weight").data, cfg_.vocab, dim, nullptr);
-  layers_.resize(size_t(cfg_.n_layers));
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    Layer& L = layers_[size_t(l)];
-    L.attn_norm = vec(p + "attn_norm.weight", dim);
-    L.ffn_norm = vec(p + "ffn_norm.weight", dim);
-    const bool b = cfg_.qkv_bias;
-    const std::vector<RowSlice> qkv = {
-        {p + "attn_q.weight", b ? p + "attn_q.bias" : "", q_dim, int64_t(r) * n_heads_local_ * hd,
-         int64_t(n_heads_local_) * hd},
-        {p + "attn_k.weight", b ? p + "attn_k.bias" : "", kv_dim, int64_t(kv_begin) * hd,
-         int64_t(n_kv_local_) * hd},
-        {p + "attn_v.weight", b ? p + "attn_v.bias" : "", kv_dim, int64_t(kv_begin) * hd,
-         int64_t(n_kv_local_) * hd}};
-    L.wqkv = stacked(dim, qkv);
-    if (!L.wqkv.data) {
-      L.wq = rows_of(dim, qkv[0]);
-      L.wk = rows_of(dim, qkv[1]);
-      L.wv = rows_of(dim, qkv[2]);
-    }
-    L.wo = cols_of(p + "attn_output.weight", q_dim, dim, int64_t(r) * n_heads_local_ * hd,
-                   int64_t(n_heads_local_) * hd);
-    const std::vector<RowSlice> gate_up = {
-        {p + "ffn_gate.weight", "", cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_},
-        {p + "ffn_up.weight", "", cfg_.ffn, int64_t(r) * ffn_local_, ffn_local_}};
-    L.w_gate_up = stacked(dim, gate_up);
-    if (!L.w_gate_up.data) {
-      L.w_gate = rows_of(dim, gate_up[0]);
-      L.w_up = rows_of(dim, gate_up[1]);
-    }
-    L.w_down = cols_of(p + "ffn_down.weight", cfg_.ffn, dim, int64_t(r) * ffn_local_, ffn_local_);
-  }
-  output_norm_ = vec("output_norm.weight", dim);
-  output_ = rows_of(dim, {cfg_.tied_output ? "token_embd.weight" : "output.weight", "", cfg_.vocab,
-                         vocab_begin_, vocab_rows});
+  layers_.reserve(size_t(cfg_.n_layers));
+  for (int l = 0; l < cfg_.n_layers; ++l) layers_.push_back(load_layer(ld, l, kv_begin));
+  const bool layer_norm = cfg_.spec->norm == NormKind::Layer;
+  output_norm_.w = ld.vector("output_norm.weight", dim);
+  if (layer_norm) output_norm_.b = ld.vector("output_norm.bias", dim, !cfg_.spec->output_norm_bias);
+  const bool output_bias = f.find_tensor("output.bias") != nullptr;
+  if (cfg_.spec->output_bias && !output_bias && !cfg_.tied_output)
+    throw GGUFError(f.path() + ": tensor 'output.bias' not found (required by " + cfg_.arch + ")");
+  output_ = ld.slice(dim, {cfg_.tied_output ? "token_embd.weight" : "output.weight",
+                           output_bias ? "output.bias" : "", cfg_.vocab, vocab_begin_, vocab_rows});
+  weight_bytes_ = ld.bytes();
   // Every matrix above is read once per forward step; the embedding table only row by row.
   streamed_bytes_ = weight_bytes_;
   const int64_t embd = int64_t(f.tensor("token_embd.weight").bytes);
@@ -187,13 +113,67 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
   f.drop_resident_pages();
 }
 
+LayerWeights LlamaModel::load_layer(ShardLoader& ld, int l, int kv_begin) {
+  using enum LayerTensor;
+  const GGUFFile& f = ld.file();
+  const uint32_t have = layer_tensors(f, cfg_, l);
+  const std::string p = "blk." + std::to_string(l) + ".";
+  auto name = [&](LayerTensor t) { return (have & bit(t)) ? p + std::string(layer_tensor_name(t)) : std::string(); };
+  const int64_t hd = cfg_.head_dim, dim = cfg_.dim, r = ld.rank();
+  const int64_t q_dim = int64_t(cfg_.n_heads) * hd, kv_dim = int64_t(cfg_.n_kv_heads) * hd;
+  const int64_t q0 = r * shard_.n_heads * hd, q_rows = shard_.n_heads * hd;
+  const int64_t kv0 = int64_t(kv_begin) * hd, kv_rows = shard_.n_kv * hd;
+  auto norm = [&](LayerTensor w, LayerTensor b) {
+    NormWeights n;
+    if (!(have & bit(w))) return n;
+    n.w = ld.vector(name(w), dim);
+    if (have & bit(b)) n.b = ld.vector(name(b), dim);
+    return n;
+  };
+
+  LayerWeights L;
+  L.attn_norm = norm(AttnNorm, AttnNormB);
+  L.attn_norm_2 = norm(AttnNorm2, AttnNorm2B);
+  L.ffn_norm = norm(FfnNorm, FfnNormB);
+  // QKV-parallel: this rank's query heads and KV heads, from the fused q|k|v rows or the three
+  // tensors.
+  std::vector<RowSlice> qkv;
+  if (have & bit(AttnQkv)) {
+    const std::string w = name(AttnQkv), b = name(AttnQkvB);
+    const int64_t total = q_dim + 2 * kv_dim;
+    qkv = {{w, b, total, q0, q_rows}, {w, b, total, q_dim + kv0, kv_rows}, {w, b, total, q_dim + kv_dim + kv0, kv_rows}};
+  } else {
+    qkv = {{name(AttnQ), name(AttnQB), q_dim, q0, q_rows},
+           {name(AttnK), name(AttnKB), kv_dim, kv0, kv_rows},
+           {name(AttnV), name(AttnVB), kv_dim, kv0, kv_rows}};
+  }
+  L.wqkv = ld.stacked(dim, qkv);
+  if (!L.wqkv.data) {
+    L.wq = ld.slice(dim, qkv[0]);
+    L.wk = ld.slice(dim, qkv[1]);
+    L.wv = ld.slice(dim, qkv[2]);
+  }
+  L.wo = ld.row_parallel(name(AttnOut), name(AttnOutB), q_dim, dim, q0, q_rows);
+  // Column-parallel gate|up (or up alone), row-parallel down.
+  const int64_t f0 = r * shard_.ffn, f_rows = shard_.ffn;
+  const RowSlice up{name(FfnUp), name(FfnUpB), cfg_.ffn, f0, f_rows};
+  if (cfg_.spec->gated) {
+    const std::vector<RowSlice> gate_up = {{name(FfnGate), "", cfg_.ffn, f0, f_rows}, up};
+    L.w_gate_up = ld.stacked(dim, gate_up);
+    if (!L.w_gate_up.data) {
+      L.w_gate = ld.slice(dim, gate_up[0]);
+      L.w_up = ld.slice(dim, gate_up[1]);
+    }
+  } else {
+    L.w_up = ld.slice(dim, up);
+  }
+  L.w_down = ld.row_parallel(name(FfnDown), name(FfnDownB), cfg_.ffn, dim, f0, f_rows);
+  return L;
+}
+
 LlamaModel::~LlamaModel() {
   for (float* p : s_->all()) if (p) backend_.release(p);
-  for (Layer& L : layers_) {
-    backend_.release(L.attn_norm);
-    backend_.release(L.ffn_norm);
-  }
-  backend_.release(output_norm_);
+  for (void* p : owned_) backend_.release(p);
 }
 
 int64_t LlamaModel::logit_rows(std::span<const SeqStep> steps) {
@@ -211,18 +191,21 @@ void LlamaModel::ensure_scratch(int64_t n_tok, int64_t n_out) {
   auto a = [&](int64_t rows, int64_t width) {
     return static_cast<float*>(backend_.alloc(size_t(rows * width) * sizeof(float)));
   };
-  const int64_t T = s.cap_tok, O = s.cap_out, hd = cfg_.head_dim;
-  s.x = a(T, cfg_.dim);
-  s.xb = a(T, cfg_.dim);
-  const int64_t qkv_w = (n_heads_local_ + 2 * n_kv_local_) * hd;
-  s.qkv = a(T, qkv_w);
-  s.parts = a(T, qkv_w);
-  s.q = a(T, n_heads_local_ * hd);
-  s.q_sink = a(T, n_heads_local_ * hd);
-  s.att = a(T, n_heads_local_ * hd);
-  s.o = a(T, cfg_.dim);
-  s.gate_up = a(T, 2 * ffn_local_);
-  s.ffn = a(T, ffn_local_);
+  const int64_t T = s.cap_tok, O = s.cap_out, hd = cfg_.head_dim, ffn = shard_.ffn;
+  StepBuffers& b = s.buf;
+  b.x = a(T, cfg_.dim);
+  b.xb = a(T, cfg_.dim);
+  b.xb2 = a(T, cfg_.dim);
+  const int64_t qkv_w = (shard_.n_heads + 2 * shard_.n_kv) * hd;
+  b.qkv = a(T, qkv_w);
+  b.parts = a(T, qkv_w);
+  b.q = a(T, shard_.n_heads * hd);
+  b.q_sink = a(T, shard_.n_heads * hd);
+  b.att = a(T, shard_.n_heads * hd);
+  b.o = a(T, cfg_.dim);
+  b.o2 = a(T, cfg_.dim);
+  b.gate_up = a(T, 2 * ffn);
+  b.ffn = a(T, ffn);
   s.xo = a(O, cfg_.dim);
   s.logits = a(O, vocab_local_);
   s.gathered = comm_.size() > 1 ? a(O * comm_.size(), vocab_local_) : nullptr;
@@ -262,13 +245,15 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
       if (st.all_logits || i == st.n - 1) s.out_rows.push_back(t + i);
     t += st.n;
   }
-  bool shifted = false;  // whether any query sees its sinks from a shifted position
+  // Whether any query sees its sinks from a shifted position; never for unrotated (ALiBi) models.
+  bool shifted = false;
+  const bool rotates = cfg_.rope.rotated(cfg_.head_dim) > 0;
   for (size_t i = 0; i < n; ++i) {
     s.store[i] = s.plan[i].store_row;
     s.pos_win[i] = s.plan[i].pos_win;
     s.pos_sink[i] = s.plan[i].pos_sink;
     s.spans[i] = s.plan[i].span;
-    shifted |= s.pos_sink[i] != s.pos_win[i];
+    shifted |= rotates && s.pos_sink[i] != s.pos_win[i];
   }
 
   ensure_scratch(T, O);
@@ -293,57 +278,23 @@ void LlamaModel::forward(KVCache& cache, std::span<const SeqStep> steps, float* 
 
 void LlamaModel::run_layers(KVCache& cache, int64_t T, int64_t O, bool shifted) {
   Scratch& s = *s_;
-  Backend& be = backend_;
-  const int64_t* pos_sink = shifted ? s.pos_sink.data() : nullptr;
-  const int hd = cfg_.head_dim, dim = cfg_.dim, kv_w = local_kv_dim();
-  const int64_t q_w = int64_t(n_heads_local_) * hd, qkv_w = q_w + 2 * kv_w, ffn = ffn_local_;
-  be.embed(tok_embd_, s.tokens.data(), T, s.x);
-  // Each residual add is fused with the norm that follows it; so the first norm stands alone.
-  be.rmsnorm(s.xb, s.x, layers_[0].attn_norm, T, dim, cfg_.norm_eps);
+  const StepBuffers& b = s.buf;
+  const StepPlan plan{T, s.pos_win.data(), shifted ? s.pos_sink.data() : nullptr, s.store.data(),
+                      s.spans.data(), alibi_.empty() ? nullptr : alibi_.data()};
+  LayerPass pass(backend_, comm_, cfg_, shard_, cache, b, plan);
+  backend_.embed(tok_embd_, s.tokens.data(), T, b.x);
+  // Each layer ends with the residual add fused with the next layer's first norm (next()); so
+  // the first norm stands alone.
+  pass.norm(layers_[0].attn_norm, b.x, b.xb);
   for (int l = 0; l < cfg_.n_layers; ++l) {
-    const Layer& L = layers_[size_t(l)];
-    // Attention block: rows q|k|v, rotated and the keys and values stored in one pass.
-    if (L.wqkv.data) {
-      be.matmul(L.wqkv, s.xb, T, s.qkv);
-    } else {
-      float* q = s.parts;
-      float* k = q + T * q_w;
-      float* v = k + T * kv_w;
-      be.matmul(L.wq, s.xb, T, q);
-      be.matmul(L.wk, s.xb, T, k);
-      be.matmul(L.wv, s.xb, T, v);
-      const size_t f = sizeof(float), pitch = size_t(qkv_w) * f;
-      be.copy_2d(s.qkv, pitch, q, size_t(q_w) * f, size_t(q_w) * f, size_t(T));
-      be.copy_2d(s.qkv + q_w, pitch, k, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
-      be.copy_2d(s.qkv + q_w + kv_w, pitch, v, size_t(kv_w) * f, size_t(kv_w) * f, size_t(T));
-    }
-    be.rope_and_store(s.qkv, qkv_w, T, n_heads_local_, n_kv_local_, hd, s.pos_win.data(), pos_sink,
-                      cfg_.rope, s.q, s.q_sink, cache.k(l), cache.v(l), s.store.data());
-    be.attention(s.q, pos_sink ? s.q_sink : s.q, T, n_heads_local_, n_kv_local_, hd, cache.k(l),
-                 cache.v(l), s.spans.data(), s.att);
-    be.matmul(L.wo, s.att, T, s.o);
-    if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
-    be.add_rmsnorm(s.x, s.o, s.xb, L.ffn_norm, T, dim, cfg_.norm_eps);
-    // Feed-forward block.
-    if (L.w_gate_up.data) {  // rows gate|up
-      be.matmul(L.w_gate_up, s.xb, T, s.gate_up);
-      be.swiglu(s.ffn, s.gate_up, s.gate_up + ffn, T, ffn, 2 * ffn);
-    } else {
-      be.matmul(L.w_gate, s.xb, T, s.gate_up);
-      be.matmul(L.w_up, s.xb, T, s.gate_up + T * ffn);
-      be.swiglu(s.ffn, s.gate_up, s.gate_up + T * ffn, T, ffn, ffn);
-    }
-    be.matmul(L.w_down, s.ffn, T, s.o);
-    if (comm_.size() > 1) comm_.all_reduce_sum(s.o, size_t(T) * dim);
-    if (l + 1 < cfg_.n_layers)
-      be.add_rmsnorm(s.x, s.o, s.xb, layers_[size_t(l + 1)].attn_norm, T, dim, cfg_.norm_eps);
-    else
-      be.add(s.x, s.o, T * dim);
+    const bool last = l + 1 == cfg_.n_layers;
+    pass.begin_layer(l, last ? NormWeights{} : layers_[size_t(l + 1)].attn_norm);
+    cfg_.spec->layer(pass, layers_[size_t(l)]);
   }
   // Output head, only for the rows whose logits were asked for.
-  be.gather_rows(s.xo, dim, s.out_rows.data(), s.x, O);
-  be.rmsnorm(s.xo, s.xo, output_norm_, O, dim, cfg_.norm_eps);
-  be.matmul(output_, s.xo, O, s.logits);
+  backend_.gather_rows(s.xo, cfg_.dim, s.out_rows.data(), b.x, O);
+  apply_norm(backend_, cfg_, output_norm_, s.xo, s.xo, O);
+  backend_.matmul(output_, s.xo, O, s.logits);
 }
 
 void LlamaModel::gather_and_sample(int64_t O, float* logits, const SampleSpec* specs,

@@ -1,5 +1,6 @@
-// A llama-family transformer (llama, mistral, qwen2) written once against the Backend interface,
-// sharded Megatron-style over the ranks of a Communicator.
+// A decoder-only transformer of any family in the architecture table (runtime/arch.h), written
+// once against the Backend interface and sharded Megatron-style over the ranks of a Communicator.
+// Its layers are the family's block (runtime/models/) built from the shared blocks.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -9,6 +10,8 @@
 #include "cache/kv_cache.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
+#include "runtime/blocks.h"
+#include "runtime/linear.h"
 #include "runtime/model_config.h"
 
 namespace sinkserve {
@@ -34,7 +37,7 @@ class LlamaModel {
   const ModelConfig& config() const { return cfg_; }
   Communicator& comm() { return comm_; }
   // Width of one cache row on this rank (its KV heads x head_dim).
-  int local_kv_dim() const { return n_kv_local_ * cfg_.head_dim; }
+  int local_kv_dim() const { return shard_.n_kv * cfg_.head_dim; }
   // Bytes of weights this rank holds (or maps) for its shard.
   int64_t weight_bytes() const { return weight_bytes_; }
   // Bytes of weights this rank reads per forward step (every matrix once): the roofline's numerator.
@@ -51,8 +54,10 @@ class LlamaModel {
   static int64_t logit_rows(std::span<const SeqStep> steps);
 
  private:
-  struct Layer;
   void ensure_scratch(int64_t n_tok, int64_t n_out);
+  // Loads layer l's tensors, after checking that the layer has exactly the tensors its family
+  // allows; kv_begin is this rank's first KV head.
+  LayerWeights load_layer(ShardLoader& ld, int l, int kv_begin);
   // The backend operations of a step planned in the scratch (T tokens, O logit rows), from the
   // embedding to this rank's logits; `shifted`: some query sees its sinks from another position.
   void run_layers(KVCache& cache, int64_t T, int64_t O, bool shifted);
@@ -62,11 +67,14 @@ class LlamaModel {
   ModelConfig cfg_;
   Backend& backend_;
   Communicator& comm_;
-  int n_heads_local_ = 0, n_kv_local_ = 0, ffn_local_ = 0, vocab_local_ = 0, vocab_begin_ = 0;
+  ShardShape shard_;
+  int vocab_local_ = 0, vocab_begin_ = 0;
   int64_t weight_bytes_ = 0, streamed_bytes_ = 0;
-  std::vector<Layer> layers_;
+  std::vector<void*> owned_;  // norm weights and biases, in backend memory
+  std::vector<LayerWeights> layers_;
   Weight tok_embd_, output_;
-  float* output_norm_ = nullptr;
+  NormWeights output_norm_;
+  std::vector<float> alibi_;  // this rank's heads' slopes (ALiBi models)
   struct Scratch;
   std::unique_ptr<Scratch> s_;
 };

@@ -44,14 +44,51 @@ struct Reader {
   }
 };
 
+// Rotary dimensions, base, scaling and Llama-3's per-pair frequency factors. A scaling type
+// this engine does not implement is refused: ignoring one would silently change every position.
+void read_rope(const GGUFFile& f, const Reader& r, ModelConfig& c) {
+  const std::string& a = c.arch;
+  const int n_rot = r.find("rope.dimension_count", kMaxDim).value_or(c.head_dim);
+  if (n_rot > c.head_dim || n_rot % 2)
+    r.fail(a + ".rope.dimension_count is " + std::to_string(n_rot) + ": it must be even and at most the head "
+           "dimension " + std::to_string(c.head_dim));
+  c.rope.n_rot = n_rot;
+  c.rope.neox = c.spec->rope_neox;
+  const std::string base_key = a + ".rope.freq_base";
+  c.rope.freq_base = float(r.positive_float(base_key, f.find_float(base_key).value_or(10000.0), 1e12));
+  const std::string type_key = a + ".rope.scaling.type";
+  const std::string scaling = f.find_string(type_key).value_or("none");
+  if (scaling == "linear") {
+    const std::string factor_key = a + ".rope.scaling.factor";
+    c.rope.freq_scale = float(1.0 / r.positive_float(factor_key, f.get_float(factor_key), 1e6));
+  } else if (scaling != "none") {
+    r.fail(type_key + " is '" + scaling + "': sinkserve implements only 'linear' RoPE scaling (and Llama-3's "
+           "rope_freqs factors)");
+  } else if (auto legacy = f.find_float(a + ".rope.scale_linear")) {
+    // Older converters wrote the linear factor under this key instead.
+    c.rope.freq_scale = float(1.0 / r.positive_float(a + ".rope.scale_linear", *legacy, 1e6));
+  }
+  if (const GGUFTensorInfo* t = f.find_tensor("rope_freqs.weight")) {
+    if (t->type != DType::F32 || t->ne.size() != 1 || t->ne[0] != n_rot / 2)
+      r.fail("tensor 'rope_freqs.weight' must be F32 with " + std::to_string(n_rot / 2) +
+             " values (one per rotated pair)");
+    const auto* v = reinterpret_cast<const float*>(t->data);
+    c.rope.freq_factors.assign(v, v + n_rot / 2);
+    for (float x : c.rope.freq_factors)
+      if (!std::isfinite(x) || x <= 0) r.fail("tensor 'rope_freqs.weight' holds a factor of " + std::to_string(x));
+  }
+}
+
 }  // namespace
 
 ModelConfig read_model_config(const GGUFFile& f) {
   ModelConfig c;
   c.arch = f.get_string("general.architecture");
-  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2")
-    throw GGUFError(f.path() + ": architecture '" + c.arch +
-                    "' is not supported (supported: llama, mistral, qwen2)");
+  c.spec = find_arch(c.arch);
+  if (!c.spec)
+    throw GGUFError(f.path() + ": architecture '" + c.arch + "' is not supported (supported: " +
+                    supported_archs() + ")");
+  const ArchSpec& spec = *c.spec;
   c.name = f.find_string("general.name").value_or("");
   const Reader r{f, c.arch};
   const std::string& a = c.arch;
@@ -72,29 +109,24 @@ ModelConfig read_model_config(const GGUFFile& f) {
     if (auto v = r.find(k, kMaxDim); v && *v != c.head_dim)
       r.fail(a + "." + k + " is " + std::to_string(*v) + ", but sinkserve needs heads of " + a +
              ".embedding_length / head_count = " + std::to_string(c.head_dim));
-  if (c.head_dim % 2 != 0) r.fail("head dimension " + std::to_string(c.head_dim) + " is odd: RoPE rotates pairs");
-  if (auto rd = r.find("rope.dimension_count", kMaxDim); rd && *rd != c.head_dim)
-    r.fail(a + ".rope.dimension_count is " + std::to_string(*rd) + ", but partial rotary embeddings are not "
-           "supported (it must equal the head dimension " + std::to_string(c.head_dim) + ")");
 
-  const std::string eps_key = a + ".attention.layer_norm_rms_epsilon";
+  if (c.head_dim % 2 != 0) r.fail("head dimension " + std::to_string(c.head_dim) + " is odd");
+  const std::string eps_key =
+      a + (spec.norm == NormKind::Rms ? ".attention.layer_norm_rms_epsilon" : ".attention.layer_norm_epsilon");
   c.norm_eps = float(r.positive_float(eps_key, f.get_float(eps_key), 1.0));
+  c.parallel_residual = spec.parallel;
+  if (spec.parallel_key)
+    c.parallel_residual = f.find_bool(a + ".use_parallel_residual").value_or(spec.parallel);
 
-  const std::string base_key = a + ".rope.freq_base";
-  c.rope.freq_base = float(r.positive_float(base_key, f.find_float(base_key).value_or(10000.0), 1e12));
-  const std::string type_key = a + ".rope.scaling.type";
-  const std::string scaling = f.find_string(type_key).value_or("none");
-  if (scaling == "linear") {
-    const std::string factor_key = a + ".rope.scaling.factor";
-    c.rope.freq_scale = float(1.0 / r.positive_float(factor_key, f.get_float(factor_key), 1e6));
-  } else if (scaling != "none") {
-    r.fail(type_key + " is '" + scaling + "': only 'linear' RoPE scaling is supported");
-  } else if (auto legacy = f.find_float(a + ".rope.scale_linear")) {
-    // Older converters wrote the linear factor under this key instead.
-    c.rope.freq_scale = float(1.0 / r.positive_float(a + ".rope.scale_linear", *legacy, 1e6));
+  if (spec.positions == Positions::Alibi) {
+    c.rope.n_rot = 0;
+    const std::string bias_key = a + ".attention.max_alibi_bias";
+    c.alibi_bias_max = float(r.positive_float(bias_key, f.find_float(bias_key).value_or(8.0), 1e3));
+  } else {
+    read_rope(f, r, c);
   }
-  c.rope.neox = a == "qwen2";
-  c.qkv_bias = a == "qwen2";
+  if (auto clamp = f.find_float(a + ".attention.clamp_kqv"))
+    c.clamp_kqv = float(r.positive_float(a + ".attention.clamp_kqv", *clamp, 1e30));
 
   const std::string ctx_key = a + ".context_length";
   c.ctx_train = f.get_int(ctx_key);
@@ -117,6 +149,18 @@ ModelConfig read_model_config(const GGUFFile& f) {
 
   c.tied_output = f.find_tensor("output.weight") == nullptr;
   return c;
+}
+
+std::vector<float> alibi_slopes(int n_heads, float bias_max, int first, int n) {
+  int n2 = 1;
+  while (n2 * 2 <= n_heads) n2 *= 2;
+  std::vector<float> s(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const int h = first + i;
+    const double e = h < n2 ? -double(bias_max) * (h + 1) / n2 : -double(bias_max) * (2 * (h - n2) + 1) / (2 * n2);
+    s[size_t(i)] = float(std::exp2(e));
+  }
+  return s;
 }
 
 }  // namespace sinkserve

@@ -1,4 +1,5 @@
-// Backend::rope_and_store, Backend::add_rmsnorm and Backend::copy_2d against references written
+// Backend::rope_and_store, Backend::add_rmsnorm, the LayerNorms, activations, clamp and
+// Backend::copy_2d against references written
 // here, for every backend (the CPU unit tests and the GPU tests run them). The rotation angle of
 // the reference is the caller's: the CPU backend reduces pos * freq in extended precision, the
 // CUDA backend forms it in double.
@@ -18,10 +19,19 @@
 
 namespace sinkserve::test {
 
-// The angle of rotation pair i of a head of head_dim at position pos, as the backend forms it
-// from freq_scale * base^(-2i/head_dim): at position 2^40 one ulp of the frequency moves it by
-// ~1e-4 rad, so the reference must round the frequency exactly as the backend does.
-using RopeAngle = std::function<long double(int64_t pos, int i, int head_dim, const RopeParams&)>;
+// The angle of rotation pair i at position pos when d dimensions of a head rotate, as the backend
+// forms it from freq_scale * base^(-2i/d) / freq_factors[i]: at position 2^40 one ulp of the
+// frequency moves it by ~1e-4 rad, so the reference must round the frequency exactly as the
+// backend does.
+using RopeAngle = std::function<long double(int64_t pos, int i, int d, const RopeParams&)>;
+
+// The frequency of pair i as both backends form it, in extended precision, for the callers'
+// angle functions.
+inline long double reference_inv_freq(int i, int d, const RopeParams& p) {
+  long double f = (long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / d);
+  if (!p.freq_factors.empty()) f /= p.freq_factors[size_t(i)];
+  return f;
+}
 
 inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol) {
   struct Shape {
@@ -42,11 +52,16 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
     for (float& x : v) x = u(rng);
     return v;
   };
+  // Rotated dimensions: all (-1), a part (partial rotary), none (ALiBi models).
   for (const Shape& sh : {Shape{4, 2, 10}, Shape{3, 3, 2}, Shape{8, 1, 128}})
+    for (int n_rot : {-1, sh.head_dim / 4 * 2, 0})
     for (bool neox : {false, true})
       for (float freq_scale : {1.0f, 0.25f}) {
-        const RopeParams p{10000.0f, freq_scale, neox};
+        RopeParams p{10000.0f, freq_scale, neox, n_rot, {}};
         const int64_t hd = sh.head_dim, q_w = sh.n_heads * hd, kv_w = sh.n_kv * hd;
+        const int d = p.rotated(int(hd));
+        if (freq_scale == 1.0f && d > 0)  // Llama-3 style per-pair factors
+          for (int i = 0; i < d / 2; ++i) p.freq_factors.push_back(1.0f + 0.75f * float(i % 3));
         const int64_t stride = q_w + 2 * kv_w + 3;  // padded rows
         const std::vector<float> qkv = random(size_t(n_tok * stride));
         const std::vector<float> k0 = random(size_t(n_rows * kv_w)), v0 = random(size_t(n_rows * kv_w));
@@ -60,19 +75,23 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
                                    qs = from_backend(be, d_qs, size_t(n_tok * q_w)),
                                    k = from_backend(be, d_k, k0.size()), v = from_backend(be, d_v, v0.size());
           const std::string what = "heads " + std::to_string(sh.n_heads) + "/" + std::to_string(sh.n_kv) +
-                                   " hd " + std::to_string(hd) + (neox ? " neox" : "") + " scale " +
-                                   std::to_string(freq_scale) + (with_sink ? " with sinks" : "");
-          // Rotated heads of src (at `position`) against dst.
+                                   " hd " + std::to_string(hd) + " rotating " + std::to_string(d) +
+                                   (neox ? " neox" : "") + " scale " + std::to_string(freq_scale) +
+                                   (p.freq_factors.empty() ? "" : " factors") + (with_sink ? " with sinks" : "");
+          // Rotated heads of src (at `position`) against dst; dimensions from d on pass through.
           auto expect_rotated = [&](const float* src, const float* dst, int heads, int64_t position,
                                     const std::string& which) {
-            for (int h = 0; h < heads; ++h)
-              for (int i = 0; i < hd / 2; ++i) {
-                const long double th = angle(position, i, int(hd), p), c = std::cos(th), s = std::sin(th);
-                const int64_t a = h * hd + (neox ? i : 2 * i), b = a + (neox ? hd / 2 : 1);
+            for (int h = 0; h < heads; ++h) {
+              for (int i = 0; i < d / 2; ++i) {
+                const long double th = angle(position, i, d, p), c = std::cos(th), s = std::sin(th);
+                const int64_t a = h * hd + (neox ? i : 2 * i), b = a + (neox ? d / 2 : 1);
                 const long double x0 = src[a], x1 = src[b];
                 ASSERT_NEAR(dst[a], double(x0 * c - x1 * s), tol) << which << ", " << what << ", pos " << position;
                 ASSERT_NEAR(dst[b], double(x0 * s + x1 * c), tol) << which << ", " << what << ", pos " << position;
               }
+              for (int64_t j = d; j < hd; ++j)
+                ASSERT_EQ(dst[h * hd + j], src[h * hd + j]) << which << " pass-through " << j << ", " << what;
+            }
           };
           std::vector<bool> stored(static_cast<size_t>(n_rows), false);
           for (int64_t t = 0; t < n_tok; ++t) {
@@ -105,6 +124,11 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
                std::invalid_argument);
   EXPECT_THROW(be.rope_and_store(odd, 5, 1, 1, 1, 2, &p0, nullptr, RopeParams{}, odd, odd, odd, odd, &r0),
                std::invalid_argument);
+  const RopeParams odd_rot{10000.0f, 1.0f, false, 3, {}}, too_wide{10000.0f, 1.0f, false, 4, {}},
+      few_factors{10000.0f, 1.0f, false, 2, {1.0f, 2.0f}};
+  for (const RopeParams& bad : {odd_rot, too_wide, few_factors})
+    EXPECT_THROW(be.rope_and_store(odd, 9, 1, 1, 1, 2, &p0, nullptr, bad, odd, odd, odd, odd, &r0),
+                 std::invalid_argument) << bad.n_rot;
   be.release(odd);
 }
 
@@ -137,6 +161,87 @@ inline void check_add_rmsnorm(Backend& be) {
       }
       for (float* b : {dx, dy, dw, dout}) be.release(b);
     }
+}
+
+// layernorm and add_layernorm (with and without bias) against the textbook formula in double.
+inline void check_layernorms(Backend& be) {
+  std::mt19937 rng(29);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  for (int64_t n_tok : {1, 5, 70})
+    for (int64_t dim : {1, 7, 515, 2048})
+      for (bool with_bias : {true, false})
+        for (bool fused_add : {false, true}) {
+          std::vector<float> x(static_cast<size_t>(n_tok * dim)), y(x.size()), w(static_cast<size_t>(dim)),
+              b(static_cast<size_t>(dim));
+          for (auto* v : {&x, &y, &w, &b})
+            for (float& e : *v) e = u(rng);
+          for (float& e : x) e += 2.0f;  // a mean far from 0, which LayerNorm must remove
+          float *dx = to_backend(be, x), *dy = to_backend(be, y), *dw = to_backend(be, w), *db = to_backend(be, b);
+          float* dout = to_backend(be, std::vector<float>(x.size(), -9.0f));
+          const float* bias = with_bias ? db : nullptr;
+          if (fused_add) be.add_layernorm(dx, dy, dout, dw, bias, n_tok, dim, 1e-5f);
+          else be.layernorm(dout, dx, dw, bias, n_tok, dim, 1e-5f);
+          const std::vector<float> in = from_backend(be, dx, x.size()), out = from_backend(be, dout, x.size());
+          for (int64_t t = 0; t < n_tok; ++t) {
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < dim; ++i) {
+              const size_t at = size_t(t * dim + i);
+              if (fused_add) ASSERT_EQ(in[at], x[at] + y[at]);
+              mean += in[at];
+            }
+            mean /= double(dim);
+            for (int64_t i = 0; i < dim; ++i) var += (in[size_t(t * dim + i)] - mean) * (in[size_t(t * dim + i)] - mean);
+            const double inv = 1.0 / std::sqrt(var / double(dim) + 1e-5);
+            for (int64_t i = 0; i < dim; ++i) {
+              const size_t at = size_t(t * dim + i);
+              const double ref = (in[at] - mean) * inv * w[size_t(i)] + (with_bias ? b[size_t(i)] : 0.0);
+              ASSERT_NEAR(out[at], ref, 1e-5 * std::fabs(ref) + 1e-5)
+                  << n_tok << "x" << dim << (with_bias ? " bias" : "") << (fused_add ? " add" : "") << " at " << at;
+            }
+          }
+          for (float* p : {dx, dy, dw, db, dout}) be.release(p);
+        }
+}
+
+// activate for every function, gated (rows gate|up of a fused matrix) and plain (in place), and
+// clamp, against the formulas in double.
+inline void check_activations(Backend& be) {
+  auto reference = [](Activation a, double x) {
+    switch (a) {
+      case Activation::Silu: return x / (1.0 + std::exp(-x));
+      case Activation::GeluTanh: return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+      case Activation::GeluErf: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    }
+    return x;
+  };
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> u(-12.0f, 12.0f);
+  const int64_t n_tok = 37, width = 1031, stride = 2 * width;
+  std::vector<float> gu(static_cast<size_t>(n_tok * stride));
+  for (float& v : gu) v = u(rng);
+  for (Activation a : {Activation::Silu, Activation::GeluTanh, Activation::GeluErf}) {
+    float* dgu = to_backend(be, gu);
+    float* dout = to_backend(be, std::vector<float>(size_t(n_tok * width), -9.0f));
+    be.activate(a, dout, dgu, dgu + width, n_tok, width, stride);
+    const std::vector<float> gated = from_backend(be, dout, size_t(n_tok * width));
+    be.activate(a, dgu, dgu, nullptr, n_tok, stride, stride);  // plain, in place over whole rows
+    const std::vector<float> plain = from_backend(be, dgu, gu.size());
+    for (int64_t t = 0; t < n_tok; ++t)
+      for (int64_t i = 0; i < width; ++i) {
+        const double g = gu[size_t(t * stride + i)], up = gu[size_t(t * stride + width + i)];
+        const double ref = reference(a, g) * up;
+        ASSERT_NEAR(gated[size_t(t * width + i)], ref, 2e-6 * std::fabs(ref) + 1e-6 * std::max(1.0, std::fabs(up)))
+            << activation_name(a) << " gated, g=" << g;
+        ASSERT_NEAR(plain[size_t(t * stride + i)], reference(a, g), 2e-6 * std::fabs(reference(a, g)) + 1e-6)
+            << activation_name(a) << " plain, x=" << g;
+      }
+    for (float* p : {dgu, dout}) be.release(p);
+  }
+  float* dx = to_backend(be, gu);
+  be.clamp(dx, int64_t(gu.size()), 6.0f);
+  const std::vector<float> clamped = from_backend(be, dx, gu.size());
+  for (size_t i = 0; i < gu.size(); ++i) ASSERT_EQ(clamped[i], std::min(6.0f, std::max(-6.0f, gu[i]))) << i;
+  be.release(dx);
 }
 
 // copy_2d moves a block of columns between row-major matrices of different widths, leaving the

@@ -146,6 +146,21 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok, int64_t dim,
+                 float eps) override {
+    if (dim <= 0) bad_arg("layernorm: dimension must be positive");
+    for_rows(n_tok, dim, [&](int64_t t) { kern_.layernorm_row(out + t * dim, x + t * dim, w, b, dim, eps); });
+  }
+
+  void add_layernorm(float* x, const float* y, float* out, const float* w, const float* b, int64_t n_tok,
+                     int64_t dim, float eps) override {
+    if (dim <= 0) bad_arg("add_layernorm: dimension must be positive");
+    for_rows(n_tok, dim, [&](int64_t t) {
+      kern_.add(x + t * dim, y + t * dim, dim);
+      kern_.layernorm_row(out + t * dim, x + t * dim, w, b, dim, eps);
+    });
+  }
+
   // Angles from the exact 64-bit position, reduced modulo 2*pi in extended precision before the
   // double sin/cos: a float angle loses all precision past position 2^24, and even a double
   // product pos * freq is off by ~1e-4 rad at position 2^40, enough to move logits. Streams here
@@ -155,9 +170,15 @@ class CpuBackend final : public Backend {
                       const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
                       float* v_cache, const int64_t* rows) override {
     if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
+    const int n_rot = p.rotated(head_dim);
+    if (n_rot < 0 || n_rot > head_dim || n_rot % 2)
+      bad_arg("rope: " + std::to_string(n_rot) + " rotated dimensions in heads of " + std::to_string(head_dim));
+    if (!p.freq_factors.empty() && p.freq_factors.size() != size_t(n_rot / 2))
+      bad_arg("rope: " + std::to_string(p.freq_factors.size()) + " frequency factors for " +
+              std::to_string(n_rot / 2) + " rotated pairs");
     const int64_t q_w = int64_t(n_heads) * head_dim, kv_w = int64_t(n_kv_heads) * head_dim;
     if (stride < q_w + 2 * kv_w) bad_arg("rope_and_store: rows of " + std::to_string(stride) + " floats hold no q|k|v");
-    const int half = head_dim / 2;
+    const int half = n_rot / 2;
     const std::vector<long double>& inv_freq = rope_frequencies(head_dim, p);
     const long double two_pi = 6.283185307179586476925286766559L;
     const int64_t pair_stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
@@ -170,14 +191,18 @@ class CpuBackend final : public Backend {
           s[size_t(i)] = std::sin(theta);
         }
       };
+      // The pass-through dimensions [n_rot, head_dim) are copied first, then the pairs rotated.
       auto rotate = [&](const float* src, float* dst, int heads) {
-        for (int h = 0; h < heads; ++h)
+        for (int h = 0; h < heads; ++h) {
+          const int64_t base = int64_t(h) * head_dim;
+          std::memcpy(dst + base + n_rot, src + base + n_rot, size_t(head_dim - n_rot) * sizeof(float));
           for (int i = 0; i < half; ++i) {
-            const int64_t a = int64_t(h) * head_dim + i * pair_stride, b = a + offset;
+            const int64_t a = base + i * pair_stride, b = a + offset;
             const double x0 = src[a], x1 = src[b];
             dst[a] = float(x0 * c[size_t(i)] - x1 * s[size_t(i)]);
             dst[b] = float(x0 * s[size_t(i)] + x1 * c[size_t(i)]);
           }
+        }
       };
       for (int64_t t = first; t < end; ++t) {
         const float* row = qkv + t * stride;
@@ -193,31 +218,36 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // Per-pair frequencies, computed once per (head_dim, base, scale): powl is slow on a hot path.
+  // Per-pair frequencies, computed once per parameter set: powl is slow on a hot path.
   const std::vector<long double>& rope_frequencies(int head_dim, const RopeParams& p) {
-    if (head_dim != freq_dim_ || p.freq_base != freq_base_ || p.freq_scale != freq_scale_) {
-      freq_.resize(size_t(head_dim / 2));
-      for (int i = 0; i < head_dim / 2; ++i)
-        freq_[size_t(i)] = (long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / head_dim);
+    if (head_dim != freq_dim_ || p.freq_base != freq_for_.freq_base || p.freq_scale != freq_for_.freq_scale ||
+        p.n_rot != freq_for_.n_rot || p.freq_factors != freq_for_.freq_factors) {
+      freq_.resize(size_t(p.rotated(head_dim) / 2));
+      for (size_t i = 0; i < freq_.size(); ++i) freq_[i] = rope_inv_freq(p, head_dim, int(i));
       freq_dim_ = head_dim;
-      freq_base_ = p.freq_base;
-      freq_scale_ = p.freq_scale;
+      freq_for_ = p;
     }
     return freq_;
   }
   std::vector<long double> freq_;
   int freq_dim_ = 0;
-  float freq_base_ = 0, freq_scale_ = 0;
+  RopeParams freq_for_;
 
-  void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
-              int64_t in_stride) override {
+  void activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
+                int64_t in_stride) override {
     // Ranges over the flat output, split where they cross a row.
     for_range(n_tok * width, [&](int64_t b, int64_t e) {
       while (b < e) {
         const int64_t t = b / width, i = b % width, n = std::min(e - b, width - i);
-        kern_.swiglu(out + b, gate + t * in_stride + i, up + t * in_stride + i, n);
+        kern_.activate(act, out + b, gate + t * in_stride + i, up ? up + t * in_stride + i : nullptr, n);
         b += n;
       }
+    });
+  }
+
+  void clamp(float* x, int64_t n, float limit) override {
+    for_range(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) x[i] = std::min(std::max(x[i], -limit), limit);
     });
   }
 
@@ -239,7 +269,8 @@ class CpuBackend final : public Backend {
   // Two passes per (token, head): scores for every visible key, then a max-subtracted softmax and
   // the weighted sum of values. The score row (at most sink_rows + ring_size floats) stays in L1.
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv_heads,
-                 int head_dim, const float* k, const float* v, const AttnSpan* spans, float* out) override {
+                 int head_dim, const float* k, const float* v, const AttnSpan* spans, const float* alibi_slopes,
+                 float* out) override {
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads)
       bad_arg("attention: " + std::to_string(n_heads) + " query heads do not group evenly over " +
               std::to_string(n_kv_heads) + " KV heads");
@@ -273,10 +304,11 @@ class CpuBackend final : public Backend {
         auto key_row = [&](int64_t j) {
           return j < s.n_sink ? s.row0 + j : s.row0 + s.sink_rows + (s.win_begin + (j - s.n_sink)) % s.ring_size;
         };
+        const float slope = alibi_slopes ? alibi_slopes[h] : 0.0f;
         float mx = -INFINITY;
         for (int64_t j = 0; j < n; ++j) {
           const float* q = j < s.n_sink ? qs : qw;
-          scores[j] = kern_.dot(q, k + key_row(j) * kv_row + kv_off, head_dim) * scale;
+          scores[j] = kern_.dot(q, k + key_row(j) * kv_row + kv_off, head_dim) * scale - slope * float(n - 1 - j);
           mx = std::max(mx, scores[j]);
         }
         std::memset(o, 0, size_t(head_dim) * sizeof(float));

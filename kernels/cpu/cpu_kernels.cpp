@@ -91,8 +91,14 @@ void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float 
   for (int64_t i = 0; i < dim; ++i) out[i] = x[i] * r * w[i];
 }
 
-void swiglu(float* out, const float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+void layernorm_row(float* out, const float* x, const float* w, const float* b, int64_t dim, float eps) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < dim; ++i) sum += x[i];
+  const float mean = sum / float(dim);
+  float ss = 0.0f;
+  for (int64_t i = 0; i < dim; ++i) ss += (x[i] - mean) * (x[i] - mean);
+  const float r = 1.0f / std::sqrt(ss / float(dim) + eps);
+  for (int64_t i = 0; i < dim; ++i) out[i] = (x[i] - mean) * r * w[i] + (b ? b[i] : 0.0f);
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -101,10 +107,26 @@ void add(float* x, const float* y, int64_t n) {
 
 }  // namespace
 
+float activation_value(Activation act, float x) {
+  switch (act) {
+    // 0.5 (1 + tanh u) = sigmoid(2u), and 1 + erf(z) = erfc(-z): the forms without the
+    // cancellation of 1 + (nearly -1) for negative inputs.
+    case Activation::Silu: return x / (1.0f + std::exp(-x));
+    case Activation::GeluTanh:
+      return x / (1.0f + std::exp(-2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Activation::GeluErf: return 0.5f * x * std::erfc(-x * 0.7071067811865476f);
+  }
+  return x;
+}
+
+void activate_scalar(Activation act, float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = activation_value(act, gate[i]) * (up ? up[i] : 1.0f);
+}
+
 const Kernels& scalar_kernels() {
   static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
-                         dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
+                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate_scalar, add};
   return k;
 }
 

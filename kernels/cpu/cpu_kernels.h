@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "kernels/backend.h"
 #include "kernels/dtype.h"
 
 namespace sinkserve::cpu {
@@ -71,12 +72,20 @@ struct Kernels {
   float (*exp_sum)(float* s, int64_t n, float max);
   // out = x / sqrt(mean(x^2) + eps) * w over one row.
   void (*rmsnorm_row)(float* out, const float* x, const float* w, int64_t dim, float eps);
-  void (*swiglu)(float* out, const float* gate, const float* up, int64_t n);
+  // out = (x - mean) / sqrt(var + eps) * w + b over one row; b may be null.
+  void (*layernorm_row)(float* out, const float* x, const float* w, const float* b, int64_t dim,
+                        float eps);
+  // out[i] = act(gate[i]) * up[i], or act(gate[i]) when up is null; out may alias gate.
+  void (*activate)(Activation act, float* out, const float* gate, const float* up, int64_t n);
   void (*add)(float* x, const float* y, int64_t n);
 };
 
 // Throws std::runtime_error naming the instruction set when it is not supported.
 const Kernels& kernels_for(Isa isa);
+
+// The scalar activation, shared by the SIMD tables for the functions they do not vectorise.
+float activation_value(Activation act, float x);
+void activate_scalar(Activation act, float* out, const float* gate, const float* up, int64_t n);
 
 // Per-instruction-set tables (defined in cpu_kernels*.cpp).
 const Kernels& scalar_kernels();

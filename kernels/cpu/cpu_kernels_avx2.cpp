@@ -288,20 +288,69 @@ void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float 
   for (; i < dim; ++i) out[i] = x[i] * rs * w[i];
 }
 
-void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+void layernorm_row(float* out, const float* x, const float* w, const float* b, int64_t dim, float eps) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= dim; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + i));
+  float sum = hsum(acc);
+  for (; i < dim; ++i) sum += x[i];
+  const float mean = sum / float(dim);
+  const __m256 vm = _mm256_set1_ps(mean);
+  acc = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= dim; i += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+    acc = _mm256_fmadd_ps(d, d, acc);
+  }
+  float ss = hsum(acc);
+  for (; i < dim; ++i) ss += (x[i] - mean) * (x[i] - mean);
+  const float rs = 1.0f / __builtin_sqrtf(ss / float(dim) + eps);
+  const __m256 r = _mm256_set1_ps(rs);
+  for (i = 0; i + 8 <= dim; i += 8) {
+    const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), r);
+    const __m256 bias = b ? _mm256_loadu_ps(b + i) : _mm256_setzero_ps();
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + i), bias));
+  }
+  for (; i < dim; ++i) out[i] = (x[i] - mean) * rs * w[i] + (b ? b[i] : 0.0f);
+}
+
+// erfc(|z|) by the Chebyshev fit of Numerical Recipes' erfcc, relative error below 1.2e-7 for
+// every z: exact GELU is 0.5 x erfc(-x / sqrt 2), and its negative tail must stay accurate.
+inline __m256 erfc_abs_ps(__m256 a) {
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(a, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+  static constexpr float c[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+  __m256 p = _mm256_set1_ps(c[0]);
+  for (int i = 1; i < 10; ++i) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c[i]));
+  return _mm256_mul_ps(t, exp_ps(_mm256_fnmadd_ps(a, a, p)));
+}
+
+// SiLU and tanh-GELU share x * sigmoid(k x') (0.5 (1 + tanh u) = sigmoid(2u)).
+inline __m256 activation_ps(Activation act, __m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
+  if (act == Activation::GeluErf) {
+    const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(-0.7071067811865476f));  // erfc's argument
+    const __m256 e = erfc_abs_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), z));
+    // erfc(z) = 2 - erfc(-z) for z < 0.
+    const __m256 neg = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 erfc = _mm256_blendv_ps(e, _mm256_sub_ps(_mm256_set1_ps(2.0f), e), neg);
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), erfc);
+  }
+  __m256 u = x;
+  if (act == Activation::GeluTanh) {
+    const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    u = _mm256_mul_ps(_mm256_set1_ps(2.0f * 0.7978845608028654f), _mm256_fmadd_ps(x3, _mm256_set1_ps(0.044715f), x));
+  }
+  return _mm256_div_ps(x, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), u))));
+}
+
+void activate(Activation act, float* out, const float* gate, const float* up, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gate + i);
-    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    __m256 v = activation_ps(act, _mm256_loadu_ps(gate + i));
+    if (up) v = _mm256_mul_ps(v, _mm256_loadu_ps(up + i));
+    _mm256_storeu_ps(out + i, v);
   }
-  if (i < n) {
-    alignas(32) float g[8] = {}, e[8];
-    for (int64_t j = i; j < n; ++j) g[j - i] = -gate[j];
-    _mm256_store_ps(e, exp_ps(_mm256_load_ps(g)));
-    for (int64_t j = i; j < n; ++j) out[j] = gate[j] / (1.0f + e[j - i]) * up[j];
-  }
+  if (i < n) activate_scalar(act, out + i, gate + i, up ? up + i : nullptr, n - i);
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -315,7 +364,7 @@ void add(float* x, const float* y, int64_t n) {
 const Kernels& avx2_kernels() {
   static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
-                         dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
+                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add};
   return k;
 }
 

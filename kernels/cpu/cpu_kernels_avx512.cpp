@@ -383,13 +383,62 @@ void rmsnorm_row(float* out, const float* x, const float* w, int64_t dim, float 
   }
 }
 
-void swiglu(float* out, const float* gate, const float* up, int64_t n) {
+void layernorm_row(float* out, const float* x, const float* w, const float* b, int64_t dim, float eps) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < dim; i += 16) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tail_mask(dim - i), x + i));
+  const float mean = _mm512_reduce_add_ps(acc) / float(dim);
+  const __m512 vm = _mm512_set1_ps(mean);
+  acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < dim; i += 16) {
+    const __mmask16 m = tail_mask(dim - i);
+    const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), vm);
+    acc = _mm512_fmadd_ps(d, d, acc);
+  }
+  const __m512 r = _mm512_set1_ps(1.0f / __builtin_sqrtf(_mm512_reduce_add_ps(acc) / float(dim) + eps));
+  for (int64_t i = 0; i < dim; i += 16) {
+    const __mmask16 m = tail_mask(dim - i);
+    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm), r);
+    const __m512 bias = b ? _mm512_maskz_loadu_ps(m, b + i) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, w + i), bias));
+  }
+}
+
+// erfc(|z|) by the Chebyshev fit of Numerical Recipes' erfcc, relative error below 1.2e-7 for
+// every z: exact GELU is 0.5 x erfc(-x / sqrt 2), and its negative tail must stay accurate.
+inline __m512 erfc_abs_ps(__m512 a) {
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+  static constexpr float c[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < 10; ++i) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[i]));
+  return _mm512_mul_ps(t, exp_ps(_mm512_fnmadd_ps(a, a, p)));
+}
+
+// SiLU and tanh-GELU share x * sigmoid(k x') (0.5 (1 + tanh u) = sigmoid(2u)).
+inline __m512 activation_ps(Activation act, __m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
+  if (act == Activation::GeluErf) {
+    const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(-0.7071067811865476f));  // erfc's argument
+    const __m512 e = erfc_abs_ps(_mm512_abs_ps(z));
+    // erfc(z) = 2 - erfc(-z) for z < 0.
+    const __m512 erfc = _mm512_mask_sub_ps(e, _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ),
+                                           _mm512_set1_ps(2.0f), e);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), erfc);
+  }
+  __m512 u = x;
+  if (act == Activation::GeluTanh) {
+    const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    u = _mm512_mul_ps(_mm512_set1_ps(2.0f * 0.7978845608028654f), _mm512_fmadd_ps(x3, _mm512_set1_ps(0.044715f), x));
+  }
+  return _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), u))));
+}
+
+void activate(Activation act, float* out, const float* gate, const float* up, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
+    __m512 v = activation_ps(act, _mm512_maskz_loadu_ps(m, gate + i));
+    if (up) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, up + i));
+    _mm512_mask_storeu_ps(out + i, m, v);
   }
 }
 
@@ -405,7 +454,7 @@ void add(float* x, const float* y, int64_t n) {
 const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                                  pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
-                                 dot, axpy, scale, exp_sum, rmsnorm_row, swiglu, add};
+                                 dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add};
   static const Kernels without_bf16 = [] {
     Kernels k = with_bf16;
     k.pack_panel_bf16 = nullptr;

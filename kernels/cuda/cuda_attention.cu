@@ -30,6 +30,7 @@ struct AttnArgs {
   const float* k;
   const float* v;
   const AttnSpan* spans;
+  const float* alibi;  // per query head, or null
   float* partials;  // [n_tok][n_heads][n_splits] x (head_dim values, m, l)
   float* out;
   int n_heads, n_kv, head_dim, group;
@@ -99,7 +100,9 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
         }
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (lane == 0) sc[g * a.split + j] = dot;
+        // ALiBi: the key's distance inside the cache, n_keys - 1 - (its index).
+        if (lane == 0)
+          sc[g * a.split + j] = a.alibi ? dot - a.alibi[h0 + g] * float(n_keys - 1 - (j0 + j)) : dot;
       }
     }
   }
@@ -241,9 +244,9 @@ void enable_attention_smem(size_t bytes) {
 
 void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
                       const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
-                      float* partials, float* out, cudaStream_t stream) {
+                      const float* alibi, float* partials, float* out, cudaStream_t stream) {
   if (s.n_tok == 0) return;
-  AttnArgs args{q_win, q_sink, k, v, spans, partials, out,
+  AttnArgs args{q_win, q_sink, k, v, spans, alibi, partials, out,
                 s.n_heads, s.n_kv_heads, s.head_dim, s.n_heads / s.n_kv_heads,
                 p.split, p.n_splits, float(1.0 / std::sqrt(double(s.head_dim)))};
   const int dpl = (s.head_dim + 31) / 32;

@@ -298,6 +298,20 @@ class CudaBackend final : public Backend {
     cuda::launch_add_rmsnorm(x, y, out, w, n_tok, dim, eps, stream_);
   }
 
+  void layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok,
+                 int64_t dim, float eps) override {
+    use_device();
+    if (replaying(Op::Layernorm, out, x, w, b, n_tok, dim, eps)) return;
+    cuda::launch_layernorm(out, x, w, b, n_tok, dim, eps, stream_);
+  }
+
+  void add_layernorm(float* x, const float* y, float* out, const float* w, const float* b,
+                     int64_t n_tok, int64_t dim, float eps) override {
+    use_device();
+    if (replaying(Op::AddLayernorm, x, y, out, w, b, n_tok, dim, eps)) return;
+    cuda::launch_add_layernorm(x, y, out, w, b, n_tok, dim, eps, stream_);
+  }
+
   void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads, int n_kv_heads,
                       int head_dim, const int64_t* pos_win, const int64_t* pos_sink,
                       const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
@@ -308,27 +322,40 @@ class CudaBackend final : public Backend {
     if (stride < int64_t(n_heads + 2 * n_kv_heads) * head_dim)
       throw std::invalid_argument("CUDA rope_and_store: rows of " + std::to_string(stride) +
                                   " floats hold no q|k|v");
+    const int n_rot = p.rotated(head_dim);
+    if (n_rot < 0 || n_rot > head_dim || n_rot % 2 ||
+        (!p.freq_factors.empty() && p.freq_factors.size() != size_t(n_rot / 2)))
+      throw std::invalid_argument("CUDA rope: " + std::to_string(n_rot) + " rotated dimensions (" +
+                                  std::to_string(p.freq_factors.size()) + " factors) in heads of " +
+                                  std::to_string(head_dim));
     use_device();
     const std::vector<double>& freq = rope_frequencies(head_dim, p);
     const size_t pos_bytes = staged_size(size_t(n_tok) * sizeof(int64_t));
     reserve_staging(staged_size(freq.size() * sizeof(double)) + (pos_sink ? 3 : 2) * pos_bytes);
-    const double* inv = stage(freq.data(), freq.size());
+    const double* inv = freq.empty() ? nullptr : stage(freq.data(), freq.size());
     const int64_t* d_win = stage(pos_win, size_t(n_tok));
     const int64_t* d_sink = pos_sink ? stage(pos_sink, size_t(n_tok)) : nullptr;
     const int64_t* d_rows = stage(rows, size_t(n_tok));
     float* sink_out = pos_sink ? q_sink : nullptr;
-    if (replaying(Op::Rope, qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, d_win, d_sink, inv,
-                  p.neox, q_win, sink_out, k_cache, v_cache, d_rows))
+    if (replaying(Op::Rope, qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, n_rot, d_win, d_sink,
+                  inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows))
       return;
-    cuda::launch_rope_and_store(qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, d_win, d_sink,
-                                inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows, stream_);
+    cuda::launch_rope_and_store(qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, n_rot, d_win,
+                                d_sink, inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows,
+                                stream_);
   }
 
-  void swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
-              int64_t in_stride) override {
+  void activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,
+                int64_t width, int64_t in_stride) override {
     use_device();
-    if (replaying(Op::Swiglu, out, gate, up, n_tok, width, in_stride)) return;
-    cuda::launch_swiglu(out, gate, up, n_tok, width, in_stride, stream_);
+    if (replaying(Op::Activate, act, out, gate, up, n_tok, width, in_stride)) return;
+    cuda::launch_activate(act, out, gate, up, n_tok, width, in_stride, stream_);
+  }
+
+  void clamp(float* x, int64_t n, float limit) override {
+    use_device();
+    if (replaying(Op::Clamp, x, n, limit)) return;
+    cuda::launch_clamp(x, n, limit, stream_);
   }
 
   void add(float* x, const float* y, int64_t n) override {
@@ -377,7 +404,7 @@ class CudaBackend final : public Backend {
 
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
                  int n_kv_heads, int head_dim, const float* k, const float* v,
-                 const AttnSpan* spans, float* out) override {
+                 const AttnSpan* spans, const float* alibi_slopes, float* out) override {
     if (n_tok <= 0) return;
     int max_keys = 0;
     for (int64_t t = 0; t < n_tok; ++t) {
@@ -398,11 +425,15 @@ class CudaBackend final : public Backend {
     float* partials = nullptr;
     if (const int64_t nf = cuda::attention_partial_floats(shape, plan); nf > 0)
       partials = partial_buffer(size_t(nf) * sizeof(float));
+    reserve_staging(staged_size(size_t(n_tok) * sizeof(AttnSpan)) +
+                    (alibi_slopes ? staged_size(size_t(n_heads) * sizeof(float)) : 0));
     const AttnSpan* d_spans = stage(spans, size_t(n_tok));
+    const float* d_alibi = alibi_slopes ? stage(alibi_slopes, size_t(n_heads)) : nullptr;
     if (replaying(Op::Attention, n_tok, n_heads, n_kv_heads, head_dim, max_keys, plan.split,
-                  plan.n_splits, plan.smem, q_win, q_sink, k, v, d_spans, partials, out))
+                  plan.n_splits, plan.smem, q_win, q_sink, k, v, d_spans, d_alibi, partials, out))
       return;
-    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, d_spans, partials, out, stream_);
+    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, d_spans, d_alibi, partials, out,
+                           stream_);
   }
 
   // A device-to-device copy of bytes/2 counts bytes/2 read plus bytes/2 written: the traffic a
@@ -438,8 +469,8 @@ class CudaBackend final : public Backend {
 
  private:
   enum class StepMode { Eager, Capture, Check };
-  enum class Op : uint8_t { Copy, Copy2d, Zero, Gemv, Embed, Rmsnorm, AddRmsnorm, Rope, Swiglu, Add,
-                            Gather, Attention };
+  enum class Op : uint8_t { Copy, Copy2d, Zero, Gemv, Embed, Rmsnorm, AddRmsnorm, Layernorm,
+                            AddLayernorm, Rope, Activate, Clamp, Add, Gather, Attention };
   static constexpr uint64_t kSigSeed = 0xcbf29ce484222325ull;
 
   // In a bracketed step: adds an operation's launch parameters to the step's signature, and
@@ -591,23 +622,23 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::unordered_set<void*> allocs_;
-  // Per-pair inverse frequencies freq_scale * base^(-2i/head_dim), in double, for the last
-  // (head_dim, base, scale) seen: every layer of every step asks for the same ones.
+  // Per-pair inverse frequencies in double, for the last parameter set seen: every layer of
+  // every step asks for the same ones.
   const std::vector<double>& rope_frequencies(int head_dim, const RopeParams& p) {
-    if (head_dim != freq_dim_ || p.freq_base != freq_base_ || p.freq_scale != freq_scale_) {
-      inv_freq_.resize(size_t(head_dim / 2));
-      for (int i = 0; i < head_dim / 2; ++i)
-        inv_freq_[size_t(i)] =
-            double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / head_dim);
+    if (head_dim != freq_dim_ || p.freq_base != freq_for_.freq_base ||
+        p.freq_scale != freq_for_.freq_scale || p.n_rot != freq_for_.n_rot ||
+        p.freq_factors != freq_for_.freq_factors) {
+      inv_freq_.resize(size_t(p.rotated(head_dim) / 2));
+      for (size_t i = 0; i < inv_freq_.size(); ++i)
+        inv_freq_[i] = double(rope_inv_freq(p, head_dim, int(i)));
       freq_dim_ = head_dim;
-      freq_base_ = p.freq_base;
-      freq_scale_ = p.freq_scale;
+      freq_for_ = p;
     }
     return inv_freq_;
   }
   std::vector<double> inv_freq_;
   int freq_dim_ = 0;
-  float freq_base_ = 0, freq_scale_ = 0;
+  RopeParams freq_for_;
   bool graphs_ = false, force_capture_ = false;
   StepMode mode_ = StepMode::Eager;
   uint64_t sig_ = kSigSeed, exec_sig_ = 0;  // of this step's operations, of step_exec_'s

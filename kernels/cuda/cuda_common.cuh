@@ -103,14 +103,19 @@ void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, i
                     float eps, cudaStream_t stream);
 void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
                         int64_t dim, float eps, cudaStream_t stream);
-// inv_freq[i] = freq_scale * base^(-2i/head_dim); every array in device memory.
+void launch_layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok,
+                      int64_t dim, float eps, cudaStream_t stream);
+void launch_add_layernorm(float* x, const float* y, float* out, const float* w, const float* b,
+                          int64_t n_tok, int64_t dim, float eps, cudaStream_t stream);
+// inv_freq[i] = rope_inv_freq(p, head_dim, i) for i < n_rot / 2; every array in device memory.
 void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
-                           int n_kv_heads, int head_dim, const int64_t* pos_win,
+                           int n_kv_heads, int head_dim, int n_rot, const int64_t* pos_win,
                            const int64_t* pos_sink, const double* inv_freq, bool neox,
                            float* q_win, float* q_sink, float* k_cache, float* v_cache,
                            const int64_t* rows, cudaStream_t stream);
-void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
-                   int64_t in_stride, cudaStream_t stream);
+void launch_activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,
+                     int64_t width, int64_t in_stride, cudaStream_t stream);
+void launch_clamp(float* x, int64_t n, float limit, cudaStream_t stream);
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream);
 void launch_gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                         int64_t n, cudaStream_t stream);
@@ -139,9 +144,10 @@ struct AttnPlan {
 };
 AttnPlan plan_attention(const AttnShape& s, int num_sms, size_t smem_limit);
 int64_t attention_partial_floats(const AttnShape& s, const AttnPlan& p);
+// alibi: device array of n_heads slopes, or null.
 void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
                       const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
-                      float* partials, float* out, cudaStream_t stream);
+                      const float* alibi, float* partials, float* out, cudaStream_t stream);
 // Raises the kernels' dynamic shared-memory ceiling to `bytes` (once per device).
 void enable_attention_smem(size_t bytes);
 

@@ -75,6 +75,37 @@ __global__ void rmsnorm_kernel(float* out, float* x, const float* __restrict__ y
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * inv * w[i];
 }
 
+// LayerNorm of each row (mean and biased variance), one block per row; with kAdd, x += y first.
+template <bool kAdd>
+__global__ void layernorm_kernel(float* out, float* x, const float* __restrict__ y,
+                                 const float* __restrict__ w, const float* __restrict__ b,
+                                 int64_t dim, float eps) {
+  pdl_trigger();
+  pdl_wait();
+  __shared__ float red[32];
+  const int64_t row = int64_t(blockIdx.x) * dim;
+  float* xr = x + row;
+  float* o = out + row;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = xr[i];
+    if constexpr (kAdd) {
+      v += y[row + i];
+      xr[i] = v;
+    }
+    sum += v;
+  }
+  const float mean = block_sum(sum, red) / float(dim);
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float d = xr[i] - mean;
+    ss = fmaf(d, d, ss);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+    o[i] = (xr[i] - mean) * inv * w[i] + (b ? b[i] : 0.f);
+}
+
 __device__ __forceinline__ void rotate_pair(const float* src, float* dst, int a, int b, double c,
                                             double s) {
   const double x0 = src[a], x1 = src[b];
@@ -82,12 +113,14 @@ __device__ __forceinline__ void rotate_pair(const float* src, float* dst, int a,
   dst[b] = float(x0 * s + x1 * c);
 }
 
-// One thread per (token, rotation pair) and head (blockIdx.y, covering query and KV heads), so
-// that a single decoding token still spreads over many blocks. Stream positions grow without
-// bound, so the angle is formed and reduced in double: in float, pos * inv_freq loses all
-// fractional precision past position 2^24. inv_freq comes from the host, in double.
+// One thread per (token, pair of dimensions) and head (blockIdx.y, covering query and KV heads),
+// so that a single decoding token still spreads over many blocks. Pairs below n_rot/2 rotate;
+// the others copy dimensions (2i, 2i + 1), which are exactly the pass-through ones [n_rot, d).
+// Stream positions grow without bound, so the angle is formed and reduced in double: in float,
+// pos * inv_freq loses all fractional precision past position 2^24. inv_freq comes from the
+// host, in double.
 __global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride, int64_t n_tok,
-                                  int n_heads, int n_kv, int head_dim,
+                                  int n_heads, int n_kv, int head_dim, int n_rot,
                                   const int64_t* __restrict__ pos_win,
                                   const int64_t* __restrict__ pos_sink,
                                   const double* __restrict__ inv_freq, bool neox,
@@ -96,42 +129,79 @@ __global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride,
                                   const int64_t* __restrict__ rows) {
   pdl_trigger();
   pdl_wait();
-  const int half = head_dim / 2;
+  const int half = head_dim / 2, rot_half = n_rot / 2;
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n_tok * half) return;
   const int64_t t = idx / half;
   const int i = int(idx % half);
   const int h = int(blockIdx.y);
-  const int a = h * head_dim + (neox ? i : 2 * i);
-  const int b = a + (neox ? half : 1);
   const float* row = qkv + t * stride;
   const int64_t q_w = int64_t(n_heads) * head_dim, kv_w = int64_t(n_kv) * head_dim;
+  const int64_t r = rows[t];
+  const int c0 = h * head_dim + 2 * i;  // the pair this thread copies when it does not rotate
+  if (h < n_kv) {
+    v_cache[r * kv_w + c0] = row[q_w + kv_w + c0];
+    v_cache[r * kv_w + c0 + 1] = row[q_w + kv_w + c0 + 1];
+  }
+  if (i >= rot_half) {
+    if (h < n_heads) {
+      q_win[t * q_w + c0] = row[c0];
+      q_win[t * q_w + c0 + 1] = row[c0 + 1];
+      if (q_sink) {
+        q_sink[t * q_w + c0] = row[c0];
+        q_sink[t * q_w + c0 + 1] = row[c0 + 1];
+      }
+    }
+    if (h < n_kv) {
+      k_cache[r * kv_w + c0] = row[q_w + c0];
+      k_cache[r * kv_w + c0 + 1] = row[q_w + c0 + 1];
+    }
+    return;
+  }
+  const int a = h * head_dim + (neox ? i : 2 * i);
+  const int b = a + (neox ? rot_half : 1);
   double s, c;
   sincos(double(pos_win[t]) * inv_freq[i], &s, &c);
   if (h < n_heads) rotate_pair(row, q_win + t * q_w, a, b, c, s);
-  if (h < n_kv) {
-    const int64_t r = rows[t];
-    rotate_pair(row + q_w, k_cache + r * kv_w, a, b, c, s);
-    v_cache[r * kv_w + a] = row[q_w + kv_w + a];
-    v_cache[r * kv_w + b] = row[q_w + kv_w + b];
-  }
+  if (h < n_kv) rotate_pair(row + q_w, k_cache + r * kv_w, a, b, c, s);
   if (q_sink && h < n_heads) {
     sincos(double(pos_sink[t]) * inv_freq[i], &s, &c);
     rotate_pair(row, q_sink + t * q_w, a, b, c, s);
   }
 }
 
-__global__ void swiglu_kernel(float* out, const float* gate, const float* up, int64_t n_tok,
-                              int64_t width, int64_t in_stride) {
+// x * sigmoid(k x') covers SiLU and tanh-GELU (0.5 (1 + tanh u) = sigmoid(2u)); exact GELU as
+// erfc(-z) rather than 1 + erf(z), which cancels for negative inputs.
+__device__ __forceinline__ float activation(Activation act, float x) {
+  switch (act) {
+    case Activation::Silu: return x / (1.0f + expf(-x));
+    case Activation::GeluTanh: {
+      const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+      return x / (1.0f + expf(-2.0f * u));
+    }
+    case Activation::GeluErf: return 0.5f * x * erfcf(-x * 0.7071067811865476f);
+  }
+  return x;
+}
+
+__global__ void activate_kernel(Activation act, float* out, const float* gate, const float* up,
+                                int64_t n_tok, int64_t width, int64_t in_stride) {
   pdl_trigger();
   pdl_wait();
   const int64_t n = n_tok * width;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t at = i / width * in_stride + i % width;
-    const float g = gate[at];
-    out[i] = g / (1.0f + expf(-g)) * up[at];
+    out[i] = activation(act, gate[at]) * (up ? up[at] : 1.0f);
   }
+}
+
+__global__ void clamp_kernel(float* x, int64_t n, float limit) {
+  pdl_trigger();
+  pdl_wait();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = fminf(fmaxf(x[i], -limit), limit);
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {
@@ -178,8 +248,21 @@ void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, in
   launch(rmsnorm_kernel<true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, dim, eps);
 }
 
+void launch_layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok,
+                      int64_t dim, float eps, cudaStream_t stream) {
+  if (n_tok == 0) return;
+  launch(layernorm_kernel<false>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
+         static_cast<const float*>(nullptr), w, b, dim, eps);
+}
+
+void launch_add_layernorm(float* x, const float* y, float* out, const float* w, const float* b,
+                          int64_t n_tok, int64_t dim, float eps, cudaStream_t stream) {
+  if (n_tok == 0) return;
+  launch(layernorm_kernel<true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, b, dim, eps);
+}
+
 void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
-                           int n_kv_heads, int head_dim, const int64_t* pos_win,
+                           int n_kv_heads, int head_dim, int n_rot, const int64_t* pos_win,
                            const int64_t* pos_sink, const double* inv_freq, bool neox,
                            float* q_win, float* q_sink, float* k_cache, float* v_cache,
                            const int64_t* rows, cudaStream_t stream) {
@@ -187,14 +270,20 @@ void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int 
   if (n == 0) return;
   const dim3 grid{unsigned((n + 127) / 128), unsigned(std::max(n_heads, n_kv_heads))};
   launch(rope_store_kernel, grid, 128, 0, stream, qkv, stride, n_tok, n_heads, n_kv_heads,
-         head_dim, pos_win, pos_sink, inv_freq, neox, q_win, q_sink, k_cache, v_cache, rows);
+         head_dim, n_rot, pos_win, pos_sink, inv_freq, neox, q_win, q_sink, k_cache, v_cache, rows);
 }
 
-void launch_swiglu(float* out, const float* gate, const float* up, int64_t n_tok, int64_t width,
-                   int64_t in_stride, cudaStream_t stream) {
+void launch_activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,
+                     int64_t width, int64_t in_stride, cudaStream_t stream) {
   const int64_t n = n_tok * width;
   if (n == 0) return;
-  launch(swiglu_kernel, grid_for(n, 256), 256, 0, stream, out, gate, up, n_tok, width, in_stride);
+  launch(activate_kernel, grid_for(n, 256), 256, 0, stream, act, out, gate, up, n_tok, width,
+         in_stride);
+}
+
+void launch_clamp(float* x, int64_t n, float limit, cudaStream_t stream) {
+  if (n == 0) return;
+  launch(clamp_kernel, grid_for(n, 256), 256, 0, stream, x, n, limit);
 }
 
 void launch_add(float* x, const float* y, int64_t n, cudaStream_t stream) {

@@ -129,7 +129,7 @@ TEST_F(CudaTest, PrepareWeightRejectsPartialQ8Blocks) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// embed, rmsnorm, add_rmsnorm, rope_and_store, swiglu, add, rows
+// embed, rmsnorm, add_rmsnorm, layernorms, rope_and_store, activations, add, rows
 
 TEST_F(CudaTest, EmbedReturnsDequantizedRowsForEveryType) {
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
@@ -172,10 +172,13 @@ TEST_F(CudaTest, RmsnormMatchesReferenceInPlaceAndOutOfPlace) {
 
 // The angle is formed in double from the 64-bit position (as the kernel does).
 TEST_F(CudaTest, RopeAndStoreMatchDoubleReferenceAtHugePositions) {
-  test::check_rope_and_store(*be_, [](int64_t pos, int i, int hd, const RopeParams& p) {
-    return (long double)(double(pos) * (double(p.freq_scale) * std::pow(double(p.freq_base), -2.0 * i / hd)));
+  test::check_rope_and_store(*be_, [](int64_t pos, int i, int d, const RopeParams& p) {
+    return (long double)(double(pos) * double(test::reference_inv_freq(i, d, p)));
   }, 2e-6);
 }
+
+TEST_F(CudaTest, LayernormsMatchReference) { test::check_layernorms(*be_); }
+TEST_F(CudaTest, ActivationsAndClampMatchReference) { test::check_activations(*be_); }
 
 TEST_F(CudaTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be_); }
 
@@ -188,7 +191,7 @@ TEST_F(CudaTest, SwigluAndAddMatchReference) {
       sum[i] = double(g[i]) + u[i];
     }
     float *dg = upload(g), *du = upload(u), *dy = poisoned(static_cast<size_t>(n));
-    be_->swiglu(dy, dg, du, 1, n, n);
+    be_->activate(Activation::Silu, dy, dg, du, 1, n, n);
     EXPECT_LT(rel_err(download(dy, size_t(n)), sw), 1e-6) << n;
     be_->add(dg, du, n);
     EXPECT_LT(rel_err(download(dg, size_t(n)), sum), 1e-7) << n;
@@ -207,7 +210,7 @@ TEST_F(CudaTest, SwigluReadsFusedRows) {
       ref[size_t(t * width + i)] = g / (1.0 + std::exp(-g)) * u;
     }
   float *dgu = upload(gu), *dy = poisoned(ref.size());
-  be_->swiglu(dy, dgu, dgu + width, n_tok, width, stride);
+  be_->activate(Activation::Silu, dy, dgu, dgu + width, n_tok, width, stride);
   EXPECT_LT(rel_err(download(dy, ref.size()), ref), 1e-6);
   for (float* p : {dgu, dy}) be_->release(p);
 }
@@ -259,9 +262,11 @@ struct AttnCase {
   int n_heads, n_kv, head_dim;
 };
 
-// Scores the keys of each span exactly as Backend::attention documents, in double.
+// Scores the keys of each span exactly as Backend::attention documents, in double; with ALiBi
+// slopes, key j of n is penalised by slope * (n - 1 - j).
 std::vector<double> attention_reference(const Vec& qw, const Vec& qs, const Vec& k, const Vec& v,
-                                        const std::vector<AttnSpan>& spans, const AttnCase& c) {
+                                        const std::vector<AttnSpan>& spans, const AttnCase& c,
+                                        const Vec& slopes) {
   const int64_t qd = int64_t(c.n_heads) * c.head_dim, kd = int64_t(c.n_kv) * c.head_dim;
   std::vector<double> out(spans.size() * size_t(qd));
   for (size_t t = 0; t < spans.size(); ++t) {
@@ -282,7 +287,8 @@ std::vector<double> attention_reference(const Vec& qw, const Vec& qs, const Vec&
         double d = 0;
         for (int e = 0; e < c.head_dim; ++e)
           d += double(q[t * qd + h * c.head_dim + e]) * k[rows[j] * kd + kh * c.head_dim + e];
-        sc[j] = d / std::sqrt(double(c.head_dim));
+        sc[j] = d / std::sqrt(double(c.head_dim)) -
+                (slopes.empty() ? 0.0 : slopes[size_t(h)] * double(rows.size() - 1 - j));
         m = std::max(m, sc[j]);
       }
       double l = 0;
@@ -322,11 +328,15 @@ TEST_F(CudaTest, AttentionMatchesReferenceOnRandomWrappedSpans) {
       const Vec k = random_vec(rng_, size_t(n_rows * kd), -2.f, 2.f), v = random_vec(rng_, size_t(n_rows * kd));
       float *dqw = upload(qw), *dqs = upload(qs), *dk = upload(k), *dv = upload(v);
       float* dout = poisoned(static_cast<size_t>(n_tok * qd));
-      be_->attention(dqw, dqs, n_tok, c.n_heads, c.n_kv, c.head_dim, dk, dv, spans.data(), dout);
+      // ALiBi models (MPT) on every other token count.
+      const Vec slopes = n_tok % 2 ? random_vec(rng_, size_t(c.n_heads), 0.f, 0.5f) : Vec{};
+      be_->attention(dqw, dqs, n_tok, c.n_heads, c.n_kv, c.head_dim, dk, dv, spans.data(),
+                     slopes.empty() ? nullptr : slopes.data(), dout);
       const double err = rel_err(download(dout, size_t(n_tok * qd)),
-                                 attention_reference(qw, qs, k, v, spans, c));
+                                 attention_reference(qw, qs, k, v, spans, c, slopes));
       EXPECT_LT(err, 2e-6) << c.n_heads << "/" << c.n_kv << " heads of " << c.head_dim
-                           << ", n_tok " << n_tok << ", sink " << S << ", ring " << R;
+                           << ", n_tok " << n_tok << ", sink " << S << ", ring " << R
+                           << (slopes.empty() ? "" : ", alibi");
       for (float* p : {dqw, dqs, dk, dv, dout}) be_->release(p);
     }
   }
@@ -337,10 +347,10 @@ TEST_F(CudaTest, AttentionRejectsBadShapes) {
   s.n_win = 1;
   s.ring_size = 1;
   float* d = poisoned(1024);
-  EXPECT_THROW(be_->attention(d, d, 1, 6, 4, 8, d, d, &s, d), std::invalid_argument);
-  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 512, d, d, &s, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 6, 4, 8, d, d, &s, nullptr, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 512, d, d, &s, nullptr, d), std::invalid_argument);
   s.n_win = 2;  // more window rows than the ring holds
-  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 8, d, d, &s, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 8, d, d, &s, nullptr, d), std::invalid_argument);
   be_->release(d);
 }
 
@@ -380,7 +390,7 @@ TEST_F(CudaTest, AttentionOverStreamingSinkCacheMatchesStreamSemantics) {
     const Vec qw = random_vec(rng_, size_t(n * qd), -2.f, 2.f), qs = random_vec(rng_, size_t(n * qd), -2.f, 2.f);
     float *dqw = upload(qw), *dqs = upload(qs), *dout = poisoned(static_cast<size_t>(n * qd));
     be_->attention(dqw, dqs, n, c.n_heads, c.n_kv, c.head_dim, cache.k(0), cache.v(0),
-                   spans.data(), dout);
+                   spans.data(), nullptr, dout);
     const Vec got = download(dout, size_t(n * qd));
     cache.commit(slot2, n);
     // Reference straight from the stream: sinks j < S with qs, window max(S, q-W+1)..q with qw.

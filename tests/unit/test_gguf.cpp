@@ -117,7 +117,7 @@ TEST(GGUFRealFiles, Stories260K) {
   EXPECT_FLOAT_EQ(c.rope.freq_scale, 1.0f);
   EXPECT_FALSE(c.rope.neox);
   EXPECT_FALSE(c.tied_output);
-  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.spec->name, "llama");
 }
 
 TEST(GGUFRealFiles, Gutenberg1M) {
@@ -550,7 +550,6 @@ TEST(ModelConfig, DefaultsAndDerivedValues) {
 
   ASSERT_EQ(config_error({}, &c, "qwen2"), "");
   EXPECT_TRUE(c.rope.neox);
-  EXPECT_TRUE(c.qkv_bias);
   ASSERT_EQ(config_error({{"mistral.attention.sliding_window", u(GGUFType::UINT32, 4096)}}, &c, "mistral"), "");
   EXPECT_FALSE(c.rope.neox);
   EXPECT_EQ(c.sliding_window, 4096);
@@ -564,7 +563,8 @@ TEST(ModelConfig, AbsurdValuesAreNamed) {
   EXPECT_CONFIG_ERROR(({{"llama.block_count", u(GGUFType::UINT32, 0)}}), "'llama.block_count' is 0");
   EXPECT_CONFIG_ERROR(({{"llama.embedding_length", s(GGUFType::INT32, -64)}}), "is -64");
   EXPECT_CONFIG_ERROR(({{"llama.feed_forward_length", u(GGUFType::UINT64, 1ull << 40)}}), "feed_forward_length");
-  EXPECT_CONFIG_ERROR(({{"llama.rope.dimension_count", u(GGUFType::UINT32, 4)}}), "partial rotary");
+  EXPECT_CONFIG_ERROR(({{"llama.rope.dimension_count", u(GGUFType::UINT32, 5)}}), "rope.dimension_count is 5");
+  EXPECT_CONFIG_ERROR(({{"llama.rope.dimension_count", u(GGUFType::UINT32, 10)}}), "at most the head dimension 8");
   EXPECT_CONFIG_ERROR(({{"llama.rope.scaling.type", {GGUFType::STRING, std::string("yarn")}}}), "'yarn'");
   EXPECT_CONFIG_ERROR(({{"llama.rope.scaling.type", {GGUFType::STRING, std::string("linear")}}}),
                       "'llama.rope.scaling.factor' is missing");
@@ -614,8 +614,16 @@ TEST(Synth, DeterministicBySeedAndReadsBack) {
   const double mean = sum / double(v.size()), sd = std::sqrt(sq / double(v.size()) - mean * mean);
   EXPECT_NEAR(mean, 0.0, 0.01);
   EXPECT_NEAR(sd, 0.125, 0.01);
+  // Norm weights scatter around 1 (so that a misplaced norm shows in the output).
   const auto& norm = f.tensor("output_norm.weight");
-  for (int i = 0; i < 64; ++i) EXPECT_EQ(reinterpret_cast<const float*>(norm.data)[i], 1.0f);
+  double norm_sum = 0;
+  for (int i = 0; i < 64; ++i) {
+    const float g = reinterpret_cast<const float*>(norm.data)[i];
+    EXPECT_GT(g, 0.6f);
+    EXPECT_LT(g, 1.4f);
+    norm_sum += g;
+  }
+  EXPECT_NEAR(norm_sum / 64, 1.0, 0.05);
 }
 
 TEST(Synth, TokenizerFromAndVariants) {
@@ -628,7 +636,6 @@ TEST(Synth, TokenizerFromAndVariants) {
   EXPECT_EQ(c.arch, "qwen2");
   EXPECT_EQ(c.vocab, 32000);
   EXPECT_TRUE(c.tied_output);
-  EXPECT_TRUE(c.qkv_bias);
   EXPECT_EQ(f.tensor("token_embd.weight", {32, 32000}).type, DType::BF16);
   f.tensor("blk.0.attn_k.bias", {32});
   EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");

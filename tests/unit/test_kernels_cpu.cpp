@@ -260,10 +260,20 @@ TEST(CpuKernels, ElementwiseKernelsMatchReference) {
       for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(y[i], a[i] + b[i]);
 
       std::vector<float> out(static_cast<size_t>(n));
-      k.swiglu(out.data(), b.data(), a.data(), n);
+      k.activate(Activation::Silu, out.data(), b.data(), a.data(), n);
       for (int64_t i = 0; i < n; ++i) {
         const double g = b[i], ref = g / (1.0 + std::exp(-g)) * a[i];
         EXPECT_NEAR(out[i], ref, 2e-6 * (std::fabs(ref) + 1e-3)) << isa_name(isa) << " g=" << g;
+      }
+      k.activate(Activation::GeluTanh, out.data(), b.data(), nullptr, n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = b[i], ref = 0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+        EXPECT_NEAR(out[i], ref, 2e-6 * (std::fabs(ref) + 1e-3)) << isa_name(isa) << " gelu-tanh x=" << g;
+      }
+      k.activate(Activation::GeluErf, out.data(), b.data(), a.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = b[i], ref = 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0))) * a[i];
+        EXPECT_NEAR(out[i], ref, 2e-6 * (std::fabs(ref) + 1e-3)) << isa_name(isa) << " gelu-erf x=" << g;
       }
 
       const std::vector<float> w = random_floats(size_t(n), 3, 0.5f, 1.5f);
@@ -272,6 +282,18 @@ TEST(CpuKernels, ElementwiseKernelsMatchReference) {
       for (int64_t i = 0; i < n; ++i) ss += double(b[i]) * b[i];
       const double r = 1.0 / std::sqrt(ss / double(n) + 1e-5);
       for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(out[i], b[i] * r * w[i], 2e-6 * std::fabs(b[i] * r * w[i]) + 1e-7);
+
+      const std::vector<float> bias = random_floats(size_t(n), 4);
+      k.layernorm_row(out.data(), a.data(), w.data(), bias.data(), n, 1e-5f);
+      double mean = 0, var = 0;
+      for (int64_t i = 0; i < n; ++i) mean += a[i];
+      mean /= double(n);
+      for (int64_t i = 0; i < n; ++i) var += (a[i] - mean) * (a[i] - mean);
+      const double inv = 1.0 / std::sqrt(var / double(n) + 1e-5);
+      for (int64_t i = 0; i < n; ++i) {
+        const double ref = (a[i] - mean) * inv * w[i] + bias[i];
+        EXPECT_NEAR(out[i], ref, 4e-6 * std::fabs(ref) + 1e-6) << isa_name(isa) << " layernorm " << i;
+      }
     }
   }
 }
@@ -363,7 +385,7 @@ TEST_P(CpuBackendTest, RmsnormSwigluAddOverManyRows) {
     }
   }
   const std::vector<float> g = random_floats(x.size(), 4, -20.0f, 20.0f);
-  be->swiglu(out.data(), g.data(), x.data(), n_tok, dim, dim);
+  be->activate(Activation::Silu, out.data(), g.data(), x.data(), n_tok, dim, dim);
   for (size_t i = 0; i < x.size(); ++i) {
     const double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * x[i];
     ASSERT_NEAR(out[i], ref, 2e-6 * std::fabs(ref) + 1e-7) << i;
@@ -371,7 +393,7 @@ TEST_P(CpuBackendTest, RmsnormSwigluAddOverManyRows) {
   // Fused rows: gate in the first `half` values of each row of x, up in the next `half`.
   const int64_t half = 251;
   std::vector<float> fused_out(size_t(n_tok * half), -1.0f);
-  be->swiglu(fused_out.data(), x.data(), x.data() + half, n_tok, half, dim);
+  be->activate(Activation::Silu, fused_out.data(), x.data(), x.data() + half, n_tok, half, dim);
   for (int64_t t = 0; t < n_tok; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const double gv = x[size_t(t * dim + i)], uv = x[size_t(t * dim + half + i)];
@@ -389,12 +411,14 @@ TEST_P(CpuBackendTest, Copy2dMovesColumnBlocks) { test::check_copy_2d(*be); }
 // backend reduces the angle in extended precision, so the error stays at float rounding even at
 // 2^40 (a plain double angle would be off by ~1e-4 there and fail).
 TEST_P(CpuBackendTest, RopeAndStoreMatchLongDoubleReferenceAtHugePositions) {
-  test::check_rope_and_store(*be, [](int64_t pos, int i, int hd, const RopeParams& p) {
-    return (long double)pos * ((long double)p.freq_scale * std::pow((long double)p.freq_base, -2.0L * i / hd));
+  test::check_rope_and_store(*be, [](int64_t pos, int i, int d, const RopeParams& p) {
+    return (long double)pos * test::reference_inv_freq(i, d, p);
   }, 2e-6);
 }
 
 TEST_P(CpuBackendTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be); }
+TEST_P(CpuBackendTest, LayernormsMatchReference) { test::check_layernorms(*be); }
+TEST_P(CpuBackendTest, ActivationsAndClampMatchReference) { test::check_activations(*be); }
 
 TEST_P(CpuBackendTest, GatherRows) {
   const int64_t width = 5;
@@ -407,8 +431,10 @@ TEST_P(CpuBackendTest, GatherRows) {
 }
 
 // Naive attention: every visible key listed explicitly, softmax in double.
+// With ALiBi slopes, key j of n (sinks first) is penalised by slope * (n - 1 - j).
 void reference_attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv,
-                         int hd, const float* k, const float* v, const AttnSpan* spans, std::vector<double>& out) {
+                         int hd, const float* k, const float* v, const AttnSpan* spans, const float* slopes,
+                         std::vector<double>& out) {
   out.assign(size_t(n_tok * n_heads * hd), 0.0);
   for (int64_t t = 0; t < n_tok; ++t)
     for (int h = 0; h < n_heads; ++h) {
@@ -427,7 +453,7 @@ void reference_attention(const float* q_win, const float* q_sink, int64_t n_tok,
         double d = 0;
         for (int c = 0; c < hd; ++c)
           d += double(qs[j][(t * n_heads + h) * hd + c]) * k[(rows[j] * n_kv + kvh) * hd + c];
-        sc[j] = d / std::sqrt(double(hd));
+        sc[j] = d / std::sqrt(double(hd)) - (slopes ? slopes[h] * double(rows.size() - 1 - j) : 0.0);
         mx = std::max(mx, sc[j]);
       }
       double sum = 0;
@@ -454,23 +480,29 @@ TEST_P(CpuBackendTest, AttentionMatchesNaiveReferenceWithSinksWrappedRingsAndGqa
     const int64_t n_tok = int64_t(spans.size());
     const std::vector<float> qw = random_floats(size_t(n_tok * n_heads * hd), 3, -2.0f, 2.0f);
     const std::vector<float> qs = random_floats(qw.size(), 4, -2.0f, 2.0f);
-    std::vector<float> out(qw.size(), NAN);
-    be->attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), out.data());
-    std::vector<double> ref;
-    reference_attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), ref);
-    for (size_t i = 0; i < out.size(); ++i)
-      ASSERT_NEAR(out[i], ref[i], 3e-6) << "hd=" << hd << " t=" << i / (n_heads * hd) << " h=" << (i / hd) % n_heads;
+    const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.7f, 0.35f, 0.03f};
+    for (const float* alibi : {static_cast<const float*>(nullptr), slopes.data()}) {
+      std::vector<float> out(qw.size(), NAN);
+      be->attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), alibi,
+                    out.data());
+      std::vector<double> ref;
+      reference_attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), alibi,
+                          ref);
+      for (size_t i = 0; i < out.size(); ++i)
+        ASSERT_NEAR(out[i], ref[i], 3e-6) << "hd=" << hd << (alibi ? " alibi" : "") << " t=" << i / (n_heads * hd)
+                                          << " h=" << (i / hd) % n_heads;
+    }
   }
 }
 
 TEST_P(CpuBackendTest, AttentionRejectsBadHeadGroupingAndSpans) {
   float buf[64] = {};
   const AttnSpan ok{0, 2, 1, 4, 0, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 3, 2, 4, buf, buf, &ok, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 3, 2, 4, buf, buf, &ok, nullptr, buf), std::invalid_argument);
   const AttnSpan too_many_sinks{0, 2, 3, 4, 0, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &too_many_sinks, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &too_many_sinks, nullptr, buf), std::invalid_argument);
   const AttnSpan begin_outside_ring{0, 2, 1, 4, 4, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &begin_outside_ring, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &begin_outside_ring, nullptr, buf), std::invalid_argument);
 }
 
 TEST_P(CpuBackendTest, AllocIsAlignedAndReleaseChecksOwnership) {

@@ -1,0 +1,54 @@
+// The architecture table: everything sinkserve knows about a model family, in one row. Adding a
+// family means one row here and one short layer function in runtime/models/ built from the shared
+// blocks of runtime/blocks.h; the loader, the synth writer and the checks read only this table.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "kernels/backend.h"
+
+namespace sinkserve {
+
+struct LayerWeights;
+class LayerPass;
+// A family's transformer block: reads the pass's residual stream (and its first norm, already
+// applied), leaves the stream for the next layer.
+using LayerFn = void (*)(LayerPass& pass, const LayerWeights& w);
+
+enum class NormKind : uint8_t { Rms, Layer };  // RMSNorm, or LayerNorm with bias
+enum class Positions : uint8_t { Rope, Alibi };
+
+// Per-layer tensors, named blk.N.<name> as llama.cpp's converter writes them.
+enum class LayerTensor : uint8_t {
+  AttnNorm, AttnNormB, AttnNorm2, AttnNorm2B, AttnQkv, AttnQkvB, AttnQ, AttnQB, AttnK, AttnKB,
+  AttnV, AttnVB, AttnOut, AttnOutB, FfnNorm, FfnNormB, FfnGate, FfnUp, FfnUpB, FfnDown, FfnDownB,
+  Count
+};
+std::string_view layer_tensor_name(LayerTensor t);  // e.g. "attn_qkv.bias"
+inline constexpr uint32_t bit(LayerTensor t) { return 1u << unsigned(t); }
+
+struct ArchSpec {
+  std::string_view name;
+  NormKind norm;
+  Activation act;
+  bool gated;          // feed-forward act(gate) * up (SwiGLU, GeGLU); else act(up)
+  Positions positions;
+  bool rope_neox;      // rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
+  // Parallel residual x + attn(n1 x) + mlp(n2 x) rather than two sequential sub-blocks; a family
+  // whose converter writes `{arch}.use_parallel_residual` takes that key's value instead.
+  bool parallel;
+  bool parallel_key;
+  uint32_t required;   // LayerTensor bits every layer must have
+  uint32_t optional;   // bits a layer may have; any other blk.N tensor is refused
+  // Global tensors besides token_embd.weight / output_norm.weight / output.weight.
+  bool output_norm_bias;
+  bool output_bias;
+  LayerFn layer;
+};
+
+// The row for a general.architecture value, or null.
+const ArchSpec* find_arch(std::string_view name);
+std::string supported_archs();  // "llama, mistral, ..." for error messages
+
+}  // namespace sinkserve

@@ -1,0 +1,86 @@
+#include "runtime/linear.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "runtime/gguf.h"
+
+namespace sinkserve {
+
+float* ShardLoader::vector(const std::string& name, int64_t n, bool optional) {
+  if (optional && !f_.find_tensor(name)) return nullptr;
+  const GGUFTensorInfo& t = f_.tensor(name, {n});
+  if (t.type != DType::F32) throw GGUFError(f_.path() + ": tensor '" + name + "' must be F32");
+  auto* p = static_cast<float*>(be_.alloc(size_t(n) * 4));
+  owned_.push_back(p);
+  be_.to_device(p, t.data, size_t(n) * 4);
+  bytes_ += n * 4;
+  return p;
+}
+
+const float* ShardLoader::bias_rows(const RowSlice& p) {
+  const GGUFTensorInfo& b = f_.tensor(p.bias_name, {p.rows_total});
+  if (b.type != DType::F32) throw GGUFError(f_.path() + ": tensor '" + p.bias_name + "' must be F32");
+  bytes_ += p.rows * 4;
+  return reinterpret_cast<const float*>(b.data) + p.row0;
+}
+
+Weight ShardLoader::slice(int64_t cols, const RowSlice& p) {
+  const GGUFTensorInfo& t = f_.tensor(p.name, {cols, p.rows_total});
+  const int64_t rb = dtype_row_bytes(t.type, cols);
+  const float* bias = p.bias_name.empty() ? nullptr : bias_rows(p);
+  bytes_ += p.rows * rb;
+  return be_.prepare_weight(t.type, t.data + p.row0 * rb, p.rows, cols, bias);
+}
+
+Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
+  const DType type = f_.tensor(parts[0].name, {cols, parts[0].rows_total}).type;
+  int64_t rows = 0;
+  for (const RowSlice& p : parts) {
+    if (f_.tensor(p.name, {cols, p.rows_total}).type != type) return Weight{};
+    rows += p.rows;
+  }
+  const int64_t rb = dtype_row_bytes(type, cols);
+  std::vector<uint8_t> data(size_t(rows * rb));
+  std::vector<float> bias;
+  const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const RowSlice& p) { return !p.bias_name.empty(); });
+  uint8_t* at = data.data();
+  for (const RowSlice& p : parts) {
+    at = std::copy_n(f_.tensor(p.name).data + p.row0 * rb, size_t(p.rows * rb), at);
+    if (!any_bias) continue;
+    if (p.bias_name.empty()) {  // a part without bias among parts with one adds zeros
+      bias.insert(bias.end(), size_t(p.rows), 0.0f);
+      continue;
+    }
+    const float* b = bias_rows(p);
+    bias.insert(bias.end(), b, b + p.rows);
+  }
+  bytes_ += rows * rb;
+  return be_.prepare_weight(type, data.data(), rows, cols, bias.empty() ? nullptr : bias.data());
+}
+
+Weight ShardLoader::row_parallel(const std::string& name, const std::string& bias_name,
+                                 int64_t cols_total, int64_t rows, int64_t col0, int64_t cols) {
+  const GGUFTensorInfo& t = f_.tensor(name, {cols_total, rows});
+  const float* bias = nullptr;
+  if (!bias_name.empty() && rank_ == 0) bias = bias_rows({"", bias_name, rows, 0, rows});
+  if (cols == cols_total) {
+    bytes_ += int64_t(t.bytes);
+    return be_.prepare_weight(t.type, t.data, rows, cols, bias);
+  }
+  const int64_t bv = dtype_block_values(t.type);
+  if (col0 % bv || cols % bv)
+    throw std::runtime_error(f_.path() + ": cannot shard '" + name + "': " + std::to_string(cols) +
+                             "-column slices do not align to " + std::string(dtype_name(t.type)) +
+                             " blocks");
+  // Strided in the file, so this rank copies its columns out.
+  const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
+                ob = dtype_row_bytes(t.type, col0);
+  std::vector<uint8_t> buf(size_t(rows * sb));
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(&buf[size_t(i * sb)], t.data + i * rb + ob, size_t(sb));
+  bytes_ += rows * sb;
+  return be_.prepare_weight(t.type, buf.data(), rows, cols, bias);
+}
+
+}  // namespace sinkserve
