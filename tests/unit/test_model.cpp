@@ -5,7 +5,7 @@
 
 #include "runtime/sampler.h"
 #include "tests/model_rig.h"
-#include "tests/reference_llama.h"
+#include "tests/reference_model.h"
 
 using namespace sinkserve;
 using namespace sinkserve::test;
@@ -32,7 +32,7 @@ std::vector<float> stream_one_by_one(Rig& rig, const std::vector<int32_t>& ids, 
 
 // Largest logit difference between the engine's logits (ids.size() rows) and the reference
 // stepping through the same tokens.
-float worst_vs_reference(ReferenceLlama& ref, const std::vector<int32_t>& ids, const std::vector<float>& got) {
+float worst_vs_reference(ReferenceModel& ref, const std::vector<int32_t>& ids, const std::vector<float>& got) {
   const size_t V = size_t(ref.vocab());
   float worst = 0;
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -93,7 +93,7 @@ TEST(Model, BatchedPromptEqualsTokenByToken) {
 TEST(Model, MatchesPlainReferenceWithoutEviction) {
   const std::vector<int32_t> ids = text_tokens(GGUFFile(fixture(kStories)), fixture(kText), 300);
   Rig rig(fixture(kStories), cache_config(Policy::Dense, 0, 512));
-  ReferenceLlama ref(*rig.file, 0, -1);
+  ReferenceModel ref(*rig.file, 0, -1);
   const std::vector<float> got = stream_one_by_one(rig, ids);
   EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
@@ -111,7 +111,7 @@ TEST(SinkCache, EqualsDenseBeforeAnyEviction) {
 TEST(SinkCache, RotationSchemeEqualsRerotatingReferenceAfterEvictions) {
   const std::vector<int32_t> ids = text_tokens(GGUFFile(fixture(kStories)), fixture(kText), 3000);
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 60));
-  ReferenceLlama ref(*rig.file, 4, 60);
+  ReferenceModel ref(*rig.file, 4, 60);
   const std::vector<float> got = stream_one_by_one(rig, ids);
   EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
@@ -119,7 +119,7 @@ TEST(SinkCache, RotationSchemeEqualsRerotatingReferenceAfterEvictions) {
 TEST(SinkCache, WindowPolicyEqualsReferenceWindow) {
   const std::vector<int32_t> ids = text_tokens(GGUFFile(fixture(kStories)), fixture(kText), 500);
   Rig rig(fixture(kStories), cache_config(Policy::Window, 0, 50));
-  ReferenceLlama ref(*rig.file, 0, 50);
+  ReferenceModel ref(*rig.file, 0, 50);
   const std::vector<float> got = stream_one_by_one(rig, ids);
   EXPECT_LT(worst_vs_reference(ref, ids, got), 1e-4f);
 }
@@ -154,7 +154,7 @@ TEST(SinkCache, RecomputeEqualsWindowReference) {
   const std::vector<float> got = stream_one_by_one(rig, ids);
   const size_t V = size_t(rig.vocab());
   for (size_t t = 0; t < ids.size(); t += 37) {
-    ReferenceLlama ref(*rig.file, 0, -1);
+    ReferenceModel ref(*rig.file, 0, -1);
     std::vector<float> want;
     for (size_t j = t + 1 > size_t(W) ? t + 1 - W : 0; j <= t; ++j) want = ref.step(ids[j]);
     EXPECT_LT(max_abs_diff(want.data(), &got[t * V], V), 1e-4f) << "token " << t;
@@ -165,7 +165,7 @@ TEST(SinkCache, GutenbergModelWithUntiedHeadMatchesReference) {
   // gutenberg-1m has no output.weight (tied head) and head_dim 16.
   const std::vector<int32_t> ids = text_tokens(GGUFFile(fixture("models/gutenberg-1m.gguf")), fixture(kText), 400);
   Rig rig(fixture("models/gutenberg-1m.gguf"), cache_config(Policy::Sink, 4, 100, 16));
-  ReferenceLlama ref(*rig.file, 4, 100);
+  ReferenceModel ref(*rig.file, 4, 100);
   std::vector<float> got(ids.size() * size_t(rig.vocab()));
   Stream s(*rig.ls);
   s.feed(ids, got.data(), true);

@@ -8,7 +8,7 @@
 #include <random>
 
 #include "tests/model_rig.h"
-#include "tests/reference_llama.h"
+#include "tests/reference_model.h"
 
 using namespace sinkserve;
 using namespace sinkserve::test;
@@ -83,7 +83,7 @@ std::string write_model(const Shape& s, const std::string& name) {
 void expect_matches_reference(const Shape& s, const std::string& name) {
   const std::string path = write_model(s, name);
   Rig rig(path, cache_config(Policy::Sink, 4, 30, 7));
-  ReferenceLlama ref(*rig.file, 4, 30);
+  ReferenceModel ref(*rig.file, 4, 30);
   std::mt19937 rng(3);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % uint32_t(s.vocab));
