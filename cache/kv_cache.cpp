@@ -26,25 +26,41 @@ std::string policy_name(Policy p) {
   return "?";
 }
 
+DType parse_kv_type(const std::string& s) {
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  if (s == "q8_0") return DType::Q8_0;
+  if (s == "fp8")
+    throw std::invalid_argument("fp8 KV storage is not implemented (expected f32, f16, bf16 or q8_0)");
+  throw std::invalid_argument("unknown KV cache type '" + s + "' (expected f32, f16, bf16 or q8_0)");
+}
+
 KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots)
-    : backend_(backend), cfg_(cfg), n_layers_(n_layers), kv_dim_(kv_dim) {
+    : backend_(backend), cfg_(cfg), n_layers_(n_layers), kv_dim_(kv_dim),
+      row_bytes_(dtype_row_bytes(cfg.kv_type, kv_dim)) {
+  if (!kv_type_supported(cfg_.kv_type))
+    throw std::invalid_argument("cache: rows cannot be stored as " + std::string(dtype_name(cfg_.kv_type)) +
+                                " (f32, f16, bf16 or q8_0)");
+  if (kv_dim % dtype_block_values(cfg_.kv_type))
+    throw std::invalid_argument("cache: " + std::string(dtype_name(cfg_.kv_type)) + " stores rows in blocks of " +
+                                std::to_string(dtype_block_values(cfg_.kv_type)) + " values, but this rank's rows hold " +
+                                std::to_string(kv_dim) + " (K/V heads x head dimension)");
   if (cfg_.policy != Policy::Sink) cfg_.sink = 0;
   if (cfg_.sink < 0 || cfg_.window < 1 || cfg_.chunk < 1 || n_slots < 1 || n_layers < 1 ||
       kv_dim < 1)
     throw std::invalid_argument("cache: need sink >= 0, window >= 1, chunk >= 1, slots >= 1");
-  // Dense and recompute slots never wrap: they hold at most `window` tokens.
-  const int64_t ring_rows = ring() ? int64_t(cfg_.window) + cfg_.chunk : cfg_.window;
-  if (int64_t(cfg_.sink) + ring_rows > INT32_MAX)
+  if (slot_rows_for(cfg_) > INT32_MAX)
     throw std::invalid_argument("cache: sink + window + chunk must stay below 2^31 rows");
-  ring_ = int(ring_rows);
+  ring_ = int(slot_rows_for(cfg_) - cfg_.sink);
   slots_.resize(size_t(n_slots));
-  const size_t bytes = size_t(n_slots) * size_t(slot_rows()) * size_t(kv_dim) * sizeof(float);
+  const size_t bytes = size_t(n_slots) * size_t(slot_rows()) * size_t(row_bytes_);
   try {
     for (int l = 0; l < n_layers; ++l) {
       // Not zeroed on purpose: rows are always written before they are read, and untouched pages
       // of a large dense cache stay unresident until the stream reaches them.
-      k_.push_back(static_cast<float*>(backend_.alloc(bytes)));
-      v_.push_back(static_cast<float*>(backend_.alloc(bytes)));
+      k_.push_back(backend_.alloc(bytes));
+      v_.push_back(backend_.alloc(bytes));
     }
   } catch (const std::bad_alloc&) {
     release_buffers();
@@ -55,11 +71,21 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
   }
 }
 
+int64_t KVCache::slot_rows_for(const CacheConfig& cfg) {
+  // Dense and recompute slots never wrap: they hold at most `window` tokens.
+  const bool ring = cfg.policy == Policy::Sink || cfg.policy == Policy::Window;
+  return (cfg.policy == Policy::Sink ? cfg.sink : 0) + int64_t(cfg.window) + (ring ? cfg.chunk : 0);
+}
+
+int64_t KVCache::slot_bytes_for(const CacheConfig& cfg, int n_layers, int kv_dim) {
+  return slot_rows_for(cfg) * 2 * n_layers * dtype_row_bytes(cfg.kv_type, kv_dim);
+}
+
 KVCache::~KVCache() { release_buffers(); }
 
 void KVCache::release_buffers() {
-  for (float* p : k_) backend_.release(p);
-  for (float* p : v_) backend_.release(p);
+  for (void* p : k_) backend_.release(p);
+  for (void* p : v_) backend_.release(p);
 }
 
 int KVCache::acquire() {
@@ -121,11 +147,11 @@ int64_t KVCache::cached_tokens(int slot) const {
 }
 
 int64_t KVCache::live_bytes(int slot) const {
-  return cached_tokens(slot) * int64_t(kv_dim_) * int64_t(sizeof(float)) * 2 * n_layers_;
+  return cached_tokens(slot) * token_bytes();
 }
 
 int64_t KVCache::pool_bytes() const {
-  return int64_t(slots_.size()) * slot_rows() * kv_dim_ * int64_t(sizeof(float)) * 2 * n_layers_;
+  return int64_t(slots_.size()) * slot_rows() * token_bytes();
 }
 
 uint64_t KVCache::metadata_hash() const {
@@ -138,6 +164,7 @@ uint64_t KVCache::metadata_hash() const {
   };
   mix(uint64_t(cfg_.sink));
   mix(uint64_t(ring_));
+  mix(uint64_t(cfg_.kv_type));
   for (const Slot& s : slots_) {
     mix(s.used);
     mix(uint64_t(s.n));

@@ -28,12 +28,16 @@ namespace sinkserve {
 enum class Policy { Sink, Window, Dense, Recompute };
 Policy parse_policy(const std::string& s);  // throws std::invalid_argument naming the value
 std::string policy_name(Policy p);
+// "f32", "f16", "bf16" or "q8_0"; throws std::invalid_argument naming the value.
+DType parse_kv_type(const std::string& s);
 
 struct CacheConfig {
   Policy policy = Policy::Sink;
   int sink = 4;        // attention sinks (forced to 0 for window/dense/recompute)
   int window = 1020;   // recent tokens attended (dense: the context capacity)
   int chunk = 64;      // most tokens one step may append to a slot
+  // How rows are stored (kv_type_supported). Exact F32 here; the commands default to F16.
+  DType kv_type = DType::F32;
 };
 
 // Where one appended token goes and what it attends to.
@@ -46,17 +50,25 @@ struct TokenPlan {
 
 class KVCache {
  public:
-  // n_layers x n_slots x (sink + ring) rows of kv_dim floats for K and for V, in `backend` memory.
+  // n_layers x n_slots x (sink + ring) rows of kv_dim values (stored as cfg.kv_type) for K and
+  // for V, in `backend` memory. Throws std::invalid_argument for a type rows cannot be stored in.
   KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots);
   ~KVCache();
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;
+
+  // Rows and bytes of one slot of a cache with this geometry (before building one).
+  static int64_t slot_rows_for(const CacheConfig& cfg);
+  static int64_t slot_bytes_for(const CacheConfig& cfg, int n_layers, int kv_dim);
 
   const CacheConfig& config() const { return cfg_; }
   int n_slots() const { return int(slots_.size()); }
   int n_layers() const { return n_layers_; }
   int kv_dim() const { return kv_dim_; }
   int64_t slot_rows() const { return cfg_.sink + ring_; }
+  DType kv_type() const { return cfg_.kv_type; }
+  // Bytes of one cached token: its K and V rows in every layer.
+  int64_t token_bytes() const { return 2 * row_bytes_ * n_layers_; }
 
   // A free slot, reset to an empty stream; -1 when none is free.
   int acquire();
@@ -80,8 +92,8 @@ class KVCache {
   // A hash of every slot's metadata: equal on every rank that evicted in lockstep.
   uint64_t metadata_hash() const;
 
-  float* k(int layer) { return k_[layer]; }
-  float* v(int layer) { return v_[layer]; }
+  void* k(int layer) { return k_[layer]; }
+  void* v(int layer) { return v_[layer]; }
 
  private:
   struct Slot {
@@ -96,9 +108,10 @@ class KVCache {
   CacheConfig cfg_;
   int n_layers_;
   int kv_dim_;
+  int64_t row_bytes_;
   int ring_;
   std::vector<Slot> slots_;
-  std::vector<float*> k_, v_;
+  std::vector<void*> k_, v_;
 };
 
 }  // namespace sinkserve

@@ -11,6 +11,10 @@ long double rope_inv_freq(const RopeParams& p, int head_dim, int i) {
   return f;
 }
 
+bool kv_type_supported(DType t) {
+  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0;
+}
+
 std::string_view activation_name(Activation a) {
   switch (a) {
     case Activation::Silu: return "silu";

@@ -79,6 +79,10 @@ struct SampleSpec {
   float coin = 0.0f;
 };
 
+// The types a KV cache row may be stored in: F32, F16, BF16, or Q8_0 (blocks of 32 values along
+// the row, one F16 scale each; the row width must be a multiple of 32).
+bool kv_type_supported(DType t);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -133,13 +137,14 @@ class Backend {
   // `stride` floats apart) holds q (n_heads heads of head_dim), then k and v (n_kv_heads heads
   // each). q rotated to position pos_win[t] goes to row t of q_win and, unless pos_sink is null,
   // q rotated to pos_sink[t] to row t of q_sink; k rotated to pos_win[t] and v go to row rows[t]
-  // of k_cache and v_cache (rows of n_kv_heads * head_dim). pos_win, pos_sink and rows are host
-  // arrays. Angles are computed in double from the 64-bit position. Only the first
+  // of k_cache and v_cache (rows of n_kv_heads * head_dim values stored as kv_type, see
+  // kv_type_supported). pos_win, pos_sink and rows are host arrays. Angles are computed in double
+  // from the 64-bit position, and keys are rotated in F32 before they are stored. Only the first
   // p.rotated(head_dim) dimensions of each head rotate; the rest are copied.
   virtual void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
                               int n_kv_heads, int head_dim, const int64_t* pos_win,
                               const int64_t* pos_sink, const RopeParams& p, float* q_win,
-                              float* q_sink, float* k_cache, float* v_cache,
+                              float* q_sink, DType kv_type, void* k_cache, void* v_cache,
                               const int64_t* rows) = 0;
   // out[t][i] = act(gate[t][i]) * up[t][i] for t < n_tok, i < width (SwiGLU, GeGLU), or
   // act(gate[t][i]) when up is null. out rows are `width` apart, gate and up rows `in_stride`
@@ -154,14 +159,16 @@ class Backend {
   virtual void gather_rows(float* dst, int64_t width, const int64_t* rows, const float* src,
                            int64_t n) = 0;
   // Causal softmax attention for n_tok query tokens. q_win/q_sink/out: [n_tok][n_heads*head_dim];
-  // k/v: the layer's cache, rows of n_kv_heads*head_dim; query head h reads KV head
+  // k/v: the layer's cache, rows of n_kv_heads*head_dim values stored as kv_type (read in place:
+  // scores and the weighted sum accumulate in F32); query head h reads KV head
   // h / (n_heads / n_kv_heads). spans: host array of n_tok descriptors. Scale 1/sqrt(head_dim).
   // With ALiBi (alibi_slopes: host array of n_heads slopes, else null), head h adds
   // -slope[h] * (n - 1 - j) to the score of the token's key j of n (sinks first, then the window):
   // the distance inside the cache, since the token itself is its last key.
   virtual void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
-                         int n_kv_heads, int head_dim, const float* k, const float* v,
-                         const AttnSpan* spans, const float* alibi_slopes, float* out) = 0;
+                         int n_kv_heads, int head_dim, DType kv_type, const void* k,
+                         const void* v, const AttnSpan* spans, const float* alibi_slopes,
+                         float* out) = 0;
 
   // Draws one token per row of logits ([n_rows][width], may be modified in place) as `specs`
   // (host array, one per row) describe; writes the tokens to host array `out` and waits for them.

@@ -139,3 +139,26 @@ std::string read_option_file(const std::string& opt, const std::string& path) {
 }
 
 }  // namespace sinkserve
+
+namespace sinkserve {
+
+int64_t parse_size(const std::string& s, const std::string& opt) {
+  size_t end = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &end);
+  } catch (const std::exception&) {
+    end = 0;
+  }
+  const std::string unit = s.substr(end);
+  double mult = 0;
+  for (const auto& [name, m] : {std::pair<const char*, double>{"", 1}, {"B", 1}, {"KiB", 1024.0},
+                                {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+                                {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}})
+    if (unit == name) mult = m;
+  if (end == 0 || mult == 0 || !(v > 0) || v * mult > 9e18)
+    throw UsageError(opt + " must be a size like 2GiB, 512MiB or a number of bytes, got '" + s + "'");
+  return int64_t(v * mult);
+}
+
+}  // namespace sinkserve

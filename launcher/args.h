@@ -45,6 +45,10 @@ class ArgParser {
 // item is a positive integer.
 std::vector<int64_t> parse_positive_list(const std::string& s, const std::string& opt);
 
+// A size like "2GiB", "512MiB", "64KiB", "1G" (powers of 1000 for G/M/K) or plain bytes, given to
+// `opt`; throws UsageError unless it is a positive size.
+int64_t parse_size(const std::string& s, const std::string& opt);
+
 // The bytes of the file named by option `opt`; throws UsageError("cannot read <opt> '<path>'").
 std::string read_option_file(const std::string& opt, const std::string& path);
 

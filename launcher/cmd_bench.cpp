@@ -28,6 +28,10 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   std::printf("backend: %s, ranks: %d (%s)\n", e.backend->name().c_str(), comm.size(), comm.name().c_str());
   std::printf("weights held by this rank: %.1f MiB; read per token: %.1f MiB\n",
               double(m.weight_bytes()) / (1 << 20), streamed / (1 << 20));
+  const KVCache& kv = *e.cache;
+  std::printf("KV cache: %s, %lld bytes per cached token, %.2f MiB per slot of %lld rows (per rank)\n",
+              std::string(dtype_name(kv.kv_type())).c_str(), (long long)kv.token_bytes(),
+              double(kv.slot_rows() * kv.token_bytes()) / (1 << 20), (long long)kv.slot_rows());
   const double bw = bw_mib > 0 ? e.backend->measure_bandwidth(size_t(bw_mib) << 20) : 0;
   if (bw > 0) std::printf("memory read bandwidth (%lld MiB buffer): %.2f GB/s\n", (long long)bw_mib, bw / 1e9);
   {

@@ -77,6 +77,16 @@ void print_config(const ModelConfig& c) {
   std::printf("\n  context (trained) %" PRId64 ", output head %s", c.ctx_train,
               c.tied_output ? "tied to token_embd" : "separate");
   if (c.sliding_window) std::printf(", sliding window %" PRId64 " (not enforced)", c.sliding_window);
+  // What a session costs: the default sink cache (4 sinks, the rest of the trained context up to
+  // 4096 as the window, 64 rows of prefill chunk) in each storage type.
+  const int64_t window = std::min<int64_t>(c.ctx_train, 4096) - 4, rows = 4 + window + 64;
+  std::printf("\n  KV cache per token / per slot of 4 + %" PRId64 " (+64 chunk rows):", window);
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
+    if ((int64_t(c.n_kv_heads) * c.head_dim) % dtype_block_values(t)) continue;
+    const int64_t b = kv_token_bytes(c, t);
+    std::printf(" %s %s / %s;", std::string(dtype_name(t)).c_str(), human_bytes(uint64_t(b)).c_str(),
+                human_bytes(uint64_t(b * rows)).c_str());
+  }
   std::printf("\n");
 }
 

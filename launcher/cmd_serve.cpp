@@ -33,6 +33,9 @@ int run(int argc, char** argv) {
   p.add("--port", "P", "TCP port, 0 = any free one (default 8080)", &so.port);
   p.add("--sessions", "N", "cache slots: concurrent requests plus idle sessions kept (default 16)",
         &ef.engine.slots);
+  std::string kv_memory;
+  p.add("--kv-memory", "SIZE", "size the slot pool from a KV memory budget per rank (e.g. 2GiB) "
+        "instead of --sessions", &kv_memory);
   p.add("--session-ttl", "SEC", "drop sessions idle this long (default 600)", &sched_opt.session_ttl_s);
   p.add("--max-tokens", "N", "generation limit of requests that set none (default 256)",
         &sched_opt.default_max_tokens);
@@ -50,6 +53,10 @@ int run(int argc, char** argv) {
   p.add("--http-threads", "N", "HTTP I/O threads (default 2)", &so.io_threads);
   p.epilog("Tensor parallel: mpirun -np N sinkserve serve ... (rank 0 serves HTTP).");
   if (!p.parse(argc, argv)) return 0;
+  if (!kv_memory.empty()) {
+    if (p.given("--sessions")) throw UsageError("give --sessions or --kv-memory, not both");
+    ef.engine.kv_memory = parse_size(kv_memory, "--kv-memory");
+  }
   const EngineOptions eo = finish_engine_options(ef);
   if (eo.slots < 1) throw UsageError("--sessions must be >= 1");
   if (so.port < 0 || so.port > 65535) throw UsageError("--port must be in 0..65535");
@@ -80,11 +87,16 @@ int run(int argc, char** argv) {
 
     const CacheConfig& cc = e->cache->config();
     std::fprintf(stderr,
-                 "serve: %s (%s), %d rank(s); %d slots of %s cache (sink %d, window %d, chunk %d): "
-                 "KV memory %.1f MiB per rank; chat template %s\n",
-                 so.model_id.c_str(), e->model->config().arch.c_str(), e->comm->size(), eo.slots,
+                 "serve: %s (%s), %d rank(s); %d slots of %s cache (sink %d, window %d, chunk %d) in %s: "
+                 "%lld bytes per cached token and %.2f MiB per slot per rank, KV memory %.1f MiB per rank%s; "
+                 "chat template %s\n",
+                 so.model_id.c_str(), e->model->config().arch.c_str(), e->comm->size(), e->cache->n_slots(),
                  policy_name(cc.policy).c_str(), cc.sink, cc.window, cc.chunk,
+                 std::string(dtype_name(cc.kv_type)).c_str(), (long long)e->cache->token_bytes(),
+                 double(e->cache->slot_rows() * e->cache->token_bytes()) / (1024.0 * 1024.0),
                  double(e->cache->pool_bytes()) / (1024.0 * 1024.0),
+                 eo.kv_memory > 0 ? (" (--kv-memory buys " + std::to_string(e->cache->n_slots()) + " sessions of " +
+                                     std::to_string(cc.sink + cc.window) + " tokens)").c_str() : "",
                  std::string(chat_template_name(sched_opt.chat_template)).c_str());
 
     Scheduler sched(*e->lockstep, *e->tokenizer, sched_opt);

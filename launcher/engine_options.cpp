@@ -23,6 +23,7 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   p.add("--window", "W", "recent tokens attended (default: training context - sinks)", &e.window);
   p.add("--chunk", "C", "prompt tokens per prefill step (default 64)", &e.chunk);
   p.add("--ctx", "N", "capacity of the dense policy (default: training context)", &e.ctx);
+  p.add("--kv-type", "T", "KV cache storage: f32, f16 (default), bf16 or q8_0", &f.kv_type);
 }
 
 EngineOptions finish_engine_options(const EngineFlags& f) {
@@ -31,6 +32,11 @@ EngineOptions finish_engine_options(const EngineFlags& f) {
     e.policy = parse_policy(f.policy);
   } catch (const std::invalid_argument& ex) {
     throw UsageError(std::string("--policy: ") + ex.what());
+  }
+  try {
+    e.kv_type = parse_kv_type(f.kv_type);
+  } catch (const std::invalid_argument& ex) {
+    throw UsageError(std::string("--kv-type: ") + ex.what());
   }
   if (e.threads < 0 || e.threads > 1024) throw UsageError("--threads must be in 0..1024");
   if (e.sink > 1'000'000 || e.window > 100'000'000 || e.ctx > 100'000'000)

@@ -15,6 +15,7 @@ namespace sinkserve {
 struct EngineFlags {
   EngineOptions engine;
   std::string policy = "sink";
+  std::string kv_type = "f16";
 };
 void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy = true);
 // Checks the values and resolves the policy name; throws UsageError naming the bad option.

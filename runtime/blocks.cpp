@@ -39,9 +39,10 @@ void LayerPass::attention(const LayerWeights& w, const float* in, float* out) {
   if (cfg_.clamp_kqv > 0) be_.clamp(b_.qkv, T * qkv_w, cfg_.clamp_kqv);
   const float* q_sink = plan_.pos_sink ? b_.q_sink : b_.q;
   be_.rope_and_store(b_.qkv, qkv_w, T, sh_.n_heads, sh_.n_kv, int(hd), plan_.pos_win, plan_.pos_sink,
-                     cfg_.rope, b_.q, b_.q_sink, cache_.k(layer_), cache_.v(layer_), plan_.store);
-  be_.attention(b_.q, q_sink, T, sh_.n_heads, sh_.n_kv, int(hd), cache_.k(layer_), cache_.v(layer_),
-                plan_.spans, plan_.alibi_slopes, b_.att);
+                     cfg_.rope, b_.q, b_.q_sink, cache_.kv_type(), cache_.k(layer_), cache_.v(layer_),
+                     plan_.store);
+  be_.attention(b_.q, q_sink, T, sh_.n_heads, sh_.n_kv, int(hd), cache_.kv_type(), cache_.k(layer_),
+                cache_.v(layer_), plan_.spans, plan_.alibi_slopes, b_.att);
   be_.matmul(w.wo, b_.att, T, out);
 }
 

@@ -13,6 +13,7 @@ CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
   CacheConfig c;
   c.policy = o.policy;
   c.chunk = o.chunk;
+  c.kv_type = o.kv_type;
   const int64_t train = m.ctx_train > 0 ? m.ctx_train : 2048;
   switch (o.policy) {
     case Policy::Sink:
@@ -55,8 +56,18 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
   e->tokenizer = load_tokenizer(*e->file);
   const CacheConfig cc = resolve_cache_config(o, e->model->config());
+  int slots = o.slots;
+  if (o.kv_memory > 0) {
+    const int64_t slot_bytes = KVCache::slot_bytes_for(cc, e->model->config().n_layers, e->model->local_kv_dim());
+    const int64_t fit = o.kv_memory / slot_bytes;
+    if (fit < 1)
+      throw std::invalid_argument("--kv-memory " + std::to_string(o.kv_memory) + " bytes holds no slot: one slot of " +
+                                  std::to_string(KVCache::slot_rows_for(cc)) + " rows takes " +
+                                  std::to_string(slot_bytes) + " bytes per rank");
+    slots = int(std::min<int64_t>(fit, 1 << 20));
+  }
   e->cache = std::make_unique<KVCache>(*e->backend, e->model->config().n_layers,
-                                       e->model->local_kv_dim(), cc, o.slots);
+                                       e->model->local_kv_dim(), cc, slots);
   if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
     throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
   const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");

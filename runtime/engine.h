@@ -29,7 +29,11 @@ struct EngineOptions {
   int window = 0;    // 0: the model's training context minus the sinks (at most 4096)
   int chunk = 64;    // tokens per prefill step and slot
   int64_t ctx = 0;   // dense/recompute capacity; 0: the training context (dense) or window
+  DType kv_type = DType::F16;  // how cache rows are stored
   int slots = 1;
+  // When positive, the slot pool takes as many slots as fit in these bytes of KV memory per rank
+  // (instead of `slots`); open_engine fails when not one fits.
+  int64_t kv_memory = 0;
 };
 
 struct Engine {

@@ -151,6 +151,10 @@ ModelConfig read_model_config(const GGUFFile& f) {
   return c;
 }
 
+int64_t kv_token_bytes(const ModelConfig& c, DType t) {
+  return 2 * int64_t(c.n_layers) * dtype_row_bytes(t, int64_t(c.n_kv_heads) * c.head_dim);
+}
+
 std::vector<float> alibi_slopes(int n_heads, float bias_max, int first, int n) {
   int n2 = 1;
   while (n2 * 2 <= n_heads) n2 *= 2;

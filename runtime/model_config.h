@@ -33,6 +33,10 @@ struct ModelConfig {
   bool tied_output = false;    // no output.weight: the embedding doubles as the output head
 };
 
+// Bytes one cached token takes with rows stored as t, over all ranks: its K and V rows in every
+// layer (the row must divide into t's blocks for the bytes to be exact).
+int64_t kv_token_bytes(const ModelConfig& c, DType t);
+
 // ALiBi slopes of heads [first, first + n) of n_heads, with max bias b: for the largest power of
 // two n2 <= n_heads, head h < n2 gets 2^(-b (h + 1) / n2) and the others interleave the slopes of
 // 2 n2 heads, 2^(-b (2 (h - n2) + 1) / (2 n2)) (Press et al., as MPT and llama.cpp do).

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <functional>
 #include <random>
@@ -70,7 +71,8 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
         float *d_qs = to_backend(be, std::vector<float>(size_t(n_tok * q_w), -9.0f));
         for (bool with_sink : {true, false}) {
           be.rope_and_store(d_qkv, stride, n_tok, sh.n_heads, sh.n_kv, int(hd), pos.data(),
-                            with_sink ? sink_pos.data() : nullptr, p, d_qw, d_qs, d_k, d_v, rows.data());
+                            with_sink ? sink_pos.data() : nullptr, p, d_qw, d_qs, DType::F32, d_k, d_v,
+                            rows.data());
           const std::vector<float> qw = from_backend(be, d_qw, size_t(n_tok * q_w)),
                                    qs = from_backend(be, d_qs, size_t(n_tok * q_w)),
                                    k = from_backend(be, d_k, k0.size()), v = from_backend(be, d_v, v0.size());
@@ -112,7 +114,7 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
           // Without sinks q_sink keeps what the first run wrote.
           if (!with_sink) {
             be.rope_and_store(d_qkv, stride, n_tok, sh.n_heads, sh.n_kv, int(hd), pos.data(),
-                              sink_pos.data(), p, d_qw, d_qs, d_k, d_v, rows.data());
+                              sink_pos.data(), p, d_qw, d_qs, DType::F32, d_k, d_v, rows.data());
             EXPECT_EQ(from_backend(be, d_qs, qs.size()), qs) << what;
           }
         }
@@ -120,14 +122,14 @@ inline void check_rope_and_store(Backend& be, const RopeAngle& angle, double tol
       }
   float* odd = to_backend(be, std::vector<float>(9, 0.0f));
   const int64_t p0 = 0, r0 = 0;
-  EXPECT_THROW(be.rope_and_store(odd, 9, 1, 1, 1, 3, &p0, nullptr, RopeParams{}, odd, odd, odd, odd, &r0),
+  EXPECT_THROW(be.rope_and_store(odd, 9, 1, 1, 1, 3, &p0, nullptr, RopeParams{}, odd, odd, DType::F32, odd, odd, &r0),
                std::invalid_argument);
-  EXPECT_THROW(be.rope_and_store(odd, 5, 1, 1, 1, 2, &p0, nullptr, RopeParams{}, odd, odd, odd, odd, &r0),
+  EXPECT_THROW(be.rope_and_store(odd, 5, 1, 1, 1, 2, &p0, nullptr, RopeParams{}, odd, odd, DType::F32, odd, odd, &r0),
                std::invalid_argument);
   const RopeParams odd_rot{10000.0f, 1.0f, false, 3, {}}, too_wide{10000.0f, 1.0f, false, 4, {}},
       few_factors{10000.0f, 1.0f, false, 2, {1.0f, 2.0f}};
   for (const RopeParams& bad : {odd_rot, too_wide, few_factors})
-    EXPECT_THROW(be.rope_and_store(odd, 9, 1, 1, 1, 2, &p0, nullptr, bad, odd, odd, odd, odd, &r0),
+    EXPECT_THROW(be.rope_and_store(odd, 9, 1, 1, 1, 2, &p0, nullptr, bad, odd, odd, DType::F32, odd, odd, &r0),
                  std::invalid_argument) << bad.n_rot;
   be.release(odd);
 }
@@ -242,6 +244,152 @@ inline void check_activations(Backend& be) {
   const std::vector<float> clamped = from_backend(be, dx, gu.size());
   for (size_t i = 0; i < gu.size(); ++i) ASSERT_EQ(clamped[i], std::min(6.0f, std::max(-6.0f, gu[i]))) << i;
   be.release(dx);
+}
+
+// The plain decoding of one stored KV value, written from the formats' definitions: F16 (1-5-10
+// bits), BF16 (the top half of an F32), Q8_0 (blocks of 32: an F16 scale, then 32 int8).
+inline double decode_kv(DType t, const uint8_t* row, int64_t e) {
+  auto half = [](uint16_t h) {
+    const int sign = h >> 15, exp = (h >> 10) & 31, mant = h & 1023;
+    const double m = exp ? 1.0 + mant / 1024.0 : mant / 1024.0;
+    return (sign ? -1.0 : 1.0) * std::ldexp(m, exp ? exp - 15 : -14);
+  };
+  uint16_t h;
+  switch (t) {
+    case DType::F16:
+      std::memcpy(&h, row + 2 * e, 2);
+      return half(h);
+    case DType::BF16: {
+      std::memcpy(&h, row + 2 * e, 2);
+      const uint32_t bits = uint32_t(h) << 16;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      return f;
+    }
+    case DType::Q8_0: {
+      const uint8_t* b = row + (e / 32) * 34;
+      std::memcpy(&h, b, 2);
+      return half(h) * double(int8_t(b[2 + e % 32]));
+    }
+    default: {
+      float f;
+      std::memcpy(&f, row + 4 * e, 4);
+      return f;
+    }
+  }
+}
+
+// For each cache type: rope_and_store writes keys (rotated in F32) and values that decode to the
+// originals within the type's precision, and attention over the stored rows (sinks, a wrapped
+// ring, GQA, and ALiBi) equals attention in double over the decoded values.
+inline void check_kv_storage(Backend& be) {
+  const int n_heads = 4, n_kv = 2, hd = 32, kv_w = n_kv * hd, q_w = n_heads * hd;
+  const int64_t stride = q_w + 2 * kv_w;
+  const int sink_rows = 4, ring = 9, slot_rows = sink_rows + ring;
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  // Stream 30 tokens into one slot (the ring wraps), then attend with the last 5 as queries.
+  const int n_stream = 30;
+  std::vector<float> qkv(size_t(n_stream * stride));
+  for (float& x : qkv) x = u(rng);
+  qkv[size_t(stride + q_w + 3)] = 0.0f;  // zeros and a large value in some block
+  qkv[size_t(2 * stride + q_w + kv_w + 7)] = 40.0f;
+  std::vector<int64_t> pos(n_stream), rows(n_stream);
+  for (int t = 0; t < n_stream; ++t) {
+    pos[size_t(t)] = 1000 + t;
+    rows[size_t(t)] = t < sink_rows ? t : sink_rows + (t - sink_rows) % ring;
+  }
+  const RopeParams rope{10000.0f, 1.0f, true, 16, {}};
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
+    const size_t row_bytes = size_t(dtype_row_bytes(t, kv_w));
+    float* d_qkv = to_backend(be, qkv);
+    float* d_q = to_backend(be, std::vector<float>(size_t(n_stream * q_w), 0.0f));
+    auto* d_k = static_cast<uint8_t*>(be.alloc(slot_rows * row_bytes));
+    auto* d_v = static_cast<uint8_t*>(be.alloc(slot_rows * row_bytes));
+    // Reference K rows from an F32 store of the same step.
+    float* d_k32 = to_backend(be, std::vector<float>(size_t(slot_rows * kv_w), 0.0f));
+    float* d_v32 = to_backend(be, std::vector<float>(size_t(slot_rows * kv_w), 0.0f));
+    be.rope_and_store(d_qkv, stride, n_stream, n_heads, n_kv, hd, pos.data(), nullptr, rope, d_q, d_q, t, d_k, d_v,
+                      rows.data());
+    be.rope_and_store(d_qkv, stride, n_stream, n_heads, n_kv, hd, pos.data(), nullptr, rope, d_q, d_q, DType::F32,
+                      d_k32, d_v32, rows.data());
+    std::vector<uint8_t> k(slot_rows * row_bytes), v(k.size());
+    be.to_host(k.data(), d_k, k.size());
+    be.to_host(v.data(), d_v, v.size());
+    const std::vector<float> k32 = from_backend(be, d_k32, size_t(slot_rows * kv_w)),
+                             v32 = from_backend(be, d_v32, size_t(slot_rows * kv_w)),
+                             q = from_backend(be, d_q, size_t(n_stream * q_w));
+    // Storage: within half a unit of the type's last place; Q8_0 within half its block's scale d
+    // plus 127 times the F16 rounding of d itself.
+    for (int r = 0; r < slot_rows; ++r)
+      for (int e = 0; e < kv_w; ++e)
+        for (bool is_k : {true, false}) {
+          const double want = (is_k ? k32 : v32)[size_t(r * kv_w + e)];
+          const double got = decode_kv(t, (is_k ? k : v).data() + r * row_bytes, e);
+          double tol = 0;
+          if (t == DType::F16) tol = std::fabs(want) * 0x1p-11 + 0x1p-25;
+          if (t == DType::BF16) tol = std::fabs(want) * 0x1p-8;
+          if (t == DType::Q8_0) {
+            double amax = 0;
+            for (int j = e / 32 * 32; j < e / 32 * 32 + 32; ++j)
+              amax = std::max(amax, double(std::fabs((is_k ? k32 : v32)[size_t(r * kv_w + j)])));
+            tol = amax / 127 * (0.5 + 127 * 0x1p-11) + 1e-6;
+          }
+          ASSERT_NEAR(got, want, tol) << dtype_name(t) << (is_k ? " key" : " value") << " row " << r << " at " << e;
+        }
+    // Attention of the last 5 tokens: token p sees sinks 0..3 and the window of the ring.
+    const int n_tok = 5;
+    std::vector<AttnSpan> spans;
+    for (int i = 0; i < n_tok; ++i) {
+      const int p = n_stream - n_tok + i, W = 6, first = std::max(sink_rows, p - W + 1);
+      spans.push_back({0, sink_rows, sink_rows, ring, int32_t((first - sink_rows) % ring), int32_t(p - first + 1)});
+    }
+    const std::vector<float> slopes = {0.3f, 0.1f, 0.05f, 0.2f};
+    for (const float* alibi : {static_cast<const float*>(nullptr), slopes.data()}) {
+      float* d_out = to_backend(be, std::vector<float>(size_t(n_tok * q_w), -9.0f));
+      const float* q_last = d_q + (n_stream - n_tok) * q_w;
+      be.attention(q_last, q_last, n_tok, n_heads, n_kv, hd, t, d_k, d_v, spans.data(), alibi, d_out);
+      const std::vector<float> out = from_backend(be, d_out, size_t(n_tok * q_w));
+      for (int i = 0; i < n_tok; ++i)
+        for (int h = 0; h < n_heads; ++h) {
+          const AttnSpan& s = spans[size_t(i)];
+          std::vector<int> keys;
+          for (int j = 0; j < s.n_sink; ++j) keys.push_back(j);
+          for (int j = 0; j < s.n_win; ++j) keys.push_back(sink_rows + (s.win_begin + j) % ring);
+          const int kh = h / (n_heads / n_kv), nk = int(keys.size());
+          std::vector<double> sc(keys.size());
+          double mx = -1e300, z = 0;
+          for (int j = 0; j < nk; ++j) {
+            double d = 0;
+            for (int e = 0; e < hd; ++e)
+              d += double(q[size_t((n_stream - n_tok + i) * q_w + h * hd + e)]) *
+                   decode_kv(t, k.data() + keys[size_t(j)] * row_bytes, kh * hd + e);
+            sc[size_t(j)] = d / std::sqrt(double(hd)) - (alibi ? alibi[h] * (nk - 1 - j) : 0.0);
+            mx = std::max(mx, sc[size_t(j)]);
+          }
+          for (double& x : sc) z += (x = std::exp(x - mx));
+          for (int e = 0; e < hd; ++e) {
+            double ref = 0;
+            for (int j = 0; j < nk; ++j)
+              ref += sc[size_t(j)] / z * decode_kv(t, v.data() + keys[size_t(j)] * row_bytes, kh * hd + e);
+            ASSERT_NEAR(out[size_t(i * q_w + h * hd + e)], ref, 2e-5 * (1 + std::fabs(ref)))
+                << dtype_name(t) << (alibi ? " alibi" : "") << " token " << i << " head " << h << " dim " << e;
+          }
+        }
+      be.release(d_out);
+    }
+    for (void* b : {static_cast<void*>(d_qkv), static_cast<void*>(d_q), static_cast<void*>(d_k),
+                    static_cast<void*>(d_v), static_cast<void*>(d_k32), static_cast<void*>(d_v32)})
+      be.release(b);
+  }
+  // A row width that Q8_0 blocks do not divide, and a type rows are never stored in.
+  float* buf = to_backend(be, std::vector<float>(64, 0.0f));
+  const int64_t p0 = 0, r0 = 0;
+  const AttnSpan one{0, 1, 1, 1, 0, 0};
+  EXPECT_THROW(be.rope_and_store(buf, 12, 1, 1, 1, 4, &p0, nullptr, RopeParams{}, buf, buf, DType::Q8_0, buf, buf, &r0),
+               std::invalid_argument);
+  EXPECT_THROW(be.attention(buf, buf, 1, 1, 1, 4, DType::Q8_0, buf, buf, &one, nullptr, buf), std::invalid_argument);
+  be.release(buf);
 }
 
 // copy_2d moves a block of columns between row-major matrices of different widths, leaving the

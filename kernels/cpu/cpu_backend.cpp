@@ -167,8 +167,9 @@ class CpuBackend final : public Backend {
   // run forever, and their positions must not matter.
   void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads, int n_kv_heads,
                       int head_dim, const int64_t* pos_win, const int64_t* pos_sink,
-                      const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
-                      float* v_cache, const int64_t* rows) override {
+                      const RopeParams& p, float* q_win, float* q_sink, DType kv_type, void* k_cache,
+                      void* v_cache, const int64_t* rows) override {
+    check_kv_type(kv_type, int64_t(n_kv_heads) * head_dim);
     if (head_dim <= 0 || head_dim % 2) bad_arg("rope: head_dim must be even, got " + std::to_string(head_dim));
     const int n_rot = p.rotated(head_dim);
     if (n_rot < 0 || n_rot > head_dim || n_rot % 2)
@@ -182,8 +183,12 @@ class CpuBackend final : public Backend {
     const std::vector<long double>& inv_freq = rope_frequencies(head_dim, p);
     const long double two_pi = 6.283185307179586476925286766559L;
     const int64_t pair_stride = p.neox ? 1 : 2, offset = p.neox ? half : 1;
+    const size_t row_bytes = size_t(dtype_row_bytes(kv_type, kv_w));
+    auto* k_rows = static_cast<uint8_t*>(k_cache);
+    auto* v_rows = static_cast<uint8_t*>(v_cache);
     for_row_ranges(n_tok, stride, [&](int64_t first, int64_t end) {
       std::vector<double> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+      std::vector<float> k_row(static_cast<size_t>(kv_w));
       auto angles = [&](int64_t pos) {
         for (int i = 0; i < half; ++i) {
           const double theta = double(std::fmod((long double)pos * inv_freq[size_t(i)], two_pi));
@@ -208,8 +213,10 @@ class CpuBackend final : public Backend {
         const float* row = qkv + t * stride;
         angles(pos_win[t]);
         rotate(row, q_win + t * q_w, n_heads);
-        rotate(row + q_w, k_cache + rows[t] * kv_w, n_kv_heads);
-        std::memcpy(v_cache + rows[t] * kv_w, row + q_w + kv_w, size_t(kv_w) * sizeof(float));
+        // Keys rotate in F32 and are then stored; values are stored as they are.
+        rotate(row + q_w, k_row.data(), n_kv_heads);
+        quantize_row(kv_type, k_row.data(), k_rows + size_t(rows[t]) * row_bytes, kv_w);
+        quantize_row(kv_type, row + q_w + kv_w, v_rows + size_t(rows[t]) * row_bytes, kv_w);
         if (pos_sink) {
           angles(pos_sink[t]);
           rotate(row, q_sink + t * q_w, n_heads);
@@ -269,8 +276,9 @@ class CpuBackend final : public Backend {
   // Two passes per (token, head): scores for every visible key, then a max-subtracted softmax and
   // the weighted sum of values. The score row (at most sink_rows + ring_size floats) stays in L1.
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv_heads,
-                 int head_dim, const float* k, const float* v, const AttnSpan* spans, const float* alibi_slopes,
-                 float* out) override {
+                 int head_dim, DType kv_type, const void* k, const void* v, const AttnSpan* spans,
+                 const float* alibi_slopes, float* out) override {
+    check_kv_type(kv_type, int64_t(n_kv_heads) * head_dim);
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads)
       bad_arg("attention: " + std::to_string(n_heads) + " query heads do not group evenly over " +
               std::to_string(n_kv_heads) + " KV heads");
@@ -286,7 +294,10 @@ class CpuBackend final : public Backend {
       max_keys = std::max<int64_t>(max_keys, int64_t(s.n_sink) + s.n_win);
     }
     const int group = n_heads / n_kv_heads;
-    const int64_t q_row = int64_t(n_heads) * head_dim, kv_row = int64_t(n_kv_heads) * head_dim;
+    const int64_t q_row = int64_t(n_heads) * head_dim;
+    const size_t row_bytes = size_t(dtype_row_bytes(kv_type, int64_t(n_kv_heads) * head_dim));
+    const auto* k_rows = static_cast<const uint8_t*>(k);
+    const auto* v_rows = static_cast<const uint8_t*>(v);
     const float scale = 1.0f / std::sqrt(float(head_dim));
     pool_.parallel_for(n_tok * n_heads, [&](int64_t b, int64_t e) {
       // Grow-only per thread: a decoding step hands each thread one head at a time.
@@ -308,19 +319,28 @@ class CpuBackend final : public Backend {
         float mx = -INFINITY;
         for (int64_t j = 0; j < n; ++j) {
           const float* q = j < s.n_sink ? qs : qw;
-          scores[j] = kern_.dot(q, k + key_row(j) * kv_row + kv_off, head_dim) * scale - slope * float(n - 1 - j);
+          scores[j] = kern_.dot_kv(kv_type, q, k_rows + size_t(key_row(j)) * row_bytes, kv_off, head_dim) * scale -
+                      slope * float(n - 1 - j);
           mx = std::max(mx, scores[j]);
         }
         std::memset(o, 0, size_t(head_dim) * sizeof(float));
         if (n == 0) continue;
         const float sum = kern_.exp_sum(scores.data(), n, mx);
-        for (int64_t j = 0; j < n; ++j) kern_.axpy(scores[j], v + key_row(j) * kv_row + kv_off, o, head_dim);
+        for (int64_t j = 0; j < n; ++j)
+          kern_.axpy_kv(kv_type, scores[j], v_rows + size_t(key_row(j)) * row_bytes, kv_off, o, head_dim);
         kern_.scale(o, 1.0f / sum, head_dim);
       }
     });
   }
 
  private:
+  static void check_kv_type(DType t, int64_t width) {
+    if (!kv_type_supported(t)) bad_arg("KV cache rows cannot be stored as " + std::string(dtype_name(t)));
+    if (width % dtype_block_values(t))
+      bad_arg("KV rows of " + std::to_string(width) + " values do not divide into " + std::string(dtype_name(t)) +
+              " blocks of " + std::to_string(dtype_block_values(t)));
+  }
+
   // fn(b, e) over ranges of rows, on the pool when the rows hold enough work.
   template <class F>
   void for_row_ranges(int64_t n_rows, int64_t row_len, F&& fn) {

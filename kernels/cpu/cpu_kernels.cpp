@@ -105,7 +105,29 @@ void add(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += q[i] * kv_value(t, row, off + i);
+  return acc;
+}
+
+void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * kv_value(t, row, off + i);
+}
+
 }  // namespace
+
+float kv_value(DType t, const void* row, int64_t e) {
+  switch (t) {
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(row)[e]);
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[e]);
+    case DType::Q8_0: {
+      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(row)[e / kQ8Block];
+      return f16_to_f32(b.d) * float(b.qs[e % kQ8Block]);
+    }
+    default: return static_cast<const float*>(row)[e];
+  }
+}
 
 float activation_value(Activation act, float x) {
   switch (act) {
@@ -126,7 +148,8 @@ void activate_scalar(Activation act, float* out, const float* gate, const float*
 const Kernels& scalar_kernels() {
   static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
-                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate_scalar, add};
+                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate_scalar, add,
+                         dot_kv, axpy_kv};
   return k;
 }
 

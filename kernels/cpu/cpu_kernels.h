@@ -78,10 +78,18 @@ struct Kernels {
   // out[i] = act(gate[i]) * up[i], or act(gate[i]) when up is null; out may alias gate.
   void (*activate)(Activation act, float* out, const float* gate, const float* up, int64_t n);
   void (*add)(float* x, const float* y, int64_t n);
+
+  // Attention over a KV cache row stored as t (kv_type_supported): the values [off, off + n) of
+  // `row` (its first byte) against q, and y += a * those values. F32 accumulation.
+  float (*dot_kv)(DType t, const float* q, const void* row, int64_t off, int64_t n);
+  void (*axpy_kv)(DType t, float a, const void* row, int64_t off, float* y, int64_t n);
 };
 
 // Throws std::runtime_error naming the instruction set when it is not supported.
 const Kernels& kernels_for(Isa isa);
+
+// Value e of a KV cache row stored as t, as F32 (the scalar path and the SIMD tails).
+float kv_value(DType t, const void* row, int64_t e);
 
 // The scalar activation, shared by the SIMD tables for the functions they do not vectorise.
 float activation_value(Activation act, float x);

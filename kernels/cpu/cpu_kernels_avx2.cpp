@@ -359,12 +359,61 @@ void add(float* x, const float* y, int64_t n) {
   for (; i < n; ++i) x[i] += y[i];
 }
 
+// Eight values [e, e + 8) of a KV row as F32 (a Q8_0 piece stays within one block of 32).
+inline __m256 load_kv8(DType t, const void* row, int64_t e) {
+  switch (t) {
+    case DType::F16: return LoadF16::v8(row, e);
+    case DType::BF16: return LoadBF16::v8(row, e);
+    case DType::Q8_0: {
+      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(row)[e / kQ8Block];
+      return _mm256_mul_ps(q8_quarter(b.qs + e % kQ8Block), _mm256_set1_ps(_cvtsh_ss(b.d)));
+    }
+    default: return _mm256_loadu_ps(static_cast<const float*>(row) + e);
+  }
+}
+
+// Whole pieces of 8 where the type allows (Q8_0: not across a block), the rest value by value.
+inline bool kv_whole8(DType t, int64_t e, int64_t left) {
+  return left >= 8 && (t != DType::Q8_0 || e % kQ8Block <= kQ8Block - 8);
+}
+
+float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
+  if (t == DType::F32) return dot(q, static_cast<const float*>(row) + off, n);
+  __m256 acc = _mm256_setzero_ps();
+  float tail = 0.0f;
+  for (int64_t i = 0; i < n;) {
+    if (kv_whole8(t, off + i, n - i)) {
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_kv8(t, row, off + i), acc);
+      i += 8;
+    } else {
+      tail += q[i] * kv_value(t, row, off + i);
+      ++i;
+    }
+  }
+  return hsum(acc) + tail;
+}
+
+void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
+  if (t == DType::F32) return axpy(a, static_cast<const float*>(row) + off, y, n);
+  const __m256 va = _mm256_set1_ps(a);
+  for (int64_t i = 0; i < n;) {
+    if (kv_whole8(t, off + i, n - i)) {
+      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_kv8(t, row, off + i), _mm256_loadu_ps(y + i)));
+      i += 8;
+    } else {
+      y[i] += a * kv_value(t, row, off + i);
+      ++i;
+    }
+  }
+}
+
 }  // namespace
 
 const Kernels& avx2_kernels() {
   static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
-                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add};
+                         dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
+                         dot_kv, axpy_kv};
   return k;
 }
 

@@ -449,12 +449,56 @@ void add(float* x, const float* y, int64_t n) {
   }
 }
 
+// Values [e, e + n) of a KV row as F32, n <= 16; Q8_0 pieces stay within one block of 32.
+inline __m512 load_kv(DType t, const void* row, int64_t e, int64_t n) {
+  const __mmask16 m = tail_mask(n);
+  switch (t) {
+    case DType::F16: return load_f16(static_cast<const uint16_t*>(row) + e, m);
+    case DType::BF16: return load_bf16(static_cast<const uint16_t*>(row) + e, m);
+    case DType::Q8_0: {
+      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(row)[e / kQ8Block];
+      const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, b.qs + e % kQ8Block)));
+      return _mm512_mul_ps(q, _mm512_set1_ps(_cvtsh_ss(b.d)));
+    }
+    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + e);
+  }
+}
+
+inline int64_t kv_piece(DType t, int64_t e, int64_t left) {
+  int64_t n = left < 16 ? left : 16;
+  if (t == DType::Q8_0 && n > kQ8Block - e % kQ8Block) n = kQ8Block - e % kQ8Block;
+  return n;
+}
+
+float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
+  if (t == DType::F32) return dot(q, static_cast<const float*>(row) + off, n);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n;) {
+    const int64_t len = kv_piece(t, off + i, n - i);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(len), q + i), load_kv(t, row, off + i, len), acc);
+    i += len;
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
+  if (t == DType::F32) return axpy(a, static_cast<const float*>(row) + off, y, n);
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n;) {
+    const int64_t len = kv_piece(t, off + i, n - i);
+    const __mmask16 m = tail_mask(len);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load_kv(t, row, off + i, len), _mm512_maskz_loadu_ps(m, y + i)));
+    i += len;
+  }
+}
+
 }  // namespace
 
 const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                                  pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
-                                 dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add};
+                                 dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
+                                 dot_kv, axpy_kv};
   static const Kernels without_bf16 = [] {
     Kernels k = with_bf16;
     k.pack_panel_bf16 = nullptr;

@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <cuda_fp16.h>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace sinkserve::cuda {
@@ -27,8 +29,8 @@ constexpr int kValueLoads = 8;       // value rows in flight per thread in the o
 struct AttnArgs {
   const float* q_win;
   const float* q_sink;
-  const float* k;
-  const float* v;
+  const void* k;
+  const void* v;
   const AttnSpan* spans;
   const float* alibi;  // per query head, or null
   float* partials;  // [n_tok][n_heads][n_splits] x (head_dim values, m, l)
@@ -45,8 +47,26 @@ __device__ __forceinline__ int64_t key_row(const AttnSpan& s, int j) {
   return s.row0 + s.sink_rows + ring;
 }
 
-// DPL = values of a head that each lane holds (head_dim <= 32 * DPL).
-template <int DPL>
+// Value e of cache row `row` (rows of `width` values) stored as KT, as F32. Q8_0 rows are blocks of
+// 32 values: an F16 scale, then 32 int8 (34 bytes, so every scale is 2-byte aligned).
+template <DType KT>
+__device__ __forceinline__ float kv_load(const void* base, int64_t row, int64_t width, int64_t e) {
+  const int64_t i = row * width + e;
+  if constexpr (KT == DType::F32) {
+    return __ldg(static_cast<const float*>(base) + i);
+  } else if constexpr (KT == DType::F16) {
+    return __half2float(__ushort_as_half(__ldg(static_cast<const unsigned short*>(base) + i)));
+  } else if constexpr (KT == DType::BF16) {
+    return __uint_as_float(uint32_t(__ldg(static_cast<const unsigned short*>(base) + i)) << 16);
+  } else {
+    const auto* b = static_cast<const uint8_t*>(base) + (i / 32) * 34;
+    const float d = __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(b))));
+    return d * float(static_cast<int8_t>(__ldg(b + 2 + i % 32)));
+  }
+}
+
+// DPL = values of a head that each lane holds (head_dim <= 32 * DPL); KT = the cache's type.
+template <int DPL, DType KT>
 __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
   pdl_trigger();
   pdl_wait();
@@ -79,11 +99,11 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
 #pragma unroll
     for (int u = 0; u < kKeysPerWarpStep; ++u) {
       const int j = jb + u;
-      const float* kr = a.k + (j < nj ? rows[j] : 0) * kv_stride + int64_t(kh) * hd;
+      const int64_t row = j < nj ? rows[j] : 0;
 #pragma unroll
       for (int e = 0; e < DPL; ++e) {
         const int d = lane + 32 * e;
-        kv[u][e] = (j < nj && d < hd) ? __ldg(kr + d) : 0.f;
+        kv[u][e] = (j < nj && d < hd) ? kv_load<KT>(a.k, row, kv_stride, int64_t(kh) * hd + d) : 0.f;
       }
     }
 #pragma unroll
@@ -133,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
   // value row, and the heads of the group hit the same row in L1.
   for (int i = threadIdx.x; i < G * hd; i += kThreads) {
     const int g = i / hd, d = i % hd;
-    const float* vb = a.v + int64_t(kh) * hd + d;
+    const int64_t col = int64_t(kh) * hd + d;
     const float* p = sc + g * a.split;
     // kValueLoads independent loads in flight: one chain of dependent loads per key would make
     // this pass latency bound.
@@ -142,11 +162,11 @@ __global__ void __launch_bounds__(kThreads) attention_split_kernel(AttnArgs a) {
     for (; j + kValueLoads <= nj; j += kValueLoads) {
       float vv[kValueLoads];
 #pragma unroll
-      for (int u = 0; u < kValueLoads; ++u) vv[u] = __ldg(vb + rows[j + u] * kv_stride);
+      for (int u = 0; u < kValueLoads; ++u) vv[u] = kv_load<KT>(a.v, rows[j + u], kv_stride, col);
 #pragma unroll
       for (int u = 0; u < kValueLoads; ++u) acc = fmaf(p[j + u], vv[u], acc);
     }
-    for (; j < nj; ++j) acc = fmaf(p[j], __ldg(vb + rows[j] * kv_stride), acc);
+    for (; j < nj; ++j) acc = fmaf(p[j], kv_load<KT>(a.v, rows[j], kv_stride, col), acc);
     const int h = h0 + g;
     if (a.n_splits == 1) {
       const float l = ml[2 * g + 1];
@@ -192,10 +212,24 @@ size_t smem_bytes(int group, int head_dim, int split) {
 }
 
 template <int DPL>
-void launch_split(const AttnShape& s, const AttnPlan& p, const AttnArgs& args,
+void launch_split(const AttnShape& s, const AttnPlan& p, const AttnArgs& args, DType kv_type,
                   cudaStream_t stream) {
   const dim3 grid(unsigned(s.n_tok * s.n_kv_heads), unsigned(p.n_splits));
-  launch(attention_split_kernel<DPL>, grid, kThreads, p.smem, stream, args);
+  switch (kv_type) {
+    case DType::F16: launch(attention_split_kernel<DPL, DType::F16>, grid, kThreads, p.smem, stream, args); break;
+    case DType::BF16: launch(attention_split_kernel<DPL, DType::BF16>, grid, kThreads, p.smem, stream, args); break;
+    case DType::Q8_0: launch(attention_split_kernel<DPL, DType::Q8_0>, grid, kThreads, p.smem, stream, args); break;
+    default: launch(attention_split_kernel<DPL, DType::F32>, grid, kThreads, p.smem, stream, args); break;
+  }
+}
+
+template <int DPL>
+void enable_smem(size_t bytes) {
+  for (const void* k : {reinterpret_cast<const void*>(attention_split_kernel<DPL, DType::F32>),
+                        reinterpret_cast<const void*>(attention_split_kernel<DPL, DType::F16>),
+                        reinterpret_cast<const void*>(attention_split_kernel<DPL, DType::BF16>),
+                        reinterpret_cast<const void*>(attention_split_kernel<DPL, DType::Q8_0>)})
+    SS_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 }  // namespace
@@ -232,28 +266,25 @@ int64_t attention_partial_floats(const AttnShape& s, const AttnPlan& p) {
 }
 
 void enable_attention_smem(size_t bytes) {
-  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<1>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<2>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<4>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  SS_CUDA_CHECK(cudaFuncSetAttribute(attention_split_kernel<8>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  enable_smem<1>(bytes);
+  enable_smem<2>(bytes);
+  enable_smem<4>(bytes);
+  enable_smem<8>(bytes);
 }
 
 void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
-                      const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
-                      const float* alibi, float* partials, float* out, cudaStream_t stream) {
+                      const float* q_sink, DType kv_type, const void* k, const void* v,
+                      const AttnSpan* spans, const float* alibi, float* partials, float* out,
+                      cudaStream_t stream) {
   if (s.n_tok == 0) return;
   AttnArgs args{q_win, q_sink, k, v, spans, alibi, partials, out,
                 s.n_heads, s.n_kv_heads, s.head_dim, s.n_heads / s.n_kv_heads,
                 p.split, p.n_splits, float(1.0 / std::sqrt(double(s.head_dim)))};
   const int dpl = (s.head_dim + 31) / 32;
-  if (dpl <= 1) launch_split<1>(s, p, args, stream);
-  else if (dpl <= 2) launch_split<2>(s, p, args, stream);
-  else if (dpl <= 4) launch_split<4>(s, p, args, stream);
-  else launch_split<8>(s, p, args, stream);
+  if (dpl <= 1) launch_split<1>(s, p, args, kv_type, stream);
+  else if (dpl <= 2) launch_split<2>(s, p, args, kv_type, stream);
+  else if (dpl <= 4) launch_split<4>(s, p, args, kv_type, stream);
+  else launch_split<8>(s, p, args, kv_type, stream);
   if (p.n_splits > 1) {
     launch(attention_merge_kernel, unsigned(s.n_tok * s.n_heads), 128, 0, stream, partials, p.n_splits, s.head_dim, out);
   }

@@ -314,14 +314,15 @@ class CudaBackend final : public Backend {
 
   void rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads, int n_kv_heads,
                       int head_dim, const int64_t* pos_win, const int64_t* pos_sink,
-                      const RopeParams& p, float* q_win, float* q_sink, float* k_cache,
-                      float* v_cache, const int64_t* rows) override {
+                      const RopeParams& p, float* q_win, float* q_sink, DType kv_type,
+                      void* k_cache, void* v_cache, const int64_t* rows) override {
     if (n_tok <= 0) return;
     if (head_dim % 2 != 0)
       throw std::invalid_argument("CUDA rope: head_dim " + std::to_string(head_dim) + " is odd");
     if (stride < int64_t(n_heads + 2 * n_kv_heads) * head_dim)
       throw std::invalid_argument("CUDA rope_and_store: rows of " + std::to_string(stride) +
                                   " floats hold no q|k|v");
+    check_kv_type(kv_type, int64_t(n_kv_heads) * head_dim);
     const int n_rot = p.rotated(head_dim);
     if (n_rot < 0 || n_rot > head_dim || n_rot % 2 ||
         (!p.freq_factors.empty() && p.freq_factors.size() != size_t(n_rot / 2)))
@@ -337,12 +338,27 @@ class CudaBackend final : public Backend {
     const int64_t* d_sink = pos_sink ? stage(pos_sink, size_t(n_tok)) : nullptr;
     const int64_t* d_rows = stage(rows, size_t(n_tok));
     float* sink_out = pos_sink ? q_sink : nullptr;
+    // F32 rows are written in place; other types go through dense F32 rows (keys rotated) that
+    // one more kernel converts into the cache rows.
+    const int64_t kv_w = int64_t(n_kv_heads) * head_dim;
+    float* k_f32 = static_cast<float*>(k_cache);
+    float* v_f32 = static_cast<float*>(v_cache);
+    const int64_t* rope_rows = d_rows;
+    if (kv_type != DType::F32) {
+      k_f32 = static_cast<float*>(scratch(size_t(2 * n_tok * kv_w) * sizeof(float)));
+      v_f32 = k_f32 + n_tok * kv_w;
+      rope_rows = nullptr;
+    }
     if (replaying(Op::Rope, qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, n_rot, d_win, d_sink,
-                  inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows))
+                  inv, p.neox, q_win, sink_out, kv_type, k_cache, v_cache, k_f32, d_rows))
       return;
     cuda::launch_rope_and_store(qkv, stride, n_tok, n_heads, n_kv_heads, head_dim, n_rot, d_win,
-                                d_sink, inv, p.neox, q_win, sink_out, k_cache, v_cache, d_rows,
+                                d_sink, inv, p.neox, q_win, sink_out, k_f32, v_f32, rope_rows,
                                 stream_);
+    if (kv_type != DType::F32) {
+      cuda::launch_store_kv_rows(kv_type, k_f32, n_tok, kv_w, k_cache, d_rows, stream_);
+      cuda::launch_store_kv_rows(kv_type, v_f32, n_tok, kv_w, v_cache, d_rows, stream_);
+    }
   }
 
   void activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,
@@ -403,9 +419,10 @@ class CudaBackend final : public Backend {
   }
 
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads,
-                 int n_kv_heads, int head_dim, const float* k, const float* v,
+                 int n_kv_heads, int head_dim, DType kv_type, const void* k, const void* v,
                  const AttnSpan* spans, const float* alibi_slopes, float* out) override {
     if (n_tok <= 0) return;
+    check_kv_type(kv_type, int64_t(n_kv_heads) * head_dim);
     int max_keys = 0;
     for (int64_t t = 0; t < n_tok; ++t) {
       const AttnSpan& s = spans[t];
@@ -430,10 +447,21 @@ class CudaBackend final : public Backend {
     const AttnSpan* d_spans = stage(spans, size_t(n_tok));
     const float* d_alibi = alibi_slopes ? stage(alibi_slopes, size_t(n_heads)) : nullptr;
     if (replaying(Op::Attention, n_tok, n_heads, n_kv_heads, head_dim, max_keys, plan.split,
-                  plan.n_splits, plan.smem, q_win, q_sink, k, v, d_spans, d_alibi, partials, out))
+                  plan.n_splits, plan.smem, q_win, q_sink, kv_type, k, v, d_spans, d_alibi, partials,
+                  out))
       return;
-    cuda::launch_attention(shape, plan, q_win, q_sink, k, v, d_spans, d_alibi, partials, out,
-                           stream_);
+    cuda::launch_attention(shape, plan, q_win, q_sink, kv_type, k, v, d_spans, d_alibi, partials,
+                           out, stream_);
+  }
+
+  static void check_kv_type(DType t, int64_t width) {
+    if (!kv_type_supported(t))
+      throw std::invalid_argument("CUDA backend: KV cache rows cannot be stored as " +
+                                  std::string(dtype_name(t)));
+    if (width % dtype_block_values(t))
+      throw std::invalid_argument("CUDA backend: KV rows of " + std::to_string(width) +
+                                  " values do not divide into " + std::string(dtype_name(t)) +
+                                  " blocks");
   }
 
   // A device-to-device copy of bytes/2 counts bytes/2 read plus bytes/2 written: the traffic a

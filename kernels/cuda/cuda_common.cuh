@@ -113,6 +113,10 @@ void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int 
                            const int64_t* pos_sink, const double* inv_freq, bool neox,
                            float* q_win, float* q_sink, float* k_cache, float* v_cache,
                            const int64_t* rows, cudaStream_t stream);
+// Converts n rows of width F32 values (src, dense) into cache rows rows[i] stored as t (F16, BF16
+// or Q8_0 blocks of 32, rounded as quantize_row does).
+void launch_store_kv_rows(DType t, const float* src, int64_t n, int64_t width, void* dst,
+                          const int64_t* rows, cudaStream_t stream);
 void launch_activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,
                      int64_t width, int64_t in_stride, cudaStream_t stream);
 void launch_clamp(float* x, int64_t n, float limit, cudaStream_t stream);
@@ -144,10 +148,11 @@ struct AttnPlan {
 };
 AttnPlan plan_attention(const AttnShape& s, int num_sms, size_t smem_limit);
 int64_t attention_partial_floats(const AttnShape& s, const AttnPlan& p);
-// alibi: device array of n_heads slopes, or null.
+// k, v: cache rows stored as kv_type; alibi: device array of n_heads slopes, or null.
 void launch_attention(const AttnShape& s, const AttnPlan& p, const float* q_win,
-                      const float* q_sink, const float* k, const float* v, const AttnSpan* spans,
-                      const float* alibi, float* partials, float* out, cudaStream_t stream);
+                      const float* q_sink, DType kv_type, const void* k, const void* v,
+                      const AttnSpan* spans, const float* alibi, float* partials, float* out,
+                      cudaStream_t stream);
 // Raises the kernels' dynamic shared-memory ceiling to `bytes` (once per device).
 void enable_attention_smem(size_t bytes);
 

@@ -137,7 +137,7 @@ __global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride,
   const int h = int(blockIdx.y);
   const float* row = qkv + t * stride;
   const int64_t q_w = int64_t(n_heads) * head_dim, kv_w = int64_t(n_kv) * head_dim;
-  const int64_t r = rows[t];
+  const int64_t r = rows ? rows[t] : t;
   const int c0 = h * head_dim + 2 * i;  // the pair this thread copies when it does not rotate
   if (h < n_kv) {
     v_cache[r * kv_w + c0] = row[q_w + kv_w + c0];
@@ -168,6 +168,47 @@ __global__ void rope_store_kernel(const float* __restrict__ qkv, int64_t stride,
     sincos(double(pos_sink[t]) * inv_freq[i], &s, &c);
     rotate_pair(row, q_sink + t * q_w, a, b, c, s);
   }
+}
+
+// F32 to BF16, round to nearest even, NaN kept quiet: the bits quantize_row writes.
+__device__ __forceinline__ unsigned short to_bf16_bits(float f) {
+  const uint32_t x = __float_as_uint(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((x >> 16) | 0x40);
+  return (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// One thread per value: F16 or BF16 cache rows.
+template <bool kBf16>
+__global__ void store_kv_16_kernel(const float* __restrict__ src, int64_t n, int64_t width,
+                                   unsigned short* __restrict__ dst, const int64_t* __restrict__ rows) {
+  pdl_trigger();
+  pdl_wait();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n * width;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = src[i];
+    dst[rows[i / width] * width + i % width] = kBf16 ? to_bf16_bits(v) : __half_as_ushort(__float2half_rn(v));
+  }
+}
+
+// One warp per block of 32 values: the scale is the block's largest magnitude / 127, and values
+// round half away from zero, as quantize_row does.
+__global__ void store_kv_q8_kernel(const float* __restrict__ src, int64_t n, int64_t width,
+                                   uint8_t* __restrict__ dst, const int64_t* __restrict__ rows) {
+  pdl_trigger();
+  pdl_wait();
+  const int lane = threadIdx.x & 31;
+  const int64_t blocks = width / 32;
+  const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (b >= n * blocks) return;
+  const int64_t t = b / blocks, k = b % blocks;
+  const float x = src[t * width + k * 32 + lane];
+  float amax = fabsf(x);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+  uint8_t* out = dst + (rows[t] * blocks + k) * 34;
+  if (lane == 0) *reinterpret_cast<unsigned short*>(out) = __half_as_ushort(__float2half_rn(d));
+  out[2 + lane] = uint8_t(int8_t(roundf(x * id)));
 }
 
 // x * sigmoid(k x') covers SiLU and tanh-GELU (0.5 (1 + tanh u) = sigmoid(2u)); exact GELU as
@@ -271,6 +312,26 @@ void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int 
   const dim3 grid{unsigned((n + 127) / 128), unsigned(std::max(n_heads, n_kv_heads))};
   launch(rope_store_kernel, grid, 128, 0, stream, qkv, stride, n_tok, n_heads, n_kv_heads,
          head_dim, n_rot, pos_win, pos_sink, inv_freq, neox, q_win, q_sink, k_cache, v_cache, rows);
+}
+
+void launch_store_kv_rows(DType t, const float* src, int64_t n, int64_t width, void* dst,
+                          const int64_t* rows, cudaStream_t stream) {
+  if (n == 0) return;
+  switch (t) {
+    case DType::F16:
+      launch(store_kv_16_kernel<false>, grid_for(n * width, 256), 256, 0, stream, src, n, width,
+             static_cast<unsigned short*>(dst), rows);
+      break;
+    case DType::BF16:
+      launch(store_kv_16_kernel<true>, grid_for(n * width, 256), 256, 0, stream, src, n, width,
+             static_cast<unsigned short*>(dst), rows);
+      break;
+    case DType::Q8_0:
+      launch(store_kv_q8_kernel, unsigned((n * width + 255) / 256), 256, 0, stream, src, n, width,
+             static_cast<uint8_t*>(dst), rows);
+      break;
+    default: break;
+  }
 }
 
 void launch_activate(Activation act, float* out, const float* gate, const float* up, int64_t n_tok,

@@ -179,6 +179,7 @@ TEST_F(CudaTest, RopeAndStoreMatchDoubleReferenceAtHugePositions) {
 
 TEST_F(CudaTest, LayernormsMatchReference) { test::check_layernorms(*be_); }
 TEST_F(CudaTest, ActivationsAndClampMatchReference) { test::check_activations(*be_); }
+TEST_F(CudaTest, KvCacheTypesStoreAndAttendExactly) { test::check_kv_storage(*be_); }
 
 TEST_F(CudaTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be_); }
 
@@ -330,7 +331,7 @@ TEST_F(CudaTest, AttentionMatchesReferenceOnRandomWrappedSpans) {
       float* dout = poisoned(static_cast<size_t>(n_tok * qd));
       // ALiBi models (MPT) on every other token count.
       const Vec slopes = n_tok % 2 ? random_vec(rng_, size_t(c.n_heads), 0.f, 0.5f) : Vec{};
-      be_->attention(dqw, dqs, n_tok, c.n_heads, c.n_kv, c.head_dim, dk, dv, spans.data(),
+      be_->attention(dqw, dqs, n_tok, c.n_heads, c.n_kv, c.head_dim, DType::F32, dk, dv, spans.data(),
                      slopes.empty() ? nullptr : slopes.data(), dout);
       const double err = rel_err(download(dout, size_t(n_tok * qd)),
                                  attention_reference(qw, qs, k, v, spans, c, slopes));
@@ -347,10 +348,10 @@ TEST_F(CudaTest, AttentionRejectsBadShapes) {
   s.n_win = 1;
   s.ring_size = 1;
   float* d = poisoned(1024);
-  EXPECT_THROW(be_->attention(d, d, 1, 6, 4, 8, d, d, &s, nullptr, d), std::invalid_argument);
-  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 512, d, d, &s, nullptr, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 6, 4, 8, DType::F32, d, d, &s, nullptr, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 512, DType::F32, d, d, &s, nullptr, d), std::invalid_argument);
   s.n_win = 2;  // more window rows than the ring holds
-  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 8, d, d, &s, nullptr, d), std::invalid_argument);
+  EXPECT_THROW(be_->attention(d, d, 1, 1, 1, 8, DType::F32, d, d, &s, nullptr, d), std::invalid_argument);
   be_->release(d);
 }
 
@@ -389,7 +390,7 @@ TEST_F(CudaTest, AttentionOverStreamingSinkCacheMatchesStreamSemantics) {
     }
     const Vec qw = random_vec(rng_, size_t(n * qd), -2.f, 2.f), qs = random_vec(rng_, size_t(n * qd), -2.f, 2.f);
     float *dqw = upload(qw), *dqs = upload(qs), *dout = poisoned(static_cast<size_t>(n * qd));
-    be_->attention(dqw, dqs, n, c.n_heads, c.n_kv, c.head_dim, cache.k(0), cache.v(0),
+    be_->attention(dqw, dqs, n, c.n_heads, c.n_kv, c.head_dim, DType::F32, cache.k(0), cache.v(0),
                    spans.data(), nullptr, dout);
     const Vec got = download(dout, size_t(n * qd));
     cache.commit(slot2, n);

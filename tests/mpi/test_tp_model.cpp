@@ -1,7 +1,7 @@
 // Tensor parallelism end to end: the model sharded over this job's ranks must stream the same
 // greedy tokens as one unsharded rank, with the same logits and perplexity, while the sink cache
 // evicts. Rank 0 also runs the unsharded model (a single-rank communicator) in-process as the
-// reference. Usage: test_tp_model MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS
+// reference. Usage: test_tp_model MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS [KV_TYPE]
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -57,8 +57,8 @@ int fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: %s MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS\n", argv[0]);
+  if (argc != 7 && argc != 8) {
+    std::fprintf(stderr, "usage: %s MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS [KV_TYPE]\n", argv[0]);
     return 2;
   }
   const std::string model_path = argv[1], text_path = argv[2];
@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   cc.sink = std::atoi(argv[3]);
   cc.window = std::atoi(argv[4]);
   cc.chunk = 64;
+  cc.kv_type = argc == 8 ? parse_kv_type(argv[7]) : DType::F32;
   const int greedy_n = std::atoi(argv[5]), ppl_n = std::atoi(argv[6]);
   auto comm = make_communicator("auto");
   return run_ranked("test_tp_model", *comm, [&]() -> int {
@@ -121,7 +122,11 @@ int main(int argc, char** argv) {
     }
     tp.ls->finish();
     std::printf("greedy: %d tokens identical to tp=1, max |logit diff| %.3g\n", greedy_n, worst);
-    if (worst > 1e-4f) status = fail("logits differ by more than 1e-4");
+    // A key that the ranks' all-reduce sums within 1e-7 of the single rank's may still round to the
+    // neighbouring value of a narrower cache type: then single logits move by about that type's
+    // precision, while the tokens and the perplexity stay equal.
+    const float tol = cc.kv_type == DType::F32 ? 1e-4f : cc.kv_type == DType::F16 ? 0.05f : 0.3f;
+    if (worst > tol) status = fail("logits differ by more than " + std::to_string(tol));
 
     std::ifstream in(text_path, std::ios::binary);
     std::stringstream ss;

@@ -98,12 +98,31 @@ TEST(CliErrors, BadGenerateArguments) {
            {"generate --window 2147483000" + m, "are limited to"},
            {"generate --chunk 0" + m, "--chunk must be in 1..65536"},
            {"perplexity --text /nonexistent/file" + m, "cannot read --text"},
+           {"generate --kv-type f8" + m, "--kv-type: unknown KV cache type 'f8'"},
+           {"generate --kv-type fp8" + m, "fp8 KV storage is not implemented"},
+           {"serve --kv-memory lots" + m, "--kv-memory must be a size like 2GiB"},
+           {"serve --kv-memory 1GiB --sessions 4" + m, "give --sessions or --kv-memory, not both"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
     const CliResult r = run(args);
     EXPECT_TRUE(r.exited) << args;
     EXPECT_EQ(r.code, 2) << args << ": " << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << args << " stderr: " << r.err;
   }
+}
+
+// Values that parse but do not fit the model: exit 1 with the numbers.
+TEST(CliErrors, KvStorageThatDoesNotFit) {
+  const std::string stories = " --model " + sinkserve::test::fixture("models/stories260K.gguf");
+  CliResult r = run("serve --port 0 --kv-memory 1000" + stories);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("--kv-memory 1000 bytes holds no slot: one slot of"), std::string::npos) << r.err;
+  // A model whose cache rows (2 KV heads x 12) are not whole Q8_0 blocks.
+  const std::string small = (dir() / "small.gguf").string();
+  ASSERT_EQ(run("synth --dim 48 --heads 4 --kv-heads 2 --ffn 64 --out " + small).code, 0);
+  r = run("generate -n 2 --kv-type q8_0 --model " + small);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("Q8_0 stores rows in blocks of 32 values, but this rank's rows hold 24"), std::string::npos)
+      << r.err;
 }
 
 TEST(CliErrors, BadArguments) {

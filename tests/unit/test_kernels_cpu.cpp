@@ -419,6 +419,7 @@ TEST_P(CpuBackendTest, RopeAndStoreMatchLongDoubleReferenceAtHugePositions) {
 TEST_P(CpuBackendTest, AddRmsnormMatchesReference) { test::check_add_rmsnorm(*be); }
 TEST_P(CpuBackendTest, LayernormsMatchReference) { test::check_layernorms(*be); }
 TEST_P(CpuBackendTest, ActivationsAndClampMatchReference) { test::check_activations(*be); }
+TEST_P(CpuBackendTest, KvCacheTypesStoreAndAttendExactly) { test::check_kv_storage(*be); }
 
 TEST_P(CpuBackendTest, GatherRows) {
   const int64_t width = 5;
@@ -483,8 +484,8 @@ TEST_P(CpuBackendTest, AttentionMatchesNaiveReferenceWithSinksWrappedRingsAndGqa
     const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.7f, 0.35f, 0.03f};
     for (const float* alibi : {static_cast<const float*>(nullptr), slopes.data()}) {
       std::vector<float> out(qw.size(), NAN);
-      be->attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), alibi,
-                    out.data());
+      be->attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, DType::F32, k.data(), v.data(), spans.data(),
+                    alibi, out.data());
       std::vector<double> ref;
       reference_attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, k.data(), v.data(), spans.data(), alibi,
                           ref);
@@ -498,11 +499,11 @@ TEST_P(CpuBackendTest, AttentionMatchesNaiveReferenceWithSinksWrappedRingsAndGqa
 TEST_P(CpuBackendTest, AttentionRejectsBadHeadGroupingAndSpans) {
   float buf[64] = {};
   const AttnSpan ok{0, 2, 1, 4, 0, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 3, 2, 4, buf, buf, &ok, nullptr, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 3, 2, 4, DType::F32, buf, buf, &ok, nullptr, buf), std::invalid_argument);
   const AttnSpan too_many_sinks{0, 2, 3, 4, 0, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &too_many_sinks, nullptr, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, DType::F32, buf, buf, &too_many_sinks, nullptr, buf), std::invalid_argument);
   const AttnSpan begin_outside_ring{0, 2, 1, 4, 4, 1};
-  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, buf, buf, &begin_outside_ring, nullptr, buf), std::invalid_argument);
+  EXPECT_THROW(be->attention(buf, buf, 1, 2, 1, 4, DType::F32, buf, buf, &begin_outside_ring, nullptr, buf), std::invalid_argument);
 }
 
 TEST_P(CpuBackendTest, AllocIsAlignedAndReleaseChecksOwnership) {

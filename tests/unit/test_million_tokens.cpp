@@ -1,5 +1,6 @@
 // The product's promise: memory is constant in stream length. One session streams a million
-// tokens of a real text (repeated) through stories260K under the sink policy.
+// tokens of a real text (repeated) through stories260K under the sink policy, with the cache in
+// F32 and in F16 (the commands' default, half the bytes).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,9 +11,13 @@
 using namespace sinkserve;
 using namespace sinkserve::test;
 
-TEST(ConstantMemory, MillionTokenStreamKeepsRssAndKvBytesFlat) {
+class ConstantMemory : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ConstantMemory, MillionTokenStreamKeepsRssAndKvBytesFlat) {
   const int64_t kTotal = 1'000'000, kEarly = 10'000;
-  Rig rig(fixture("models/stories260K.gguf"), cache_config(Policy::Sink, 4, 60));
+  CacheConfig cc = cache_config(Policy::Sink, 4, 60);
+  cc.kv_type = GetParam();
+  Rig rig(fixture("models/stories260K.gguf"), cc);
   const std::vector<int32_t> text = text_tokens(*rig.file, fixture("texts/tinyshakespeare_input.txt"), 50'000);
   std::vector<float> logits(static_cast<size_t>(rig.vocab()));
   Stream s(*rig.ls);
@@ -49,4 +54,10 @@ TEST(ConstantMemory, MillionTokenStreamKeepsRssAndKvBytesFlat) {
               (long long)rss_early, (long long)rss_end, (long long)kv_early, ppl_early, ppl_late);
   // The text repeats, so a stream that stays fluent scores its last 100K tokens like earlier ones.
   EXPECT_LT(ppl_late, 1.05 * ppl_early) << "the stream degraded over a million tokens";
+  // The same geometry in F32 holds exactly twice the bytes of F16 (and of BF16).
+  const int64_t f32_bytes = int64_t(rig.model->local_kv_dim()) * 4 * 2 * rig.model->config().n_layers;
+  EXPECT_EQ(rig.cache->token_bytes() * (GetParam() == DType::F32 ? 1 : 2), f32_bytes);
 }
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, ConstantMemory, ::testing::Values(DType::F32, DType::F16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
