@@ -23,6 +23,9 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   p.add("--window", "W", "recent tokens attended (default: training context - sinks)", &e.window);
   p.add("--chunk", "C", "prompt tokens per prefill step (default 64)", &e.chunk);
   p.add("--ctx", "N", "capacity of the dense policy (default: training context)", &e.ctx);
+  p.add("--allow-unknown-pretokenizer", "",
+        "split words of a vocabulary with an unknown tokenizer.ggml.pre by the 'default' rules",
+        &e.allow_unknown_pretokenizer);
 }
 
 EngineOptions finish_engine_options(const EngineFlags& f) {

@@ -30,6 +30,7 @@ struct EngineOptions {
   int chunk = 64;    // tokens per prefill step and slot
   int64_t ctx = 0;   // dense/recompute capacity; 0: the training context (dense) or window
   int slots = 1;
+  bool allow_unknown_pretokenizer = false;  // TokenizerOptions
 };
 
 struct Engine {
