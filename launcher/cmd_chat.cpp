@@ -255,7 +255,7 @@ int run(int argc, char** argv) {
         g_generating = true;
         const auto t1 = std::chrono::steady_clock::now();
         while (produced < max_tokens && !g_interrupted) {
-          if (next == tok.eos() || next == tok.bos() ||
+          if (tok.ends_generation(next) || next == tok.bos() ||
               std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end())
             break;
           ++produced;

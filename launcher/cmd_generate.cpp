@@ -55,7 +55,7 @@ int run(int argc, char** argv) {
       int64_t produced = 0;
       const auto t1 = std::chrono::steady_clock::now();
       while ((n_predict < 0 || produced < n_predict) && !g_stop) {
-        if (next == tok.eos() || next == tok.bos()) break;
+        if (tok.ends_generation(next) || next == tok.bos()) break;
         ++produced;
         const std::string text = dec.push(next);
         std::fwrite(text.data(), 1, text.size(), stdout);

@@ -24,6 +24,9 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   p.add("--chunk", "C", "prompt tokens per prefill step (default 64)", &e.chunk);
   p.add("--ctx", "N", "capacity of the dense policy (default: training context)", &e.ctx);
   p.add("--kv-type", "T", "KV cache storage: f32, f16 (default), bf16 or q8_0", &f.kv_type);
+  p.add("--allow-unknown-pretokenizer", "",
+        "split words of a vocabulary with an unknown tokenizer.ggml.pre by the 'default' rules",
+        &e.allow_unknown_pretokenizer);
 }
 
 EngineOptions finish_engine_options(const EngineFlags& f) {

@@ -54,7 +54,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
   else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
-  e->tokenizer = load_tokenizer(*e->file);
+  e->tokenizer = load_tokenizer(*e->file, {.allow_unknown_pretokenizer = o.allow_unknown_pretokenizer});
   const CacheConfig cc = resolve_cache_config(o, e->model->config());
   int slots = o.slots;
   if (o.kv_memory > 0) {

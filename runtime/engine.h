@@ -34,6 +34,7 @@ struct EngineOptions {
   // When positive, the slot pool takes as many slots as fit in these bytes of KV memory per rank
   // (instead of `slots`); open_engine fails when not one fits.
   int64_t kv_memory = 0;
+  bool allow_unknown_pretokenizer = false;  // TokenizerOptions
 };
 
 struct Engine {

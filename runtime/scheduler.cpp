@@ -108,7 +108,7 @@ struct Scheduler::Active {
 Scheduler::Scheduler(Lockstep& ls, const Tokenizer& tok, SchedulerOptions opt)
     : ls_(ls), tok_(tok), opt_(std::move(opt)) {
   if (!ls_.leader()) throw std::logic_error("the scheduler runs on rank 0 only");
-  for (int32_t t : {tok_.eos(), tok_.bos()})
+  for (int32_t t : {tok_.eos(), tok_.eot(), tok_.eom(), tok_.bos()})
     if (t >= 0) end_tokens_.push_back(t);
   template_stops_ = stop_strings(opt_.chat_template);
   for (const std::string& s : template_stops_)

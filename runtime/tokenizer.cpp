@@ -1,6 +1,7 @@
 #include "runtime/tokenizer.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "runtime/gguf.h"
 #include "runtime/tokenizer_internal.h"
@@ -56,16 +57,52 @@ int32_t read_token_id(const GGUFFile& f, const std::string& key, int32_t fallbac
   return int32_t(*v);
 }
 
+// Texts of the end-of-turn and end-of-message tokens of the common chat formats, for files that do
+// not name them (llama.cpp's list); the first in the vocabulary wins.
+constexpr std::string_view kEndOfTurnTexts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+    // DeepSeek's, spelled with U+FF5C and U+2581
+    "<\xEF\xBD\x9C" "end\xE2\x96\x81" "of\xE2\x96\x81" "sentence\xEF\xBD\x9C>",
+};
+constexpr std::string_view kEndOfMessageTexts[] = {"<|eom_id|>"};
+
 }  // namespace
 
-std::string VocabTokenizer::piece(int32_t id) const {
+void VocabTokenizer::check_id(int32_t id) const {
   if (id < 0 || id >= v_.size())
     throw std::out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
                             std::to_string(v_.size()) + " tokens");
+}
+
+std::string VocabTokenizer::piece(int32_t id) const {
+  check_id(id);
   return pieces_[size_t(id)];
 }
 
-Vocab::Vocab(const GGUFFile& f, bool spm) {
+std::string_view VocabTokenizer::token_text(int32_t id) const {
+  check_id(id);
+  return v_.text[size_t(id)];
+}
+
+std::vector<int32_t> VocabTokenizer::encode_ids(std::string_view text, bool add_bos, bool parse_special) const {
+  std::vector<int32_t> out;
+  if (add_bos && v_.add_bos) out.push_back(v_.bos);
+  std::vector<Fragment> fragments;
+  v_.partition(text, parse_special, fragments);
+  bool after_special = true;
+  for (const Fragment& fr : fragments) {
+    if (fr.token >= 0) {
+      out.push_back(fr.token);
+      after_special = true;
+    } else {
+      encode_text(fr.text, after_special, out);
+      after_special = false;
+    }
+  }
+  return out;
+}
+
+Vocab::Vocab(const GGUFFile& f, bool spm, bool add_bos_default) {
   const GGUFArray* tokens = find_array(f, "tokenizer.ggml.tokens", Elem::kString, 0);
   if (!tokens) throw GGUFError(f.path() + ": metadata key 'tokenizer.ggml.tokens' is missing");
   const size_t n = tokens->items.size();
@@ -99,7 +136,13 @@ Vocab::Vocab(const GGUFFile& f, bool spm) {
   bos = read_token_id(f, "tokenizer.ggml.bos_token_id", spm ? 1 : -1, nv);
   eos = read_token_id(f, "tokenizer.ggml.eos_token_id", spm ? 2 : -1, nv);
   unk = read_token_id(f, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, nv);
-  add_bos = f.find_bool("tokenizer.ggml.add_bos_token").value_or(spm) && bos >= 0;
+  add_bos = f.find_bool("tokenizer.ggml.add_bos_token").value_or(add_bos_default) && bos >= 0;
+  eot = read_token_id(f, "tokenizer.ggml.eot_token_id", -1, nv);
+  eom = read_token_id(f, "tokenizer.ggml.eom_token_id", -1, nv);
+  for (std::string_view t : kEndOfTurnTexts)
+    if (eot < 0) eot = find(t);
+  for (std::string_view t : kEndOfMessageTexts)
+    if (eom < 0) eom = find(t);
 
   for (size_t i = 0; i < n; ++i) {
     if (text[i].empty()) continue;
@@ -111,12 +154,13 @@ Vocab::Vocab(const GGUFFile& f, bool spm) {
                      [&](int32_t a, int32_t b) { return text[a].size() > text[b].size(); });
 }
 
-void Vocab::partition(std::string_view s, std::vector<Fragment>& out) const {
+void Vocab::partition(std::string_view s, bool parse_special, std::vector<Fragment>& out) const {
   size_t raw_begin = 0;
   for (size_t i = 0; i < s.size();) {
     const auto& candidates = special_by_first_byte_[uint8_t(s[i])];
     int32_t hit = -1;
     for (int32_t id : candidates) {
+      if (!parse_special && type[id] != kTypeUserDefined) continue;
       if (s.compare(i, text[id].size(), text[id]) == 0) {
         hit = id;
         break;
@@ -136,11 +180,11 @@ void Vocab::partition(std::string_view s, std::vector<Fragment>& out) const {
 
 }  // namespace tok
 
-std::unique_ptr<Tokenizer> load_tokenizer(const GGUFFile& f) {
+std::unique_ptr<Tokenizer> load_tokenizer(const GGUFFile& f, const TokenizerOptions& opt) {
   const std::optional<std::string> model = f.find_string("tokenizer.ggml.model");
   if (!model) throw GGUFError(f.path() + ": metadata key 'tokenizer.ggml.model' is missing (no tokenizer)");
   if (*model == "llama") return tok::make_spm_tokenizer(f);
-  if (*model == "gpt2") return tok::make_bpe_tokenizer(f);
+  if (*model == "gpt2") return tok::make_bpe_tokenizer(f, opt);
   throw GGUFError(f.path() + ": tokenizer model '" + *model + "' is not supported (supported: llama, gpt2)");
 }
 
@@ -154,6 +198,34 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 
 namespace {
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+}
+
+std::string visible_text(std::string_view bytes) {
+  std::string out;
+  char esc[8];
+  for (size_t i = 0; i < bytes.size();) {
+    uint32_t cp;
+    const size_t n = tok::utf8_next(bytes, i, &cp);
+    const bool control = cp == tok::kInvalidCodepoint || cp < 0x20 || cp == 0x7F;
+    if (cp == '\n') {
+      out += "\\n";
+    } else if (cp == '\t') {
+      out += "\\t";
+    } else if (cp == '\r') {
+      out += "\\r";
+    } else if (cp == '\\') {
+      out += "\\\\";
+    } else if (control) {
+      for (size_t k = 0; k < n; ++k) {
+        std::snprintf(esc, sizeof esc, "\\x%02x", unsigned(uint8_t(bytes[i + k])));
+        out += esc;
+      }
+    } else {
+      out.append(bytes, i, n);
+    }
+    i += n;
+  }
+  return out;
 }
 
 std::string StreamDecoder::push(int32_t id) {

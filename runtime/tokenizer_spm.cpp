@@ -20,7 +20,8 @@ constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's 
 class SpmTokenizer final : public VocabTokenizer {
  public:
   explicit SpmTokenizer(const GGUFFile& f)
-      : VocabTokenizer(f, /*spm=*/true), add_space_prefix_(f.find_bool("tokenizer.ggml.add_space_prefix").value_or(true)) {
+      : VocabTokenizer(f, /*spm=*/true, /*add_bos_default=*/true),
+        add_space_prefix_(f.find_bool("tokenizer.ggml.add_space_prefix").value_or(true)) {
     byte_token_.fill(-1);
     pieces_.resize(v_.text.size());
     for (int32_t id = 0; id < v_.size(); ++id) {
@@ -51,32 +52,17 @@ class SpmTokenizer final : public VocabTokenizer {
     }
   }
 
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const override {
-    std::vector<int32_t> out;
-    if (add_bos && v_.add_bos) out.push_back(v_.bos);
-    std::vector<Fragment> fragments;
-    v_.partition(text, fragments);
+  void encode_text(std::string_view text, bool after_special, std::vector<int32_t>& out) const override {
     // As SentencePiece sees it, every run of text after a special token starts a new sentence.
-    bool after_special = true;
     std::string escaped;
-    for (const Fragment& fr : fragments) {
-      if (fr.token >= 0) {
-        out.push_back(fr.token);
-        after_special = true;
-        continue;
-      }
-      escaped.clear();
-      if (add_space_prefix_ && after_special) escaped += kSpace;
-      for (char c : fr.text) {
-        if (c == ' ')
-          escaped += kSpace;
-        else
-          escaped += c;
-      }
-      tokenize(escaped, out);
-      after_special = false;
+    if (add_space_prefix_ && after_special) escaped += kSpace;
+    for (char c : text) {
+      if (c == ' ')
+        escaped += kSpace;
+      else
+        escaped += c;
     }
-    return out;
+    tokenize(escaped, out);
   }
 
   std::string model_name() const override { return "llama"; }

@@ -1,11 +1,12 @@
 // Tokenizers against llama.cpp's test vectors (ids produced by the Hugging Face reference
-// tokenizers), round trips over real texts, an independent naive SentencePiece reference,
-// streaming decode of split UTF-8, special-token matching, speed and malformed vocabularies.
+// tokenizers) for every vocabulary that has them, the pre-tokenizer table and its pattern engine,
+// round trips over real texts, an independent naive SentencePiece reference, streaming decode of
+// split UTF-8, special and end-of-turn tokens, speed and malformed or unknown vocabularies.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,7 +14,9 @@
 
 #include "runtime/gguf.h"
 #include "runtime/tokenizer.h"
+#include "runtime/tokenizer_internal.h"
 #include "tests/fixtures.h"
+#include "tests/tokenizer_vectors.h"
 
 namespace sinkserve {
 namespace {
@@ -42,37 +45,6 @@ const Tokenizer& vocab(const std::string& rel) {
   return *it->second.tok;
 }
 
-// llama.cpp's test-tokenizer-0 format: X.inp holds strings each followed by a line
-// "__ggml_vocab_test__"; X.out holds one line of space-separated ids per string.
-std::vector<std::pair<std::string, Ids>> read_vectors(const std::string& rel) {
-  const std::string inp = read_file(test::fixture(rel + ".inp"));
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  std::vector<std::string> texts;
-  for (size_t pos = 0; pos < inp.size();) {
-    const size_t e = inp.find(sep, pos);
-    if (e == std::string::npos) {
-      ADD_FAILURE() << rel << ".inp: text after the last separator";
-      break;
-    }
-    texts.push_back(inp.substr(pos, e - pos));
-    pos = e + sep.size();
-  }
-  std::istringstream out(read_file(test::fixture(rel + ".out")));
-  std::vector<std::pair<std::string, Ids>> v;
-  std::string line;
-  for (const std::string& t : texts) {
-    if (!std::getline(out, line)) {
-      ADD_FAILURE() << rel << ".out has fewer lines than " << rel << ".inp has texts";
-      break;
-    }
-    std::istringstream ls(line);
-    Ids ids;
-    for (int32_t id; ls >> id;) ids.push_back(id);
-    v.emplace_back(t, std::move(ids));
-  }
-  return v;
-}
-
 std::string ids_str(const Ids& ids) {
   std::string s;
   for (int32_t id : ids) {
@@ -82,30 +54,29 @@ std::string ids_str(const Ids& ids) {
   return s;
 }
 
-class Vectors : public ::testing::TestWithParam<const char*> {};
+TEST(Tokenizer, EveryReferenceVocabularyHasVectors) {
+  const std::vector<std::string> have = test::vocabularies_with_vectors();
+  for (const std::string& v : test::kVocabulariesWithVectors)
+    EXPECT_NE(std::find(have.begin(), have.end(), v), have.end())
+        << v << " with .inp and .out in " << test::fixtures_dir() << "/tokenizers";
+}
+
+class Vectors : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Vectors, EncodeMatchesReferenceIdsAndDecodeRoundTrips) {
-  const std::string rel = std::string("tokenizers/") + GetParam();
-  const Tokenizer& tok = vocab(rel);
-  const auto vectors = read_vectors(rel);
-  ASSERT_EQ(vectors.size(), 46u);
+  const Tokenizer& tok = vocab("tokenizers/" + GetParam());
+  const auto vectors = test::read_vectors(GetParam());
+  ASSERT_FALSE(vectors.empty());
   for (const auto& [text, want] : vectors) {
-    const Ids got = tok.encode(text, /*add_bos=*/false);
-    EXPECT_EQ(ids_str(got), ids_str(want)) << "text: '" << text << "'";
+    // As llama.cpp's test-tokenizer-0 encodes them: no BOS, control-token texts not parsed.
+    const Ids got = tok.encode(text, /*add_bos=*/false, /*parse_special=*/false);
+    EXPECT_EQ(ids_str(got), ids_str(want)) << "text: '" << visible_text(text) << "'";
     EXPECT_EQ(tok.decode(got), text);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizer, Vectors,
-                         ::testing::Values("ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf",
-                                           "ggml-vocab-falcon.gguf"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           n = n.substr(11, n.size() - 16);  // ggml-vocab-X.gguf -> X
-                           for (char& c : n)
-                             if (c == '-') c = '_';
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Tokenizer, Vectors, ::testing::ValuesIn(test::vocabularies_with_vectors()),
+                         [](const auto& info) { return test::vocabulary_label(info.param); });
 
 TEST(Tokenizer, MetadataOfTheVocabularies) {
   const Tokenizer& spm = vocab("tokenizers/ggml-vocab-llama-spm.gguf");
@@ -131,7 +102,7 @@ TEST(Tokenizer, MetadataOfTheVocabularies) {
   EXPECT_EQ(gpt2.piece(198), "\n");        // "Ċ"
   EXPECT_EQ(gpt2.piece(50256), "");
 
-  // GPT-NeoX names no pre-tokenizer: the GPT-2 split applies (no reference ids for it).
+  // GPT-NeoX names no pre-tokenizer: llama.cpp's 'default' split applies (no reference ids for it).
   const Tokenizer& neox = vocab("tokenizers/ggml-vocab-gpt-neox.gguf");
   const std::string s = "  Hello,\tworld!\n\n 3.14159 \xF0\x9F\xA6\x99 caf\xC3\xA9";
   EXPECT_EQ(neox.decode(neox.encode(s, false)), s);
@@ -373,10 +344,10 @@ TEST(Tokenizer, MalformedVocabulariesAreRejectedByName) {
                     "merge 0 'ab'");
   expect_load_error("tok_pre.gguf",
                     {{"tokenizer.ggml.model", str("gpt2")},
-                     {"tokenizer.ggml.pre", str("qwen2")},
+                     {"tokenizer.ggml.pre", str("no-such-pre")},
                      {"tokenizer.ggml.tokens", strings({"a", "b", "ab"})},
                      {"tokenizer.ggml.merges", strings({"a b"})}},
-                    "'qwen2'");
+                    "unknown pre-tokenizer 'no-such-pre' (tokenizer.ggml.pre)");
 }
 
 // A tiny vocabulary built in the test: merges and byte mapping work on any vocabulary, and a
@@ -395,6 +366,235 @@ TEST(Tokenizer, TinyBpeVocabulary) {
   EXPECT_EQ(tok->bos(), -1);
   EXPECT_EQ(tok->eos(), -1);
   std::filesystem::remove(path);
+}
+
+
+// ---- special and end-of-turn tokens ----
+
+TEST(Tokenizer, ControlTokensAreParsedOnlyWhenAsked) {
+  const Tokenizer& llama3 = vocab("tokenizers/ggml-vocab-llama-bpe.gguf");
+  const std::string t = "Hi<|eot_id|>";
+  const Ids parsed = llama3.encode(t, false, /*parse_special=*/true);
+  EXPECT_EQ(parsed, (Ids{13347, 128009}));
+  const Ids plain = llama3.encode(t, false, /*parse_special=*/false);
+  EXPECT_GT(plain.size(), 3u);
+  EXPECT_EQ(std::find(plain.begin(), plain.end(), 128009), plain.end());
+  EXPECT_EQ(llama3.decode(plain), t);
+  const Tokenizer& spm = vocab("tokenizers/ggml-vocab-llama-spm.gguf");
+  EXPECT_EQ(spm.encode("<s>", false, true), Ids{1});
+  const Ids spm_plain = spm.encode("<s>", false, false);
+  EXPECT_EQ(std::find(spm_plain.begin(), spm_plain.end(), 1), spm_plain.end());
+  EXPECT_EQ(spm.decode(spm_plain), "<s>");
+  // User-defined tokens match either way: DeepSeek's U+00F8 (o with stroke) is one.
+  const Tokenizer& ds = vocab("tokenizers/ggml-vocab-deepseek-llm.gguf");
+  EXPECT_EQ(ds.encode("\xC3\xB8", false, false), Ids{100002});
+  // Llama-3's pre-tokenizer adds BOS when the file has no add_bos_token key; GPT-2's does not.
+  EXPECT_EQ(llama3.encode("", true), Ids{128000});
+  EXPECT_EQ(vocab("tokenizers/ggml-vocab-qwen2.gguf").encode("", true), Ids{});
+}
+
+TEST(Tokenizer, EndOfTurnTokens) {
+  const Tokenizer& llama3 = vocab("tokenizers/ggml-vocab-llama-bpe.gguf");
+  EXPECT_EQ(llama3.eos(), 128001);
+  EXPECT_EQ(llama3.eot(), 128009);  // <|eot_id|>, by its text: the file has no eot_token_id
+  EXPECT_EQ(llama3.eom(), -1);      // Llama 3.0 has no <|eom_id|>
+  EXPECT_TRUE(llama3.ends_generation(128001));
+  EXPECT_TRUE(llama3.ends_generation(128009));
+  EXPECT_FALSE(llama3.ends_generation(128000));
+  EXPECT_FALSE(llama3.ends_generation(-1));
+  EXPECT_EQ(vocab("tokenizers/ggml-vocab-qwen2.gguf").eot(), 151645);  // <|im_end|>
+  EXPECT_EQ(vocab("tokenizers/ggml-vocab-phi-3.gguf").eot(), 32007);   // <|end|>
+  EXPECT_EQ(vocab("tokenizers/ggml-vocab-llama-spm.gguf").eot(), -1);
+  EXPECT_FALSE(vocab("tokenizers/ggml-vocab-llama-spm.gguf").ends_generation(-1));
+}
+
+// ---- the split-pattern engine and the pre-tokenizer table ----
+
+using Words = std::vector<std::string>;
+
+Words words_of(const tok::CodepointText& t, const std::string& text, const std::vector<tok::Span>& spans) {
+  Words w;
+  for (const tok::Span& s : spans)
+    w.push_back(text.substr(t.offsets[s.begin], t.offsets[s.end] - t.offsets[s.begin]));
+  return w;
+}
+
+Words split_words(std::string_view pattern, const std::string& text) {
+  const tok::SplitPattern p(pattern);
+  tok::CodepointText t;
+  t.assign(text);
+  std::vector<tok::Span> spans;
+  tok::SplitPattern::State state;
+  p.split(t, {0, t.cps.size()}, spans, state);
+  return words_of(t, text, spans);
+}
+
+// The words a table entry's patterns leave, applied in order as the BPE tokenizer applies them.
+Words pre_split(std::string_view name, const std::string& text) {
+  const tok::PreTokenizerRules* r = tok::find_pre_tokenizer(name);
+  if (!r) {
+    ADD_FAILURE() << "no pre-tokenizer '" << name << "'";
+    return {};
+  }
+  tok::CodepointText t;
+  t.assign(text);
+  std::vector<tok::Span> words{{0, t.cps.size()}}, next;
+  tok::SplitPattern::State state;
+  for (std::string_view p : r->patterns) {
+    const tok::SplitPattern sp(p);
+    next.clear();
+    for (const tok::Span& w : words) sp.split(t, w, next, state);
+    words.swap(next);
+  }
+  return words_of(t, text, words);
+}
+
+TEST(SplitPattern, MatchesAndTheTextBetweenThemBecomePieces) {
+  // The first alternative that matches wins, even where a later one would match more.
+  EXPECT_EQ(split_words("a|ab", "abab"), (Words{"a", "b", "a", "b"}));
+  EXPECT_EQ(split_words("ab|a", "abab"), (Words{"ab", "ab"}));
+  EXPECT_EQ(split_words(R"(\p{N}{1,3})", "1234567"), (Words{"123", "456", "7"}));
+  EXPECT_EQ(split_words(R"(\p{N}{2,})", "1a2345"), (Words{"1a", "2345"}));
+  EXPECT_EQ(split_words(R"((?:ab)+)", "xababx"), (Words{"x", "abab", "x"}));
+  EXPECT_EQ(split_words(R"([^\s\p{L}]+)", "ab,; cd!"), (Words{"ab", ",;", " cd", "!"}));
+  EXPECT_EQ(split_words(R"([\$\-\x{FF01}-\x{FF0F}]+)", "a$-\xEF\xBC\x81" "b"), (Words{"a", "$-\xEF\xBC\x81", "b"}));
+  // Categories beyond ASCII: Greek letters, Arabic-Indic digits, ideographic punctuation.
+  EXPECT_EQ(split_words(R"(\p{L}+|\p{N}+|\p{P}+)", "\xCE\xB1\xCE\xB2\xD9\xA1\xD9\xA2\xE3\x80\x82"),
+            (Words{"\xCE\xB1\xCE\xB2", "\xD9\xA1\xD9\xA2", "\xE3\x80\x82"}));
+  // \s is White_Space: U+3000 is one, U+200B (zero width space) is not.
+  EXPECT_EQ(split_words(R"(\s+)", "a\xE3\x80\x80" "b\xE2\x80\x8B"), (Words{"a", "\xE3\x80\x80", "b\xE2\x80\x8B"}));
+  // Lookahead: \s+(?!\S) leaves the last space of a run to the word after it.
+  EXPECT_EQ(split_words(R"( ?\p{L}+|\s+(?!\S)|\s+)", "a   b  "), (Words{"a", "  ", " b", "  "}));
+  EXPECT_EQ(split_words(R"(a(?=b))", "aab"), (Words{"a", "a", "b"}));
+  // $ is the end of the piece being split.
+  EXPECT_EQ(split_words(R"(\s+$)", "a  b  "), (Words{"a  b", "  "}));
+  // A malformed byte is no letter, number or space: only negated classes take it, bytes intact.
+  EXPECT_EQ(split_words(R"([^\p{L}]+)", "a\xFF\xFE" "b"), (Words{"a", "\xFF\xFE", "b"}));
+}
+
+// Searching start after start through text that never matches must not rescan it each time:
+// DeepSeek LLM's \s+$ over a long run of spaces before a digit would take minutes if it did.
+TEST(SplitPattern, FailedSearchesStayLinear) {
+  const std::string text = std::string(200000, ' ') + "1";
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(split_words(R"(\s+$)", text), Words{text});
+  EXPECT_EQ(split_words(R"(\s+(?!\S)|\s*[\r\n]+)", text), (Words{text.substr(0, 199999), " 1"}));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+}
+
+TEST(SplitPattern, UnsupportedOrEmptyMatchingPatternsAreRefusedWithTheReason) {
+  for (const auto& [pattern, why] : std::vector<std::pair<std::string, std::string>>{
+           {"a*", "can match empty text"},
+           {"(a|)+", "can match empty text"},
+           {"(?i:a)", "only (?:...)"},
+           {"a+?", "lazy"},
+           {"[a-", "missing ']'"},
+           {"[z-a]", "range out of order"},
+           {"(a", "missing ')'"},
+           {"a)", "unbalanced ')'"},
+           {R"(\p{Lu})", "one-letter categories"},
+           {R"(\d)", "unsupported escape"},
+           {"a{2,1}", "m < n"},
+           {"a{1000}", "repeat count above"},
+           {".", "'.' is not supported"}}) {
+    try {
+      const tok::SplitPattern p(pattern);
+      ADD_FAILURE() << pattern << " compiled";
+    } catch (const std::invalid_argument& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(why), std::string::npos) << pattern << ": " << msg;
+      EXPECT_NE(msg.find("'" + pattern + "'"), std::string::npos) << msg;
+    }
+  }
+}
+
+TEST(PreTokenizers, TheTableNamesEveryFamilyOnceAndEveryPatternCompiles) {
+  std::vector<std::string_view> seen;
+  for (const tok::PreTokenizerRules& r : tok::pre_tokenizer_table()) {
+    EXPECT_FALSE(r.patterns.empty()) << r.names[0];
+    for (std::string_view n : r.names) {
+      EXPECT_EQ(std::find(seen.begin(), seen.end(), n), seen.end()) << "'" << n << "' is listed twice";
+      seen.push_back(n);
+    }
+    for (std::string_view p : r.patterns) EXPECT_NO_THROW(tok::SplitPattern{p}) << p;
+  }
+  for (const char* n : {"default", "llama-bpe", "llama3", "llama-v3", "qwen2", "mpt", "gpt-2", "gpt-neox", "falcon",
+                        "starcoder", "refact", "command-r", "deepseek-llm", "deepseek-coder", "phi-2", "stablelm2",
+                        "smollm", "olmo", "dbrx"})
+    EXPECT_NE(tok::find_pre_tokenizer(n), nullptr) << n;
+  EXPECT_EQ(tok::find_pre_tokenizer("no-such-pre"), nullptr);
+}
+
+// Names without reference vectors, against splits worked out by hand from their patterns.
+TEST(PreTokenizers, SplitsOfTheFamiliesWithoutVectors) {
+  const std::string code = "x = foo(12345);  // ok\n";
+  EXPECT_EQ(pre_split("gpt-2", code), (Words{"x", " =", " foo", "(", "12345", ");", " ", " //", " ok", "\n"}));
+  // Starcoder-style: every digit alone.
+  EXPECT_EQ(pre_split("starcoder", code),
+            (Words{"x", " =", " foo", "(", "1", "2", "3", "4", "5", ");", " ", " //", " ok", "\n"}));
+  // 'default': punctuation runs first, digit runs cut into threes.
+  EXPECT_EQ(pre_split("default", code),
+            (Words{"x", " ", "=", " foo", "(", "123", "45", ");", "  ", "//", " ok", "\n"}));
+  // Llama-3: digits in threes, a non-letter may lead a word, newlines join punctuation.
+  EXPECT_EQ(pre_split("llama3", code), (Words{"x", " =", " foo", "(", "123", "45", ");", " ", " //", " ok", "\n"}));
+  // DeepSeek Coder: newlines, letter and punctuation runs with one leading space, CJK, single digits.
+  EXPECT_EQ(pre_split("deepseek-coder", "Hello, \xE4\xB8\x96\xE7\x95\x8C" "12\n"),
+            (Words{"Hello", ",", " ", "\xE4\xB8\x96\xE7\x95\x8C", "1", "2", "\n"}));
+}
+
+// ---- unknown pre-tokenizers ----
+
+// Digits only: "123123" is one token when merged whole, two when the digits are cut into threes.
+std::map<std::string, GGUFValue> digit_vocab(const std::string& pre) {
+  return {{"tokenizer.ggml.model", str("gpt2")},
+          {"tokenizer.ggml.pre", str(pre)},
+          {"tokenizer.ggml.tokens", strings({"1", "2", "3", "12", "123", "123123"})},
+          {"tokenizer.ggml.merges", strings({"1 2", "12 3", "123 123"})}};
+}
+
+TEST(Tokenizer, UnknownPreTokenizerIsRefusedByName) {
+  expect_load_error("tok_unknown_pre.gguf", digit_vocab("x-unknown"),
+                    "unknown pre-tokenizer 'x-unknown' (tokenizer.ggml.pre); known: default, llama-bpe");
+  expect_load_error("tok_unknown_pre2.gguf", digit_vocab("x-unknown"), "--allow-unknown-pretokenizer");
+}
+
+TEST(Tokenizer, AllowUnknownPreTokenizerFallsBackToDefaultWithAWarning) {
+  const std::string path = write_vocab("tok_allow_pre.gguf", digit_vocab("x-unknown"));
+  const GGUFFile f(path);
+  ::testing::internal::CaptureStderr();
+  const auto tok = load_tokenizer(f, {.allow_unknown_pretokenizer = true});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("warning: " + path + ": unknown pre-tokenizer 'x-unknown'"), std::string::npos) << err;
+  EXPECT_NE(err.find("splitting with 'default' instead"), std::string::npos) << err;
+  // 'default' cuts digit runs into threes; GPT-2's rules would have kept the run whole.
+  EXPECT_EQ(tok->encode("123123", false), (Ids{4, 4}));
+  const std::string gpt2_path = write_vocab("tok_gpt2_pre.gguf", digit_vocab("gpt-2"));
+  const GGUFFile gpt2_file(gpt2_path);
+  EXPECT_EQ(load_tokenizer(gpt2_file)->encode("123123", false), Ids{5});
+  std::filesystem::remove(path);
+  std::filesystem::remove(gpt2_path);
+}
+
+TEST(Tokenizer, EndOfTurnKeysWinOverTexts) {
+  const std::string path = write_vocab(
+      "tok_eot.gguf", {{"tokenizer.ggml.model", str("gpt2")},
+                       {"tokenizer.ggml.pre", str("gpt-2")},
+                       {"tokenizer.ggml.tokens", strings({"a", "<|eot_id|>", "<|im_end|>", "<|eom_id|>"})},
+                       {"tokenizer.ggml.merges", strings({})},
+                       {"tokenizer.ggml.eot_token_id", {GGUFType::UINT32, uint64_t(2)}}});
+  const GGUFFile f(path);
+  const auto tok = load_tokenizer(f);
+  EXPECT_EQ(tok->eot(), 2);
+  EXPECT_EQ(tok->eom(), 3);
+  EXPECT_EQ(tok->eos(), -1);
+  EXPECT_TRUE(tok->ends_generation(3));
+  EXPECT_FALSE(tok->ends_generation(1));
+  std::filesystem::remove(path);
+}
+
+TEST(Tokenizer, VisibleTextEscapesWhatWouldNotShow) {
+  EXPECT_EQ(visible_text("a\nb\t\r\\ \x01\x7F caf\xC3\xA9"), "a\\nb\\t\\r\\\\ \\x01\\x7f caf\xC3\xA9");
+  EXPECT_EQ(visible_text("\xE6\x97"), "\\xe6\\x97");  // half a character
 }
 
 }  // namespace
