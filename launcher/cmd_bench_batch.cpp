@@ -14,14 +14,22 @@ namespace sinkserve {
 namespace {
 
 void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int64_t steps,
-           int64_t offset) {
+           int64_t offset, bool full_window) {
   LlamaModel& m = *e.model;
+  KVCache& kv = *e.cache;
   const int vocab = m.config().vocab;
   TokenSource src(vocab);
-  std::printf("backend: %s, policy %s, window %d, sink %d, prompt %lld, stream offset %lld\n",
-              e.backend->name().c_str(), policy_name(e.cache->config().policy).c_str(),
-              e.cache->config().window, e.cache->config().sink, (long long)prompt_n,
-              (long long)offset);
+  const CacheConfig& cc = kv.config();
+  std::printf("backend: %s, policy %s, window %d, sink %d, KV %s, prompt %lld, stream offset %lld%s\n",
+              e.backend->name().c_str(), policy_name(cc.policy).c_str(), cc.window, cc.sink,
+              std::string(dtype_name(cc.kv_type)).c_str(), (long long)prompt_n, (long long)offset,
+              full_window ? ", windows full" : "");
+  // What a decode step reads: every weight once for the whole batch, and each session's cached
+  // rows for that session alone; past the point where they cross, attention dominates.
+  const int64_t held = full_window ? int64_t(cc.sink) + cc.window : prompt_n + 3;
+  std::printf("reads per step: weights %.1f MiB, plus per session %lld cached tokens x %lld bytes = %.1f MiB of KV\n",
+              double(m.streamed_bytes()) / (1 << 20), (long long)held, (long long)kv.token_bytes(),
+              double(held * kv.token_bytes()) / (1 << 20));
   std::printf("%8s %12s %14s %14s\n", "sessions", "ms/step", "tokens/s", "tok/s/session");
   for (int64_t B : batches) {
     std::vector<int> slots;
@@ -41,8 +49,18 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
       for (size_t i = 0; i < steps.size(); ++i)
         drawn[i] = host_greedy.sample(logits.data() + i * size_t(vocab), vocab);
     };
-    // Each session first holds a prompt, so that attention reads a realistic cache.
-    for (int slot : slots) {
+    // Each session first holds a prompt, so that attention reads a realistic cache; or, with
+    // --full-window, a window of zero rows taken as already streamed: the cost of a session deep
+    // into its stream, without computing sink + window tokens of prompt for each.
+    if (full_window) {
+      const size_t layer_bytes = size_t(kv.pool_bytes() / (2 * kv.n_layers()));
+      for (int l = 0; l < kv.n_layers(); ++l) {
+        e.backend->zero(kv.k(l), layer_bytes);
+        e.backend->zero(kv.v(l), layer_bytes);
+      }
+      for (int slot : slots) kv.commit(slot, cc.sink + cc.window);
+    }
+    for (int slot : full_window ? std::vector<int>{} : slots) {
       for (int64_t done = 0; done < prompt_n;) {
         const int n = int(std::min<int64_t>(prompt_n - done, e.cache->config().chunk));
         const std::vector<int32_t> toks = src.take(n);
@@ -73,6 +91,7 @@ int run(int argc, char** argv) {
   EngineFlags ef;
   std::string sessions = "1,16,64";
   int64_t prompt_n = 64, steps = 32, offset = 0;
+  bool full_window = false;
   ArgParser p("bench-batch",
               "Measures decode throughput with several sessions decoding one token each per step "
               "(every session first holds a prompt).");
@@ -82,6 +101,8 @@ int run(int argc, char** argv) {
   p.add("--steps", "N", "timed decode steps per session count (default 32)", &steps);
   p.add("--offset", "P", "stream position of each session's first token (default 0): the cost "
         "of a step must not depend on it", &offset);
+  p.add("--full-window", "", "start every session with a full window of (zero) cached rows instead "
+        "of a prompt: attention at its largest (one rank, ring policies)", &full_window);
   if (!p.parse(argc, argv)) return 0;
   EngineOptions eo = finish_engine_options(ef);
   const std::vector<int64_t> batches = parse_positive_list(sessions, "--sessions");
@@ -89,9 +110,13 @@ int run(int argc, char** argv) {
   if (prompt_n < 1 || steps < 1) throw UsageError("--prompt and --steps must be >= 1");
   if (offset < 0) throw UsageError("--offset must be >= 0");
   eo.slots = int(*std::max_element(batches.begin(), batches.end()));
+  if (full_window && eo.policy != Policy::Sink && eo.policy != Policy::Window)
+    throw UsageError("--full-window needs the sink or window policy");
 
   return run_engine_command("bench-batch", eo, [&](Engine* e) -> int {
-    bench(*e, batches, prompt_n, steps, offset);
+    // Filling the cache directly bypasses the lockstep, which other ranks would have to replay.
+    if (full_window && e->comm->size() > 1) throw UsageError("--full-window runs on one rank");
+    bench(*e, batches, prompt_n, steps, offset, full_window);
     return 0;
   });
 }
