@@ -115,6 +115,26 @@ TEST_P(Families, ChunkedPrefillEqualsTokenByToken) {
   for (size_t chunk : {7, 64}) EXPECT_LT(max_abs_diff(one, stream(rig, ids, chunk)), 2e-5f) << "chunk " << chunk;
 }
 
+// Llama-3 as users have it: its byte-level BPE vocabulary (pre-tokenizer llama-bpe, 128,256
+// tokens), rope_freqs factors and tied embeddings (3.2): loads, tokenizes and streams.
+TEST(Llama3, StreamsWithItsVocabularyAndRopeFactors) {
+  const std::filesystem::path dir = make_temp_dir("llama3");
+  const std::string path = (dir / "l3.gguf").string();
+  CliResult r = run_sinkserve(dir, "synth --arch llama --dim 64 --heads 4 --kv-heads 2 --layers 2 --ffn 96 --tied "
+                                   "--rope-freqs --rot 16 --tokenizer-from " +
+                                       fixture("tokenizers/ggml-vocab-llama-bpe.gguf") + " --out " + path);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run_sinkserve(dir, "inspect --model " + path);
+  EXPECT_NE(r.out.find("rope_freqs factors"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("output head tied"), std::string::npos) << r.out;
+  r = run_sinkserve(dir, "tokenize --ids --no-bos --text 'Hello world' --model " + path);
+  EXPECT_EQ(r.out, "9906 1917\n") << r.err;
+  r = run_sinkserve(dir, "generate -n 40 --window 28 --prompt 'Once upon a time' --model " + path);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("generated:"), std::string::npos) << r.err;
+  std::filesystem::remove_all(dir);
+}
+
 INSTANTIATE_TEST_SUITE_P(Synth, Families, ::testing::ValuesIn(kFamilies),
                          [](const auto& info) { return info.param.name; });
 
