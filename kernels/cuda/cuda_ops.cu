@@ -50,58 +50,40 @@ __global__ void embed_kernel(const void* __restrict__ table, int64_t rows, int64
     out[t * cols + c] = load_weight<T>(table, rows, cols, r, c);
 }
 
-// RMSNorm of each row of x into out, one block per row; with kAdd, x += y first and is kept (the
-// residual add fused with the norm after it). Each thread reads and writes only its own elements,
-// so out may be x.
-template <bool kAdd>
-__global__ void rmsnorm_kernel(float* out, float* x, const float* __restrict__ y,
-                               const float* __restrict__ w, int64_t dim, float eps) {
+// RMSNorm (kLayer false) or LayerNorm (mean and biased variance, then the bias b when given) of
+// each row of x into out, one block per row; with kAdd, x += y first and is kept (the residual add
+// fused with the norm after it). Each thread reads and writes only its own elements, so out may
+// be x.
+template <bool kAdd, bool kLayer>
+__global__ void norm_kernel(float* out, float* x, const float* __restrict__ y,
+                            const float* __restrict__ w, const float* __restrict__ b, int64_t dim,
+                            float eps) {
   pdl_trigger();
   pdl_wait();
   __shared__ float red[32];
   const int64_t row = int64_t(blockIdx.x) * dim;
   float* xr = x + row;
   float* o = out + row;
-  float ss = 0.f;
+  float acc = 0.f;  // LayerNorm: the sum; RMSNorm: the sum of squares
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = xr[i];
     if constexpr (kAdd) {
       v += y[row + i];
       xr[i] = v;
     }
-    ss = fmaf(v, v, ss);
+    acc = kLayer ? acc + v : fmaf(v, v, acc);
   }
-  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * inv * w[i];
-}
-
-// LayerNorm of each row (mean and biased variance), one block per row; with kAdd, x += y first.
-template <bool kAdd>
-__global__ void layernorm_kernel(float* out, float* x, const float* __restrict__ y,
-                                 const float* __restrict__ w, const float* __restrict__ b,
-                                 int64_t dim, float eps) {
-  pdl_trigger();
-  pdl_wait();
-  __shared__ float red[32];
-  const int64_t row = int64_t(blockIdx.x) * dim;
-  float* xr = x + row;
-  float* o = out + row;
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = xr[i];
-    if constexpr (kAdd) {
-      v += y[row + i];
-      xr[i] = v;
+  float mean = 0.f, ms = block_sum(acc, red) / float(dim);
+  if constexpr (kLayer) {
+    mean = ms;
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float d = xr[i] - mean;
+      ss = fmaf(d, d, ss);
     }
-    sum += v;
+    ms = block_sum(ss, red) / float(dim);
   }
-  const float mean = block_sum(sum, red) / float(dim);
-  float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float d = xr[i] - mean;
-    ss = fmaf(d, d, ss);
-  }
-  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  const float inv = 1.0f / sqrtf(ms + eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
     o[i] = (xr[i] - mean) * inv * w[i] + (b ? b[i] : 0.f);
 }
@@ -279,27 +261,28 @@ void launch_embed(const Weight& table, const int32_t* tokens, int64_t n_tok, flo
 void launch_rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,
                     float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(rmsnorm_kernel<false>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
-         static_cast<const float*>(nullptr), w, dim, eps);
+  launch(norm_kernel<false, false>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
+         static_cast<const float*>(nullptr), w, static_cast<const float*>(nullptr), dim, eps);
 }
 
 void launch_add_rmsnorm(float* x, const float* y, float* out, const float* w, int64_t n_tok,
                         int64_t dim, float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(rmsnorm_kernel<true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, dim, eps);
+  launch(norm_kernel<true, false>, unsigned(n_tok), 256, 0, stream, out, x, y, w,
+         static_cast<const float*>(nullptr), dim, eps);
 }
 
 void launch_layernorm(float* out, const float* x, const float* w, const float* b, int64_t n_tok,
                       int64_t dim, float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(layernorm_kernel<false>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
+  launch(norm_kernel<false, true>, unsigned(n_tok), 256, 0, stream, out, const_cast<float*>(x),
          static_cast<const float*>(nullptr), w, b, dim, eps);
 }
 
 void launch_add_layernorm(float* x, const float* y, float* out, const float* w, const float* b,
                           int64_t n_tok, int64_t dim, float eps, cudaStream_t stream) {
   if (n_tok == 0) return;
-  launch(layernorm_kernel<true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, b, dim, eps);
+  launch(norm_kernel<true, true>, unsigned(n_tok), 256, 0, stream, out, x, y, w, b, dim, eps);
 }
 
 void launch_rope_and_store(const float* qkv, int64_t stride, int64_t n_tok, int n_heads,
