@@ -140,6 +140,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (closed_) return;
     response_done_ = false;
     session_.clear();
+    chunked_ = true;
+    head_ = false;
     parser_.emplace();
     parser_->body_limit(srv_->opt.max_body);
     parser_->header_limit(kHeaderLimit);
@@ -203,6 +205,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void handle() {
     auto& req = parser_->get();
     keep_alive_ = req.keep_alive();
+    // HTTP/1.0 knows no chunked encoding: a stream's body ends where the connection closes.
+    chunked_ = req.version() >= 11;
+    head_ = req.method() == http::verb::head;
     std::string_view target(req.target().data(), req.target().size());
     const std::string_view path = target.substr(0, target.find('?'));
     const std::string route = route_of(path);
@@ -255,12 +260,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return session_not_found(route, id);
     }
     if (path == "/health") {
-      if (m != http::verb::get) return method_not_allowed("GET");
+      if (m != http::verb::get && m != http::verb::head) return method_not_allowed("GET, HEAD");
       const SchedulerStats st = srv_->sched.stats();
       return respond(route, 200, json{{"status", "ok"}, {"free_slots", st.free_slots}, {"slots", st.total_slots}}.dump());
     }
     if (path == "/metrics") {
-      if (m != http::verb::get) return method_not_allowed("GET");
+      if (m != http::verb::get && m != http::verb::head) return method_not_allowed("GET, HEAD");
       return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, srv_->open.load()),
                      "text/plain; version=0.0.4; charset=utf-8");
     }
@@ -336,7 +341,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         case StreamEvent::Kind::Started: on_started(*g, cost); break;
         case StreamEvent::Kind::Rejected: on_rejected(*g, e); break;
         case StreamEvent::Kind::Token:
-          if (g->stream) enqueue(chunk_frame(g->fmt.sse_text(e.text)), cost);
+          if (g->stream) enqueue(frame(g->fmt.sse_text(e.text)), cost);
           else {
             g->text += e.text;
             give_back(cost);
@@ -363,13 +368,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_started(Gen& g, size_t cost) {
     if (g.stream) {
-      std::string head =
-          "HTTP/1.1 200 OK\r\nServer: sinkserve\r\nContent-Type: text/event-stream\r\n"
-          "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n";
+      if (!chunked_) keep_alive_ = false;
+      std::string head = chunked_ ? "HTTP/1.1 200 OK\r\n" : "HTTP/1.0 200 OK\r\n";
+      head += "Server: sinkserve\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+      if (chunked_) head += "Transfer-Encoding: chunked\r\n";
       if (!session_.empty()) head += "X-Session-Id: " + session_ + "\r\n";
       head += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
       const std::string first = g.fmt.sse_start();
-      if (!first.empty()) head += chunk_frame(first);
+      if (!first.empty()) head += frame(first);
       enqueue(std::move(head), cost);
     } else {
       give_back(cost);
@@ -408,15 +414,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (!ok) keep_alive_ = keep_alive_ && e.finish != FinishReason::Shutdown;
     if (g.stream) {
       std::string tail;
-      if (!e.text.empty()) tail += chunk_frame(g.fmt.sse_text(e.text));
+      if (!e.text.empty()) tail += frame(g.fmt.sse_text(e.text));
       if (ok) {
-        tail += chunk_frame(g.fmt.sse_finish(e.finish));
-        if (g.include_usage) tail += chunk_frame(g.fmt.sse_usage(e.usage));
+        tail += frame(g.fmt.sse_finish(e.finish));
+        if (g.include_usage) tail += frame(g.fmt.sse_usage(e.usage));
       } else {
-        tail += chunk_frame(ResponseFormat::sse_error(failure));
+        tail += frame(ResponseFormat::sse_error(failure));
       }
-      tail += chunk_frame(ResponseFormat::kSseDone);
-      tail += "0\r\n\r\n";
+      tail += frame(ResponseFormat::kSseDone);
+      if (chunked_) tail += "0\r\n\r\n";
       srv_->counters.count(g.route, 200);
       enqueue(std::move(tail), cost);
       gen_.reset();
@@ -468,12 +474,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     res.body() = std::move(body);
     res.prepare_payload();
     std::ostringstream os;
-    os << res;
+    if (head_) os << res.base();  // HEAD: the headers GET would send, Content-Length included
+    else os << res;
     srv_->counters.count(route, status);
     enqueue(os.str(), 0);
     response_done_ = true;
     flush();
   }
+
+  std::string frame(std::string_view data) const { return chunked_ ? chunk_frame(data) : std::string(data); }
 
   void enqueue(std::string data, size_t credit) {
     if (closed_) return;
@@ -527,6 +536,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool response_done_ = true;
   bool keep_alive_ = true;
   bool closed_ = false;
+  bool chunked_ = true;  // the request's HTTP version allows a chunked reply
+  bool head_ = false;
   std::string session_;  // of the request being answered, echoed as X-Session-Id
   std::shared_ptr<Gen> gen_;
 };
