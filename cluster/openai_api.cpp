@@ -219,6 +219,12 @@ bool parse_generation_request(std::string_view text, bool chat, const std::strin
     if (!it->is_boolean()) return c.wrong_type("ignore_eos", *it, "a boolean");
     g.ignore_eos = it->get<bool>();
   }
+  if (auto it = body.find("truncate_prompt"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return c.wrong_type("truncate_prompt", *it, "a string");
+    if (*it != "keep_recent")
+      return c.fail("truncate_prompt", "'truncate_prompt' must be \"keep_recent\", got " + it->dump());
+    g.truncate_keep_recent = true;
+  }
   if (auto it = body.find("session"); it != body.end() && !it->is_null()) {
     if (!it->is_string()) return c.wrong_type("session", *it, "a string");
     g.session = it->get<std::string>();

@@ -41,6 +41,13 @@ int run(int argc, char** argv) {
         &sched_opt.default_max_tokens);
   p.add("--step-tokens", "N", "prompt tokens per batched step, over all requests (default 4 x chunk)",
         &sched_opt.step_tokens);
+  p.add("--max-prompt-tokens", "N",
+        "longest prompt accepted, else 400 (default: 8 x the tokens a slot attends to)",
+        &sched_opt.max_prompt_tokens);
+  p.add("--itl-factor", "F",
+        "while streams decode, cut a step's prompt tokens so that it lasts at most F decode-only "
+        "steps (default 2; 0: only --step-tokens bounds them)",
+        &sched_opt.itl_factor);
   p.add("--template", "NAME",
         "chat template: raw, llama-2, chatml, llama-3, vicuna, zephyr (default: detected from the "
         "GGUF's tokenizer.chat_template, raw when absent)",
@@ -64,6 +71,10 @@ int run(int argc, char** argv) {
     throw UsageError("--session-ttl must be in (0, 315360000] seconds");
   if (sched_opt.default_max_tokens < 0) throw UsageError("--max-tokens must be >= 0");
   if (sched_opt.step_tokens < 0) throw UsageError("--step-tokens must be >= 0");
+  if (p.given("--max-prompt-tokens") && sched_opt.max_prompt_tokens < 1)
+    throw UsageError("--max-prompt-tokens must be >= 1");
+  if (!(sched_opt.itl_factor == 0 || (sched_opt.itl_factor >= 1 && sched_opt.itl_factor <= 1000)))
+    throw UsageError("--itl-factor must be 0 (off) or in [1, 1000]");
   if (max_body < 1) throw UsageError("--max-body must be >= 1");
   if (so.max_connections < 1) throw UsageError("--max-connections must be >= 1");
   if (client_buffer < 1024) throw UsageError("--client-buffer must be >= 1024");

@@ -26,7 +26,15 @@ export async function startServer(extra = []) {
   const argv = [...LAUNCH, SINKSERVE, "serve", "--model", MODEL, "--port", "0", "--threads", "1", ...extra];
   const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "inherit", "pipe"] });
   let log = "";
-  const exited = new Promise((resolve) => proc.on("exit", (code, sig) => resolve({ code, sig })));
+  let running = true;
+  const exited = new Promise((resolve) => proc.on("exit", (code, sig) => {
+    running = false;
+    resolve({ code, sig });
+  }));
+  // A test that fails leaves no server behind to hold the test runner's output open.
+  process.on("exit", () => {
+    if (running) proc.kill("SIGTERM");
+  });
   const ready = new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`server did not start in 60 s:\n${log}`)), 60000);
     proc.stderr.on("data", (d) => {
