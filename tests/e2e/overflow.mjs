@@ -1,4 +1,5 @@
-// Contexts that fill up and prompts that are too long, through the openai client. A dense slot
+// Contexts that fill up, prompts that are too long and a slot pool larger than memory, through
+// the openai client. A dense slot
 // that fills ends its reply by length, a prompt that cannot fit (or passes --max-prompt-tokens)
 // gets 400, "truncate_prompt": "keep_recent" keeps it to the window; recompute really recomputes
 // (equal to `sinkserve generate --policy recompute`) far past its window. Meanwhile another
@@ -53,6 +54,14 @@ async function expect400(promise, pattern) {
   for await (const chunk of stream) for (const c of chunk.choices) finish = c.finish_reason ?? finish;
   assert.equal(finish, "length");
   console.log(`dense, full context: finish length after ${whole.usage.completion_tokens} tokens`);
+
+  // A second server asking for a billion slots is refused at start-up, naming the numbers,
+  // before it allocates them; this one serves on.
+  const refused = await runSinkserve(["serve", "--model", MODEL, "--threads", "1", "--port", "0",
+                                      "--sessions", "1000000000"], 60).then(() => null, (e) => e.message);
+  assert.ok(refused, "serve --sessions 1000000000 started");
+  assert.match(refused, /1000000000 slots x \d+ rows x \d+ layers need [\d.e+]+ GiB of KV memory.*but [\d.e+]+ GiB is available \(host MemAvailable/s);
+  console.log("serve --sessions 1000000000: refused at start-up");
 
   let m = await expect400(client.completions.create({ model, prompt: longPrompt(100), max_tokens: 3 }), /cannot fit/);
   console.log(`dense, prompt over the context: 400 ${m}`);
