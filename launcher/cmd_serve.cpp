@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -17,8 +18,8 @@
 namespace sinkserve {
 namespace {
 
-// How long after SIGTERM a compute loop that has not stepped counts as stuck: well above a step,
-// well below the time mpirun gives a rank between SIGTERM and SIGKILL.
+// How long after SIGTERM a compute loop that has not stepped counts as stuck (or four recent
+// steps, if longer): below the time mpirun gives a rank between SIGTERM and SIGKILL.
 constexpr std::chrono::milliseconds kStuckAfter{300};
 constexpr const char* kRankLost = "the server lost a compute rank and is ending";
 
@@ -147,7 +148,8 @@ int run(int argc, char** argv) {
       // before mpirun's SIGKILL follows. A loop that still steps finishes them itself.
       server.after(kStuckAfter, [&] {
         const SchedulerStats st = sched.stats();
-        if (ran || st.pending == 0 || st.last_step_age_s * 1000 < double(kStuckAfter.count())) return;
+        const double stuck_s = std::max(double(kStuckAfter.count()) / 1000, 4 * st.step_s);
+        if (ran || st.pending == 0 || st.last_step_age_s < stuck_s) return;
         std::fprintf(stderr, "serve: the compute loop has made no step for %.1f s: ending %d request(s) in flight\n",
                      st.last_step_age_s, st.pending);
         server.fail_in_flight(kRankLost);

@@ -569,6 +569,8 @@ void Scheduler::run_step() {
   std::lock_guard lk(mu_);
   ++stats_.steps;
   last_step_ = now;
+  const double dt = std::chrono::duration<double>(now - t0).count();
+  stats_.step_s = stats_.step_s <= 0 ? dt : stats_.step_s + 0.2 * (dt - stats_.step_s);
   stats_.prompt_tokens += prompt_tokens;
   stats_.running = int(active_.size());
   stats_.prefill_budget = prefill_budget(decoding);

@@ -127,6 +127,7 @@ struct SchedulerStats {
   // Seconds since the last forward step completed (since the compute loop started when none has).
   double last_step_age_s = 0;
   int prefill_budget = 0;  // prompt tokens the next step may take
+  double step_s = 0;       // duration of recent steps (moving average)
 };
 
 class Scheduler {
