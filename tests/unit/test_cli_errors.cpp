@@ -107,6 +107,11 @@ TEST(CliErrors, BadGenerateArguments) {
            {"serve --kv-memory 1GiB --sessions 4" + m, "give --sessions or --kv-memory, not both"},
            {"perplexity --tokens 0 --text " + sinkserve::test::fixture("texts/tinyshakespeare_input.txt") + m,
             "--tokens must be >= 1"},
+           {"serve --read-timeout 0" + m, "--read-timeout must be in (0, 3600] seconds"},
+           {"serve --admin-port 70000" + m, "--admin-port must be in 0..65535"},
+           {"serve --stall-timeout -1" + m, "--stall-timeout must be in [0, 86400] seconds"},
+           {"serve --max-prompt-tokens 0" + m, "--max-prompt-tokens must be >= 1"},
+           {"serve --itl-factor 0.5" + m, "--itl-factor must be 0 (off) or in [1, 1000]"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
     const CliResult r = run(args);
     EXPECT_TRUE(r.exited) << args;
