@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { startServer, RawClient, splitPost, withDeadline } from "./harness.mjs";
 
-withDeadline(150);
-const CLIENTS = 8, PER_CLIENT = 400, BUDGET_S = 90;
+withDeadline(120);
+const CLIENTS = 8, PER_CLIENT = 750, BUDGET_S = 45;
 const srv = await startServer(["--sessions", "16"]);
 const deadline = Date.now() + BUDGET_S * 1000;
 let answered = 0, lost = 0, other = 0;
