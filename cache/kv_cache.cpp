@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <new>
 #include <stdexcept>
 
@@ -36,7 +38,29 @@ DType parse_kv_type(const std::string& s) {
   throw std::invalid_argument("unknown KV cache type '" + s + "' (expected f32, f16, bf16 or q8_0)");
 }
 
-KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots)
+namespace {
+
+// /proc/meminfo's MemAvailable in bytes; -1 where it cannot be read.
+int64_t host_memory_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return -1;
+}
+
+std::string gib(long double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3Lg GiB", bytes / (1024.0L * 1024 * 1024));
+  return buf;
+}
+
+}  // namespace
+
+KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots,
+                 int host_sharers)
     : backend_(backend), cfg_(cfg), n_layers_(n_layers), kv_dim_(kv_dim),
       row_bytes_(dtype_row_bytes(cfg.kv_type, kv_dim)) {
   if (!kv_type_supported(cfg_.kv_type))
@@ -53,8 +77,24 @@ KVCache::KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& 
   if (slot_rows_for(cfg_) > INT32_MAX)
     throw std::invalid_argument("cache: sink + window + chunk must stay below 2^31 rows");
   ring_ = int(slot_rows_for(cfg_) - cfg_.sink);
+  // Checked before anything is allocated, the slot table included, in a type that cannot
+  // overflow. A tenth of what is available stays free for activations and everything else.
+  const long double layer_bytes = (long double)n_slots * (long double)slot_rows() * (long double)row_bytes_;
+  const long double need = layer_bytes * 2 * n_layers + (long double)n_slots * sizeof(Slot);
+  const int64_t device = backend_.memory_available();
+  const bool on_host = device < 0;
+  const int sharers = on_host ? std::max(1, host_sharers) : 1;
+  const int64_t avail = on_host ? host_memory_available() : device;
+  if (avail >= 0 && need * sharers > 0.9L * (long double)avail)
+    throw std::runtime_error(
+        "cache: " + std::to_string(n_slots) + " slots x " + std::to_string(slot_rows()) + " rows x " +
+        std::to_string(n_layers) + " layers need " + gib(need) + " of KV memory" +
+        (sharers > 1 ? " per process (" + std::to_string(sharers) + " on this host)" : std::string()) +
+        ", but " + gib((long double)avail) + " is available (" +
+        (on_host ? "host MemAvailable" : backend_.name() + " free memory") +
+        ", of which 90% may hold the cache): lower --sessions, --kv-memory, --window or --ctx");
   slots_.resize(size_t(n_slots));
-  const size_t bytes = size_t(n_slots) * size_t(slot_rows()) * size_t(row_bytes_);
+  const size_t bytes = size_t(layer_bytes);
   try {
     for (int l = 0; l < n_layers; ++l) {
       // Not zeroed on purpose: rows are always written before they are read, and untouched pages

@@ -51,8 +51,12 @@ struct TokenPlan {
 class KVCache {
  public:
   // n_layers x n_slots x (sink + ring) rows of kv_dim values (stored as cfg.kv_type) for K and
-  // for V, in `backend` memory. Throws std::invalid_argument for a type rows cannot be stored in.
-  KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots);
+  // for V, in `backend` memory. Throws std::invalid_argument for a type rows cannot be stored in,
+  // and std::runtime_error, naming the sizes, before allocating anything when the pool would not
+  // fit the memory available: the device's free memory, or the host's MemAvailable shared by
+  // `host_sharers` processes that each allocate a pool like this one.
+  KVCache(Backend& backend, int n_layers, int kv_dim, const CacheConfig& cfg, int n_slots,
+          int host_sharers = 1);
   ~KVCache();
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;

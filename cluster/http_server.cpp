@@ -30,6 +30,8 @@ namespace {
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr size_t kHeaderLimit = 16 * 1024;
+// Connections the admin listener holds at once: a few monitors, never the main port's crowd.
+constexpr int kAdminConnections = 16;
 // What one queued event costs against a client's output bound beside its text: the SSE framing
 // and JSON envelope of a chunk.
 constexpr size_t kEventOverhead = 192;
@@ -71,6 +73,7 @@ struct detail::ServerImpl {
   ServerOptions opt;
   HttpCounters counters;
   std::atomic<int> open{0};
+  std::atomic<int> admin_open{0};
   std::atomic<bool> accepting{true};
   std::atomic<uint64_t> next_response{1};
   std::mutex conns_mu;
@@ -80,13 +83,18 @@ struct detail::ServerImpl {
   // Destroyed before the counters above: pending handlers own connections that count themselves.
   net::io_context ioc;
   tcp::acceptor acceptor{net::make_strand(ioc)};
+  tcp::acceptor admin_acceptor{net::make_strand(ioc)};
   net::signal_set signals{ioc, SIGINT, SIGTERM};
   std::vector<std::thread> threads;
   int bound_port = 0;
+  int bound_admin_port = -1;
 
-  void do_accept();
+  void listen(tcp::acceptor& a, int port, const char* what);
+  void do_accept(tcp::acceptor& a, bool admin);
   void refuse(tcp::socket s);
   void wait_signal();
+  template <class Fn>
+  void each_connection(Fn fn);
 };
 
 // One request's generation: filled by the scheduler's compute thread through the sink, drained
@@ -110,13 +118,18 @@ struct Gen {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(detail::ServerImpl* srv, tcp::socket&& s) : srv_(srv), stream_(std::move(s)) {
-    ++srv_->open;
+  Connection(detail::ServerImpl* srv, tcp::socket&& s, bool admin)
+      : srv_(srv), stream_(std::move(s)), timer_(stream_.get_executor()), admin_(admin) {
+    ++(admin_ ? srv_->admin_open : srv_->open);
     // Tokens are small writes: Nagle's algorithm would hold each one back for the client's ACK.
     beast::error_code ec;
     stream_.socket().set_option(tcp::no_delay(true), ec);
+    // Autotuned send buffers grow to megabytes that --client-buffer does not see: a client that
+    // stops reading would hold its stream running that much longer before it is cut off.
+    const int sndbuf = int(std::min<size_t>(srv_->opt.max_pending_bytes, size_t(1) << 20));
+    stream_.socket().set_option(net::socket_base::send_buffer_size(sndbuf), ec);
   }
-  ~Connection() { --srv_->open; }
+  ~Connection() { --(admin_ ? srv_->admin_open : srv_->open); }
 
   void start() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_request(); });
@@ -128,28 +141,117 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (!self->gen_ && !self->writing_ && self->outq_.empty()) self->close();
     });
   }
+  void fail_in_flight(const std::string& message) {
+    net::post(stream_.get_executor(), [self = shared_from_this(), message] { self->fail(message); });
+  }
 
  private:
-  // A read that ended because the client went away or stayed idle: close without answering.
+  // A read that ended because the client went away: close without answering.
   static bool is_hangup(const beast::error_code& ec) {
-    return ec == http::error::end_of_stream || ec == beast::error::timeout || ec == net::error::eof ||
+    return ec == http::error::end_of_stream || ec == net::error::eof ||
            ec == net::error::operation_aborted || ec == net::error::connection_reset;
+  }
+
+  // Deadlines. One timer guards whichever wait is current; a handler from an earlier arming
+  // finds its generation stale and does nothing.
+  enum class Wait { None, Idle, Request };
+  void arm(Wait w, double seconds) {
+    wait_ = w;
+    const uint64_t gen = ++timer_gen_;
+    timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(seconds)));
+    timer_.async_wait([self = shared_from_this(), gen](beast::error_code ec) {
+      if (ec || gen != self->timer_gen_ || self->closed_) return;
+      if (self->wait_ == Wait::Idle) return self->close();
+      if (self->wait_ == Wait::Request) {
+        // The pending read ends with operation_aborted and answers 408.
+        self->timed_out_ = true;
+        beast::error_code ignored;
+        self->stream_.socket().cancel(ignored);
+      }
+    });
+  }
+  void disarm() {
+    wait_ = Wait::None;
+    ++timer_gen_;
+    timer_.cancel();
   }
 
   void read_request() {
     if (closed_) return;
     response_done_ = false;
     session_.clear();
+    chunked_ = true;
+    head_ = false;
+    started_ = false;
+    timed_out_ = false;
     parser_.emplace();
     parser_->body_limit(srv_->opt.max_body);
     parser_->header_limit(kHeaderLimit);
-    stream_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(srv_->opt.idle_timeout_s)));
+    // Keep-alive: wait for the next request's first bytes under the idle timeout. The read may
+    // already be pending: it watched for a hang-up during the last reply.
+    if (reading_) return arm(Wait::Idle, srv_->opt.idle_timeout_s);
+    if (buf_.size() > 0 || fresh_) return start_parse();
+    arm(Wait::Idle, srv_->opt.idle_timeout_s);
+    read_some();
+  }
+
+  // One read of whatever arrives, into the buffer the parser reads from: between requests it
+  // waits for the next one; during a reply it notices a client that hangs up.
+  void read_some() {
+    if (reading_ || closed_) return;
+    reading_ = true;
+    stream_.socket().async_read_some(buf_.prepare(4096),
+                                     [self = shared_from_this()](beast::error_code ec, size_t n) {
+                                       self->on_some(ec, n);
+                                     });
+  }
+
+  void on_some(beast::error_code ec, size_t n) {
+    reading_ = false;
+    if (!ec) buf_.commit(n);
+    if (closed_) return;
+    if (gen_) {
+      // During a reply the client has nothing to say: an end of stream means it is gone. Bytes
+      // are its next request (pipelined), parsed once this reply is done.
+      if (ec) client_gone();
+      return;
+    }
+    if (ec) {
+      if (!writing_ && outq_.empty()) close();
+      return;
+    }
+    if (wait_ == Wait::Idle) start_parse();
+  }
+
+  void start_parse() {
+    fresh_ = false;
+    arm(Wait::Request, srv_->opt.read_timeout_s);
+    reading_ = true;
     http::async_read_header(stream_, buf_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
   }
 
+  // A read cut short by the request deadline: 408 when the client had begun a request.
+  bool deadline_passed() {
+    if (!timed_out_) return false;
+    if (parser_->got_some() || buf_.size() > 0) {
+      fail_request(408, "the request did not arrive within " + seconds(srv_->opt.read_timeout_s) +
+                            " (--read-timeout)");
+    } else {
+      close();
+    }
+    return true;
+  }
+  static std::string seconds(double s) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g s", s);
+    return b;
+  }
+
   void on_header(beast::error_code ec) {
+    reading_ = false;
+    if (deadline_passed()) return;
     if (ec == http::error::header_limit) return fail_request(431, "request headers are too large");
     if (ec == http::error::body_limit) return too_large();
     if (is_hangup(ec)) return close();
@@ -158,9 +260,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     auto& req = parser_->get();
     auto expect = req.find(http::field::expect);
     if (expect != req.end() && beast::iequals(expect->value(), "100-continue")) {
+      writing_ = true;
       net::async_write(stream_, net::buffer(kContinue),
                        [self = shared_from_this()](beast::error_code wec, size_t) {
-                         if (wec) return self->close();
+                         self->writing_ = false;
+                         if (wec || self->closed_) return self->close();
                          self->read_body();
                        });
       return;
@@ -169,15 +273,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void read_body() {
+    reading_ = true;
     http::async_read(stream_, buf_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->on_request(ec); });
   }
 
   void on_request(beast::error_code ec) {
+    reading_ = false;
+    if (deadline_passed()) return;
     if (ec == http::error::body_limit) return too_large();
     if (is_hangup(ec)) return close();
     if (ec) return fail_request(400, std::string("malformed HTTP request: ") + ec.message());
-    stream_.expires_never();
+    disarm();
     handle();
   }
 
@@ -188,6 +295,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // A request that cannot be read on: answer and close, since the rest of the stream is unparsed.
   void fail_request(int status, std::string message) {
+    disarm();
     keep_alive_ = false;
     respond("other", status, error_body(make_error(status, std::move(message), "invalid_request_error")));
   }
@@ -203,6 +311,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void handle() {
     auto& req = parser_->get();
     keep_alive_ = req.keep_alive();
+    // HTTP/1.0 knows no chunked encoding: a stream's body ends where the connection closes.
+    chunked_ = req.version() >= 11;
+    head_ = req.method() == http::verb::head;
     std::string_view target(req.target().data(), req.target().size());
     const std::string_view path = target.substr(0, target.find('?'));
     const std::string route = route_of(path);
@@ -219,6 +330,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                     "invalid_request_error", "method_not_allowed")),
               "application/json", {{"Allow", allow}});
     };
+    if (path == "/health") {
+      if (m != http::verb::get && m != http::verb::head) return method_not_allowed("GET, HEAD");
+      return health(route);
+    }
+    if (path == "/metrics") {
+      if (m != http::verb::get && m != http::verb::head) return method_not_allowed("GET, HEAD");
+      const int open = srv_->open.load() + srv_->admin_open.load();
+      return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, open),
+                     "text/plain; version=0.0.4; charset=utf-8");
+    }
+    if (admin_)
+      return respond(route, 404, error_body(make_error(404, "the admin port serves /health and /metrics only",
+                                                       "invalid_request_error", "not_found")));
     const std::string_view sessions_prefix = "/v1/sessions/";
     const std::string_view models_prefix = "/v1/models/";
     if (path == "/v1/chat/completions" || path == "/v1/completions") {
@@ -254,18 +378,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
         if (s.id == id) return respond(route, 200, session_json(s).dump());
       return session_not_found(route, id);
     }
-    if (path == "/health") {
-      if (m != http::verb::get) return method_not_allowed("GET");
-      const SchedulerStats st = srv_->sched.stats();
-      return respond(route, 200, json{{"status", "ok"}, {"free_slots", st.free_slots}, {"slots", st.total_slots}}.dump());
-    }
-    if (path == "/metrics") {
-      if (m != http::verb::get) return method_not_allowed("GET");
-      return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, srv_->open.load()),
-                     "text/plain; version=0.0.4; charset=utf-8");
-    }
     respond(route, 404, error_body(make_error(404, "no route " + std::string(path), "invalid_request_error",
                                               "not_found")));
+  }
+
+  // Healthy while pending work makes progress: a step must have completed within
+  // --stall-timeout (a rank stopped or lost holds every step back).
+  void health(const std::string& route) {
+    const SchedulerStats st = srv_->sched.stats();
+    const double age = st.pending > 0 ? st.last_step_age_s : 0.0;
+    const double limit = srv_->opt.stall_timeout_s;
+    const bool stalled = limit > 0 && st.pending > 0 && age > limit;
+    json body = {{"status", stalled ? "stalled" : "ok"}, {"free_slots", st.free_slots}, {"slots", st.total_slots},
+                 {"pending", st.pending}, {"last_step_age_seconds", age}};
+    if (stalled)
+      body["message"] = "no forward step has completed for " + seconds(age) + " while " +
+                        std::to_string(st.pending) + " request(s) are pending (--stall-timeout " +
+                        seconds(limit) + ")";
+    respond(route, stalled ? 503 : 200, body.dump());
   }
 
   json model_json() const {
@@ -297,8 +427,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     auto g = std::make_shared<Gen>(ar.stream, ar.include_usage, route, std::move(fmt));
     gen_ = g;
     response_done_ = false;
-    // The sink keeps the connection alive until the scheduler is done with the request: no
-    // socket operation is pending while the first token is being computed.
+    // The sink keeps the connection alive until the scheduler is done with the request.
     ar.gen.sink = [g, self = shared_from_this(), limit = srv_->opt.max_pending_bytes](const StreamEvent& e) {
       std::lock_guard lk(g->mu);
       if (g->closed) return false;
@@ -318,6 +447,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return !g->closed;
     };
     g->id = srv_->sched.submit(std::move(ar.gen));
+    // From here until the reply is done a read is pending, to see a hang-up at once; a client
+    // that has already sent its next request is evidently still there.
+    if (buf_.size() == 0) read_some();
   }
 
   void drain(const std::shared_ptr<Gen>& g) {
@@ -336,7 +468,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         case StreamEvent::Kind::Started: on_started(*g, cost); break;
         case StreamEvent::Kind::Rejected: on_rejected(*g, e); break;
         case StreamEvent::Kind::Token:
-          if (g->stream) enqueue(chunk_frame(g->fmt.sse_text(e.text)), cost);
+          if (g->stream) enqueue(frame(g->fmt.sse_text(e.text)), cost);
           else {
             g->text += e.text;
             give_back(cost);
@@ -363,18 +495,19 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_started(Gen& g, size_t cost) {
     if (g.stream) {
-      std::string head =
-          "HTTP/1.1 200 OK\r\nServer: sinkserve\r\nContent-Type: text/event-stream\r\n"
-          "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n";
+      if (!chunked_) keep_alive_ = false;
+      std::string head = chunked_ ? "HTTP/1.1 200 OK\r\n" : "HTTP/1.0 200 OK\r\n";
+      head += "Server: sinkserve\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+      if (chunked_) head += "Transfer-Encoding: chunked\r\n";
       if (!session_.empty()) head += "X-Session-Id: " + session_ + "\r\n";
       head += keep_alive_ ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
       const std::string first = g.fmt.sse_start();
-      if (!first.empty()) head += chunk_frame(first);
+      if (!first.empty()) head += frame(first);
       enqueue(std::move(head), cost);
+      started_ = true;
     } else {
       give_back(cost);
     }
-    watch_disconnect();
   }
 
   void on_rejected(Gen& g, const StreamEvent& e) {
@@ -408,19 +541,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (!ok) keep_alive_ = keep_alive_ && e.finish != FinishReason::Shutdown;
     if (g.stream) {
       std::string tail;
-      if (!e.text.empty()) tail += chunk_frame(g.fmt.sse_text(e.text));
+      if (!e.text.empty()) tail += frame(g.fmt.sse_text(e.text));
       if (ok) {
-        tail += chunk_frame(g.fmt.sse_finish(e.finish));
-        if (g.include_usage) tail += chunk_frame(g.fmt.sse_usage(e.usage));
+        tail += frame(g.fmt.sse_finish(e.finish));
+        if (g.include_usage) tail += frame(g.fmt.sse_usage(e.usage));
       } else {
-        tail += chunk_frame(ResponseFormat::sse_error(failure));
+        tail += frame(ResponseFormat::sse_error(failure));
       }
-      tail += chunk_frame(ResponseFormat::kSseDone);
-      tail += "0\r\n\r\n";
-      srv_->counters.count(g.route, 200);
-      enqueue(std::move(tail), cost);
-      gen_.reset();
-      response_done_ = true;
+      end_stream(g.route, std::move(tail), cost);
     } else {
       const std::string route = g.route;
       std::string body = ok ? g.fmt.body(g.text + e.text, e.finish, e.usage) : error_body(failure);
@@ -429,19 +557,37 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   }
 
-  // While a reply is being produced the client sends nothing, so readability means it closed
-  // the connection (or pipelined its next request, which waits for this reply).
-  void watch_disconnect() {
-    std::weak_ptr<Gen> wg = gen_;
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), wg](beast::error_code ec) {
-      auto g = wg.lock();
-      if (!g || g != self->gen_ || self->closed_ || ec == net::error::operation_aborted) return;
-      char c;
-      beast::error_code pe;
-      const size_t n = self->stream_.socket().receive(net::buffer(&c, 1), tcp::socket::message_peek, pe);
-      if (!ec && !pe && n > 0) return;
-      self->client_gone();
-    });
+  void end_stream(const std::string& route, std::string tail, size_t cost) {
+    tail += frame(ResponseFormat::kSseDone);
+    if (chunked_) tail += "0\r\n\r\n";
+    srv_->counters.count(route, 200);
+    enqueue(std::move(tail), cost);
+    gen_.reset();
+    response_done_ = true;
+  }
+
+  // The compute loop cannot answer any more: the reply in flight ends here.
+  void fail(const std::string& message) {
+    if (closed_) return;
+    keep_alive_ = false;
+    if (!gen_) {
+      if (!writing_ && outq_.empty()) close();
+      return;
+    }
+    {
+      std::lock_guard lk(gen_->mu);
+      gen_->closed = true;
+    }
+    const ApiError e = make_error(503, message, "server_error", "compute_failed");
+    if (gen_->stream && started_) {
+      const std::string route = gen_->route;
+      end_stream(route, frame(ResponseFormat::sse_error(e)), 0);
+      flush();
+    } else {
+      const std::string route = gen_->route;
+      gen_.reset();
+      respond(route, 503, error_body(e));
+    }
   }
 
   void client_gone() {
@@ -468,12 +614,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     res.body() = std::move(body);
     res.prepare_payload();
     std::ostringstream os;
-    os << res;
+    if (head_) os << res.base();  // HEAD: the headers GET would send, Content-Length included
+    else os << res;
     srv_->counters.count(route, status);
     enqueue(os.str(), 0);
     response_done_ = true;
     flush();
   }
+
+  std::string frame(std::string_view data) const { return chunked_ ? chunk_frame(data) : std::string(data); }
 
   void enqueue(std::string data, size_t credit) {
     if (closed_) return;
@@ -512,6 +661,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void close() {
     if (closed_) return;
     closed_ = true;
+    disarm();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
@@ -520,28 +670,45 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   detail::ServerImpl* srv_;
   beast::tcp_stream stream_;
+  net::steady_timer timer_;
+  const bool admin_;  // on the admin listener: /health and /metrics only
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::deque<std::pair<std::string, size_t>> outq_;  // bytes to send, and their credit
+  Wait wait_ = Wait::None;
+  uint64_t timer_gen_ = 0;
+  bool fresh_ = true;       // no request read yet: the request deadline runs from the accept
+  bool reading_ = false;    // a read on the socket is pending
+  bool timed_out_ = false;  // the request deadline cancelled the pending read
   bool writing_ = false;
   bool response_done_ = true;
   bool keep_alive_ = true;
   bool closed_ = false;
+  bool chunked_ = true;  // the request's HTTP version allows a chunked reply
+  bool head_ = false;
+  bool started_ = false;  // a stream's headers are queued: its end must be an event, not a status
   std::string session_;  // of the request being answered, echoed as X-Session-Id
   std::shared_ptr<Gen> gen_;
 };
 
-void detail::ServerImpl::do_accept() {
-  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
-    if (!acceptor.is_open()) return;
+template <class Fn>
+void detail::ServerImpl::each_connection(Fn fn) {
+  std::lock_guard lk(conns_mu);
+  for (auto& w : conns)
+    if (auto c = w.lock()) fn(*c);
+}
+
+void detail::ServerImpl::do_accept(tcp::acceptor& a, bool admin) {
+  a.async_accept(net::make_strand(ioc), [this, &a, admin](beast::error_code ec, tcp::socket s) {
+    if (!a.is_open()) return;
     if (!ec) {
       if (!accepting) {
         beast::error_code ignored;
         s.close(ignored);
-      } else if (open.load() >= opt.max_connections) {
+      } else if (admin ? admin_open.load() >= kAdminConnections : open.load() >= opt.max_connections) {
         refuse(std::move(s));
       } else {
-        auto c = std::make_shared<Connection>(this, std::move(s));
+        auto c = std::make_shared<Connection>(this, std::move(s), admin);
         {
           std::lock_guard lk(conns_mu);
           std::erase_if(conns, [](const std::weak_ptr<Connection>& w) { return w.expired(); });
@@ -550,10 +717,9 @@ void detail::ServerImpl::do_accept() {
         c->start();
       }
     }
-    do_accept();
+    do_accept(a, admin);
   });
 }
-
 void detail::ServerImpl::refuse(tcp::socket s) {
   counters.count("connection", 503);
   static const std::string kRefusal = [] {
@@ -604,43 +770,64 @@ HttpServer::~HttpServer() {
 
 void HttpServer::on_signal(std::function<void(int)> fn) { impl_->signal_fn = std::move(fn); }
 
+void detail::ServerImpl::listen(tcp::acceptor& a, int port, const char* what) {
+  beast::error_code ec;
+  const auto addr = net::ip::make_address(opt.host, ec);
+  if (ec) throw std::runtime_error("invalid --host '" + opt.host + "': " + ec.message());
+  const tcp::endpoint ep(addr, uint16_t(port));
+  const std::string where = opt.host + ":" + std::to_string(port);
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error(std::string("cannot listen") + what + " on " + where + ": " + ec.message());
+}
+
 void HttpServer::start() {
   detail::ServerImpl& s = *impl_;
-  beast::error_code ec;
-  const auto addr = net::ip::make_address(s.opt.host, ec);
-  if (ec) throw std::runtime_error("invalid --host '" + s.opt.host + "': " + ec.message());
-  const tcp::endpoint ep(addr, uint16_t(s.opt.port));
-  const std::string where = s.opt.host + ":" + std::to_string(s.opt.port);
-  s.acceptor.open(ep.protocol(), ec);
-  if (!ec) s.acceptor.set_option(net::socket_base::reuse_address(true), ec);
-  if (!ec) s.acceptor.bind(ep, ec);
-  if (!ec) s.acceptor.listen(net::socket_base::max_listen_connections, ec);
-  if (ec) throw std::runtime_error("cannot listen on " + where + ": " + ec.message());
+  s.listen(s.acceptor, s.opt.port, "");
   s.bound_port = s.acceptor.local_endpoint().port();
-  s.do_accept();
+  s.do_accept(s.acceptor, false);
+  if (s.opt.admin_port >= 0) {
+    s.listen(s.admin_acceptor, s.opt.admin_port, " (--admin-port)");
+    s.bound_admin_port = s.admin_acceptor.local_endpoint().port();
+    s.do_accept(s.admin_acceptor, true);
+  }
   s.wait_signal();
   for (int i = 0; i < std::max(1, s.opt.io_threads); ++i) s.threads.emplace_back([&s] { s.ioc.run(); });
 }
 
 int HttpServer::port() const { return impl_->bound_port; }
 
+int HttpServer::admin_port() const { return impl_->bound_admin_port; }
+
 void HttpServer::stop_accepting() {
   detail::ServerImpl& s = *impl_;
   if (!s.accepting.exchange(false)) return;
-  net::post(s.acceptor.get_executor(), [&s] {
-    beast::error_code ec;
-    s.acceptor.close(ec);
+  for (tcp::acceptor* a : {&s.acceptor, &s.admin_acceptor})
+    net::post(a->get_executor(), [a] {
+      beast::error_code ec;
+      a->close(ec);
+    });
+  s.each_connection([](Connection& c) { c.close_when_idle(); });
+}
+
+void HttpServer::fail_in_flight(const std::string& message) {
+  impl_->each_connection([&](Connection& c) { c.fail_in_flight(message); });
+}
+
+void HttpServer::after(std::chrono::milliseconds delay, std::function<void()> fn) {
+  auto t = std::make_shared<net::steady_timer>(impl_->ioc, delay);
+  t->async_wait([t, fn = std::move(fn)](beast::error_code ec) {
+    if (!ec) fn();
   });
-  std::lock_guard lk(s.conns_mu);
-  for (auto& w : s.conns)
-    if (auto c = w.lock()) c->close_when_idle();
 }
 
 void HttpServer::stop(std::chrono::milliseconds grace) {
   detail::ServerImpl& s = *impl_;
   stop_accepting();
   const auto deadline = std::chrono::steady_clock::now() + grace;
-  while (s.open.load() > 0 && std::chrono::steady_clock::now() < deadline)
+  while (s.open.load() + s.admin_open.load() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   s.ioc.stop();
   for (std::thread& t : s.threads) t.join();

@@ -92,6 +92,17 @@ std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, in
   sample(out, "sinkserve_free_slots", s.free_slots);
   header(out, "sinkserve_slots", "gauge", "Cache slots in the pool.");
   sample(out, "sinkserve_slots", s.total_slots);
+  header(out, "sinkserve_prompts_truncated_total", "counter",
+         "Prompts kept to the window by \"truncate_prompt\": \"keep_recent\".");
+  sample(out, "sinkserve_prompts_truncated_total", double(s.prompts_truncated));
+  header(out, "sinkserve_pending_requests", "gauge", "Requests queued or being computed.");
+  sample(out, "sinkserve_pending_requests", s.pending);
+  header(out, "sinkserve_last_step_age_seconds", "gauge",
+         "Seconds since the last forward step completed while requests are pending; 0 when idle.");
+  sample(out, "sinkserve_last_step_age_seconds", s.pending > 0 ? s.last_step_age_s : 0.0);
+  header(out, "sinkserve_prefill_token_budget", "gauge",
+         "Prompt tokens the next step may take (bounded while streams decode, --itl-factor).");
+  sample(out, "sinkserve_prefill_token_budget", s.prefill_budget);
   header(out, "sinkserve_open_connections", "gauge", "Open HTTP connections.");
   sample(out, "sinkserve_open_connections", open_connections);
   return out;

@@ -116,6 +116,8 @@ bool valid_session_id(std::string_view id) {
 bool parse_generation_request(std::string_view text, bool chat, const std::string& served_model,
                               std::string_view header_session, ApiRequest* out, ApiError* err) {
   Checker c(err);
+  // The JSON parser takes a NUL for the end of input: whatever followed would pass unread.
+  if (text.find('\0') != std::string_view::npos) return c.fail("", "the request body contains a NUL byte");
   const json body = json::parse(text, nullptr, false);
   if (body.is_discarded()) return c.fail("", "the request body is not valid JSON");
   if (!body.is_object()) return c.fail("", std::string("the request body must be a JSON object, got ") + type_name(body));
@@ -217,9 +219,16 @@ bool parse_generation_request(std::string_view text, bool chat, const std::strin
     if (!it->is_boolean()) return c.wrong_type("ignore_eos", *it, "a boolean");
     g.ignore_eos = it->get<bool>();
   }
+  if (auto it = body.find("truncate_prompt"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) return c.wrong_type("truncate_prompt", *it, "a string");
+    if (*it != "keep_recent")
+      return c.fail("truncate_prompt", "'truncate_prompt' must be \"keep_recent\", got " + it->dump());
+    g.truncate_keep_recent = true;
+  }
   if (auto it = body.find("session"); it != body.end() && !it->is_null()) {
     if (!it->is_string()) return c.wrong_type("session", *it, "a string");
     g.session = it->get<std::string>();
+    if (g.session.empty()) return c.fail("session", "session ids are 1 to 128 characters of A-Z a-z 0-9 . _ : -");
   }
   if (!header_session.empty()) {
     if (!g.session.empty() && g.session != header_session)

@@ -178,6 +178,10 @@ class Backend {
   // Sustained read bandwidth of this backend's memory in bytes/s, measured over a buffer of
   // `bytes`: the roofline a memory-bound decode step is compared against. 0 when unknown.
   virtual double measure_bandwidth(size_t bytes) { (void)bytes; return 0; }
+
+  // Bytes alloc() could still hand out when this backend's memory is not the host's (CUDA: the
+  // device's free memory); -1 for host memory, which the operating system accounts for.
+  virtual int64_t memory_available() { return -1; }
 };
 
 // The CPU backend with `threads` worker threads (0 = one per core), pinned to distinct cores.

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -131,10 +132,15 @@ std::vector<int64_t> parse_positive_list(const std::string& s, const std::string
 }
 
 std::string read_option_file(const std::string& opt, const std::string& path) {
+  std::error_code ec;
+  // A directory opens as a stream that reads nothing: it would pass for an empty file.
+  if (std::filesystem::is_directory(path, ec))
+    throw UsageError("cannot read " + opt + " '" + path + "': it is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw UsageError("cannot read " + opt + " '" + path + "'");
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw UsageError("cannot read " + opt + " '" + path + "': read error");
   return ss.str();
 }
 

@@ -51,7 +51,7 @@ int run(int argc, char** argv) {
   p.add("--every", "K", "write every K-th token to the CSV (default 1)", &every);
   if (!p.parse(argc, argv)) return 0;
   const EngineOptions eo = finish_engine_options(ef);
-  if (max_tokens < 0) throw UsageError("--tokens must be >= 1");
+  if (max_tokens < 0 || (p.given("--tokens") && max_tokens < 1)) throw UsageError("--tokens must be >= 1");
   if (every < 1) throw UsageError("--every must be >= 1");
   const std::string text = read_option_file("--text", text_path);
 

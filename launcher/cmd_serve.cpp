@@ -3,6 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +17,11 @@
 
 namespace sinkserve {
 namespace {
+
+// How long after SIGTERM a compute loop that has not stepped counts as stuck (or four recent
+// steps, if longer): below the time mpirun gives a rank between SIGTERM and SIGKILL.
+constexpr std::chrono::milliseconds kStuckAfter{300};
+constexpr const char* kRankLost = "the server lost a compute rank and is ending";
 
 int run(int argc, char** argv) {
   EngineFlags ef;
@@ -41,6 +48,13 @@ int run(int argc, char** argv) {
         &sched_opt.default_max_tokens);
   p.add("--step-tokens", "N", "prompt tokens per batched step, over all requests (default 4 x chunk)",
         &sched_opt.step_tokens);
+  p.add("--max-prompt-tokens", "N",
+        "longest prompt accepted, else 400 (default: 8 x the tokens a slot attends to)",
+        &sched_opt.max_prompt_tokens);
+  p.add("--itl-factor", "F",
+        "while streams decode, cut a step's prompt tokens so that it lasts at most F decode-only "
+        "steps (default 2; 0: only --step-tokens bounds them)",
+        &sched_opt.itl_factor);
   p.add("--template", "NAME",
         "chat template: raw, llama-2, chatml, llama-3, vicuna, zephyr (default: detected from the "
         "GGUF's tokenizer.chat_template, raw when absent)",
@@ -51,6 +65,20 @@ int run(int argc, char** argv) {
   p.add("--client-buffer", "BYTES",
         "output a client may fall behind by before it is cut off (default 1 MiB)", &client_buffer);
   p.add("--http-threads", "N", "HTTP I/O threads (default 2)", &so.io_threads);
+  p.add("--read-timeout", "SEC",
+        "a request's headers and body must arrive within this, from its first byte, else 408 "
+        "(default 10)",
+        &so.read_timeout_s);
+  p.add("--idle-timeout", "SEC", "keep-alive connections idle this long are closed (default 60)",
+        &so.idle_timeout_s);
+  p.add("--admin-port", "P",
+        "also serve /health and /metrics on this port, whatever the main port's load (0 = any free "
+        "one; default: none)",
+        &so.admin_port);
+  p.add("--stall-timeout", "SEC",
+        "/health answers 503 when requests are pending and no step has completed this long "
+        "(default 30; 0 = never)",
+        &so.stall_timeout_s);
   p.epilog("Tensor parallel: mpirun -np N sinkserve serve ... (rank 0 serves HTTP).");
   if (!p.parse(argc, argv)) return 0;
   if (!kv_memory.empty()) {
@@ -64,10 +92,19 @@ int run(int argc, char** argv) {
     throw UsageError("--session-ttl must be in (0, 315360000] seconds");
   if (sched_opt.default_max_tokens < 0) throw UsageError("--max-tokens must be >= 0");
   if (sched_opt.step_tokens < 0) throw UsageError("--step-tokens must be >= 0");
+  if (p.given("--max-prompt-tokens") && sched_opt.max_prompt_tokens < 1)
+    throw UsageError("--max-prompt-tokens must be >= 1");
+  if (!(sched_opt.itl_factor == 0 || (sched_opt.itl_factor >= 1 && sched_opt.itl_factor <= 1000)))
+    throw UsageError("--itl-factor must be 0 (off) or in [1, 1000]");
   if (max_body < 1) throw UsageError("--max-body must be >= 1");
   if (so.max_connections < 1) throw UsageError("--max-connections must be >= 1");
   if (client_buffer < 1024) throw UsageError("--client-buffer must be >= 1024");
   if (so.io_threads < 1 || so.io_threads > 64) throw UsageError("--http-threads must be in 1..64");
+  if (!(so.read_timeout_s > 0 && so.read_timeout_s <= 3600)) throw UsageError("--read-timeout must be in (0, 3600] seconds");
+  if (!(so.idle_timeout_s > 0 && so.idle_timeout_s <= 86400)) throw UsageError("--idle-timeout must be in (0, 86400] seconds");
+  if (!(so.stall_timeout_s >= 0 && so.stall_timeout_s <= 86400)) throw UsageError("--stall-timeout must be in [0, 86400] seconds");
+  if (p.given("--admin-port") && (so.admin_port < 0 || so.admin_port > 65535))
+    throw UsageError("--admin-port must be in 0..65535");
   so.max_body = size_t(max_body);
   so.max_pending_bytes = size_t(client_buffer);
   if (!template_name.empty()) sched_opt.chat_template = parse_template_option(template_name);
@@ -101,16 +138,39 @@ int run(int argc, char** argv) {
 
     Scheduler sched(*e->lockstep, *e->tokenizer, sched_opt);
     HttpServer server(sched, so);
+    std::atomic<bool> ran{false};
     server.on_signal([&](int sig) {
       std::fprintf(stderr, "serve: %s: finishing\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
       server.stop_accepting();
       sched.stop();
+      // mpirun ends the job this way when another rank has died: the compute loop then sits in
+      // a collective that never completes, and the requests in flight are answered from here
+      // before mpirun's SIGKILL follows. A loop that still steps finishes them itself.
+      server.after(kStuckAfter, [&] {
+        const SchedulerStats st = sched.stats();
+        const double stuck_s = std::max(double(kStuckAfter.count()) / 1000, 4 * st.step_s);
+        if (ran || st.pending == 0 || st.last_step_age_s < stuck_s) return;
+        std::fprintf(stderr, "serve: the compute loop has made no step for %.1f s: ending %d request(s) in flight\n",
+                     st.last_step_age_s, st.pending);
+        server.fail_in_flight(kRankLost);
+      });
     });
     server.start();
+    if (server.admin_port() >= 0)
+      std::fprintf(stderr, "serve: admin (/health, /metrics) on http://%s:%d\n", so.host.c_str(), server.admin_port());
     std::fprintf(stderr, "serve: listening on http://%s:%d (pid %d)\n", so.host.c_str(), server.port(),
                  int(::getpid()));
     std::fflush(stderr);
-    sched.run();
+    try {
+      sched.run();
+    } catch (const std::exception& ex) {
+      // A failed step (a rank lost mid-collective, among others) ends the job: the clients hear
+      // why before run_ranked ends every rank.
+      server.fail_in_flight(std::string(kRankLost) + ": " + ex.what());
+      server.stop(std::chrono::seconds(2));
+      throw;
+    }
+    ran = true;
     server.stop(std::chrono::seconds(5));
     std::fprintf(stderr, "serve: stopped\n");
     return 0;

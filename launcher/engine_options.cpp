@@ -20,7 +20,7 @@ void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   if (with_policy)
     p.add("--policy", "NAME", "KV cache policy: sink (default), window, dense, recompute", &f.policy);
   p.add("--sink", "S", "attention-sink tokens kept (default 4)", &e.sink);
-  p.add("--window", "W", "recent tokens attended (default: training context - sinks)", &e.window);
+  p.add("--window", "W", "recent tokens attended (default: training context - sinks)", &f.window);
   p.add("--chunk", "C", "prompt tokens per prefill step (default 64)", &e.chunk);
   p.add("--ctx", "N", "capacity of the dense policy (default: training context)", &e.ctx);
   p.add("--kv-type", "T", "KV cache storage: f32, f16 (default), bf16 or q8_0", &f.kv_type);
@@ -42,10 +42,13 @@ EngineOptions finish_engine_options(const EngineFlags& f) {
     throw UsageError(std::string("--kv-type: ") + ex.what());
   }
   if (e.threads < 0 || e.threads > 1024) throw UsageError("--threads must be in 0..1024");
-  if (e.sink > 1'000'000 || e.window > 100'000'000 || e.ctx > 100'000'000)
+  if (e.sink > 1'000'000 || f.window > 100'000'000 || e.ctx > 100'000'000)
     throw UsageError("--sink, --window and --ctx are limited to 1e6, 1e8 and 1e8 tokens");
   if (e.sink < 0) throw UsageError("--sink must be >= 0");
-  if (e.window < 0) throw UsageError("--window must be >= 1");
+  if (f.window != EngineFlags::kUnset) {
+    if (f.window < 1) throw UsageError("--window must be >= 1");
+    e.window = int(f.window);
+  }
   if (e.chunk < 1 || e.chunk > 65536) throw UsageError("--chunk must be in 1..65536");
   if (e.ctx < 0) throw UsageError("--ctx must be >= 1");
   if (e.device != "cpu" && e.device != "cuda") throw UsageError("--device must be cpu or cuda");

@@ -1,5 +1,6 @@
 // Command-line options shared by every subcommand that runs a model.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,6 +17,9 @@ struct EngineFlags {
   EngineOptions engine;
   std::string policy = "sink";
   std::string kv_type = "f16";
+  // --window as given; the sentinel tells "not given" (the model's default) from an explicit 0.
+  static constexpr int64_t kUnset = INT64_MIN;
+  int64_t window = kUnset;
 };
 void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy = true);
 // Checks the values and resolves the policy name; throws UsageError naming the bad option.

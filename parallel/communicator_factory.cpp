@@ -40,5 +40,6 @@ std::unique_ptr<Communicator> make_communicator(const std::string& kind) {
 }
 
 int node_local_rank() { return mpi::node_placement().local_rank; }
+int node_local_size() { return mpi::node_placement().local_size; }
 
 }  // namespace sinkserve

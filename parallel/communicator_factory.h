@@ -22,5 +22,7 @@ std::unique_ptr<Communicator> make_communicator(const std::string& kind);
 // This process's index among the job's processes on its node (0 outside mpirun): the GPU a CUDA
 // backend should use is node_local_rank() % device_count, the same one the NCCL communicator binds.
 int node_local_rank();
+// How many of the job's processes share this node (1 outside mpirun).
+int node_local_size();
 
 }  // namespace sinkserve

@@ -67,7 +67,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
     slots = int(std::min<int64_t>(fit, 1 << 20));
   }
   e->cache = std::make_unique<KVCache>(*e->backend, e->model->config().n_layers,
-                                       e->model->local_kv_dim(), cc, slots);
+                                       e->model->local_kv_dim(), cc, slots, node_local_size());
   if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
     throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
   const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");

@@ -99,6 +99,7 @@ struct Scheduler::Active {
   std::string reply;  // text released to the client
   std::vector<uint64_t> new_history;
   std::vector<int32_t> carry;
+  std::vector<int32_t> recent;  // recompute: the tokens of the window, rebuilt every step
   Usage usage;
   Clock::time_point submitted, last_token;
   bool sink_gone = false;
@@ -115,6 +116,9 @@ Scheduler::Scheduler(Lockstep& ls, const Tokenizer& tok, SchedulerOptions opt)
     if (int32_t t = tok_.find(s); t >= 0) end_tokens_.push_back(t);
   stats_.total_slots = ls_.cache().n_slots();
   stats_.free_slots = ls_.cache().free_slots();
+  const CacheConfig& cc = ls_.cache().config();
+  if (opt_.max_prompt_tokens <= 0) opt_.max_prompt_tokens = 8 * (cc.sink + cc.window);
+  last_step_ = Clock::now();
 }
 
 Scheduler::~Scheduler() = default;
@@ -128,6 +132,8 @@ uint64_t Scheduler::submit(GenerationRequest r) {
     reject(p, RejectReason::ShuttingDown, kShuttingDown);
     return id;
   }
+  // The step clock measures progress on pending work: idle time before it does not count.
+  if (inbox_.empty() && stats_.running == 0) last_step_ = Clock::now();
   inbox_.push_back({id, std::move(r), Clock::now()});
   cv_.notify_one();
   return id;
@@ -173,6 +179,8 @@ SchedulerStats Scheduler::stats() const {
   SchedulerStats s = stats_;
   s.sessions = 0;
   for (const auto& [id, ses] : sessions_) s.sessions += ses.doomed ? 0 : 1;
+  s.pending = int(inbox_.size()) + s.running;
+  s.last_step_age_s = std::chrono::duration<double>(Clock::now() - last_step_).count();
   return s;
 }
 
@@ -265,12 +273,15 @@ void Scheduler::reject(Pending& p, RejectReason why, std::string message) {
 
 std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationRequest& r,
                                                std::string* err,
-                                               std::vector<uint64_t>* new_history) {
+                                               std::vector<uint64_t>* new_history,
+                                               size_t* prefix) {
   std::vector<int32_t> out = s ? s->carry : std::vector<int32_t>{};
   const bool fresh = !s;
+  *prefix = 0;
   if (!r.chat) {
     const std::vector<int32_t> ids = tok_.encode(r.prompt, fresh);
     out.insert(out.end(), ids.begin(), ids.end());
+    if (fresh && !out.empty() && out[0] == tok_.bos()) *prefix = 1;
     if (out.empty()) *err = "the prompt encodes to no tokens";
     return out;
   }
@@ -300,11 +311,55 @@ std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationReque
     return {};
   }
   if (fresh && opt_.chat_add_bos && tok_.bos() >= 0) out.push_back(tok_.bos());
+  *prefix = out.size();
+  if (fresh && r.truncate_keep_recent) {
+    // The opening system messages, measured as rendered alone: the boundary with the first
+    // user turn may tokenize a token differently, which at worst moves it by that token.
+    std::vector<ChatMessage> system;
+    for (const ChatMessage& m : fresh_msgs) {
+      if (m.role != "system") break;
+      system.push_back(m);
+    }
+    if (!system.empty()) {
+      try {
+        *prefix += tok_.encode(render_turn(opt_.chat_template, system, true, false), false).size();
+      } catch (const std::invalid_argument&) {
+        // A format that cannot render a system message alone keeps only BOS.
+      }
+    }
+  }
   const std::vector<int32_t> ids = tok_.encode(text, false);
   out.insert(out.end(), ids.begin(), ids.end());
   for (const ChatMessage& m : fresh_msgs) new_history->push_back(fingerprint(m));
   if (out.empty()) *err = "the messages encode to no tokens";
+  *prefix = std::min(*prefix, out.size());
   return out;
+}
+
+std::string Scheduler::check_prompt(const Session* s, const GenerationRequest& r, size_t prefix,
+                                    std::vector<int32_t>* feed) {
+  const CacheConfig& cc = ls_.cache().config();
+  const bool dense = cc.policy == Policy::Dense;
+  const int64_t held = dense && s ? ls_.cache().stream_tokens(s->slot) : 0;
+  // What the cache can hold of this prompt: a dense slot's room left, else what attention sees.
+  const int64_t room = std::min<int64_t>(dense ? cc.window - held : int64_t(cc.sink) + cc.window,
+                                         opt_.max_prompt_tokens);
+  if (r.truncate_keep_recent && int64_t(feed->size()) > room && room > 0) {
+    const size_t keep_head = std::min<size_t>(prefix, size_t(room) / 2);
+    const size_t keep_tail = size_t(room) - keep_head;
+    feed->erase(feed->begin() + ptrdiff_t(keep_head), feed->end() - ptrdiff_t(keep_tail));
+    ++stats_.prompts_truncated;
+  }
+  const int64_t n = int64_t(feed->size());
+  if (n > opt_.max_prompt_tokens)
+    return "the prompt is " + std::to_string(n) + " tokens; this server accepts at most " +
+           std::to_string(opt_.max_prompt_tokens) +
+           " (--max-prompt-tokens); shorten it or send \"truncate_prompt\": \"keep_recent\"";
+  if (dense && n > cc.window - held)
+    return "the prompt is " + std::to_string(n) + " tokens but the dense context holds " +
+           std::to_string(cc.window) + (held ? " and session '" + s->id + "' already fills " + std::to_string(held) : std::string()) +
+           " (--ctx): it cannot fit";
+  return {};
 }
 
 bool Scheduler::take_slot(int* slot) {
@@ -338,7 +393,9 @@ void Scheduler::admit(Pending& p) {
   }
   auto a = std::make_unique<Active>(p.id, std::move(p.req), tok_);
   std::string err;
-  a->feed = encode_request(s, a->req, &err, &a->new_history);
+  size_t prefix = 0;
+  a->feed = encode_request(s, a->req, &err, &a->new_history, &prefix);
+  if (err.empty()) err = check_prompt(s, a->req, prefix, &a->feed);
   if (!err.empty()) {
     lk.unlock();
     p.req = std::move(a->req);
@@ -348,6 +405,7 @@ void Scheduler::admit(Pending& p) {
   if (s) {
     a->slot = s->slot;
     a->usage.cached_tokens = s->tokens;
+    a->recent = s->recent;
   } else {
     if (!take_slot(&a->slot)) {
       const int n = ls_.cache().n_slots();
@@ -396,24 +454,62 @@ bool Scheduler::deliver(Active& a, const StreamEvent& e) {
   return !a.sink_gone;
 }
 
+int Scheduler::prefill_budget(bool decoding) const {
+  const CacheConfig& cc = ls_.cache().config();
+  const int most = opt_.step_tokens > 0 ? opt_.step_tokens : 4 * cc.chunk;
+  if (!decoding || opt_.itl_factor <= 0) return most;
+  // Until a step with prompt tokens has been timed, one chunk: the first measurement.
+  if (decode_step_s_ <= 0 || prefill_token_s_ <= 0) return std::min(most, cc.chunk);
+  const double n = (opt_.itl_factor - 1) * decode_step_s_ / prefill_token_s_;
+  return int(std::clamp(n, 1.0, double(most)));
+}
+
+void Scheduler::measure_step(double seconds, uint64_t prompt_tokens, bool decoding) {
+  constexpr double kAlpha = 0.2;
+  auto ema = [](double& avg, double x) { avg = avg < 0 ? x : avg + kAlpha * (x - avg); };
+  if (prompt_tokens == 0) {
+    if (decoding) ema(decode_step_s_, seconds);
+  } else if (decode_step_s_ > 0) {
+    ema(prefill_token_s_, std::max(seconds - decode_step_s_, 0.0) / double(prompt_tokens));
+  }
+}
+
 void Scheduler::run_step() {
   const CacheConfig& cc = ls_.cache().config();
-  const int budget = opt_.step_tokens > 0 ? opt_.step_tokens : 4 * cc.chunk;
+  const bool recompute = cc.policy == Policy::Recompute;
   std::vector<SeqStep>& steps = step_.steps;
   std::vector<Active*>& owner = step_.owner;
   std::vector<Active*>& prompting = step_.prompting;
+  std::vector<int>& consumed = step_.consumed;
   steps.clear();
   owner.clear();
   prompting.clear();
+  consumed.clear();
+  // Appends the next `n` feed tokens of `a` to the step. The recompute policy rebuilds the
+  // slot from the window's tokens every time (as Stream does): only the last pass's logits
+  // count, so a request's whole remaining feed goes at once.
+  auto add = [&](Active* a, int n) {
+    if (recompute) {
+      n = int(a->feed.size() - a->fed);
+      a->recent.insert(a->recent.end(), a->feed.begin() + ptrdiff_t(a->fed), a->feed.end());
+      if (int64_t(a->recent.size()) > cc.window)
+        a->recent.erase(a->recent.begin(), a->recent.end() - cc.window);
+      ls_.reset(a->slot);
+      steps.push_back({a->slot, a->recent.data(), int(a->recent.size()), false});
+    } else {
+      steps.push_back({a->slot, a->feed.data() + a->fed, n, false});
+    }
+    owner.push_back(a);
+    consumed.push_back(n);
+    return int(steps.back().n);
+  };
   // Decoding streams first, one token each: they never wait behind a prompt.
   for (auto& a : active_) {
-    if (a->prompting) {
-      prompting.push_back(a.get());
-      continue;
-    }
-    steps.push_back({a->slot, a->feed.data() + a->fed, 1, false});
-    owner.push_back(a.get());
+    if (a->prompting) prompting.push_back(a.get());
+    else add(a.get(), 1);
   }
+  const bool decoding = !steps.empty();
+  const int budget = prefill_budget(decoding);
   // Prompt chunks round-robin from where the last step stopped, within the budget (the first
   // one always goes, so that prompts progress even under a tiny budget).
   int left = budget;
@@ -422,9 +518,7 @@ void Scheduler::run_step() {
     Active* a = prompting[(rr_ + k) % prompting.size()];
     const int n = int(std::min<size_t>({size_t(cc.chunk), a->feed.size() - a->fed,
                                         size_t(std::max(left, 1))}));
-    steps.push_back({a->slot, a->feed.data() + a->fed, n, false});
-    owner.push_back(a);
-    left -= n;
+    left -= add(a, n);
     ++served;
   }
   if (!prompting.empty()) rr_ = (rr_ + served) % prompting.size();
@@ -434,12 +528,13 @@ void Scheduler::run_step() {
   draws.assign(steps.size(), 0);
   for (size_t i = 0; i < steps.size(); ++i) {
     const Active& a = *owner[i];
-    draws[i] = a.fed + size_t(steps[i].n) == a.feed.size() && !a.done &&
+    draws[i] = a.fed + size_t(consumed[i]) == a.feed.size() && !a.done &&
                a.usage.completion_tokens < a.max_tokens;
   }
   const int vocab = ls_.model().config().vocab;
   std::vector<int32_t>& drawn = step_.drawn;
   drawn.assign(steps.size(), -1);
+  const auto t0 = Clock::now();
   if (ls_.sample_on_backend()) {
     std::vector<SampleSpec>& specs = step_.specs;
     specs.assign(steps.size(), SampleSpec{});  // greedy (and free) where nothing is drawn
@@ -457,9 +552,9 @@ void Scheduler::run_step() {
   uint64_t prompt_tokens = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     Active& a = *owner[i];
-    a.fed += size_t(steps[i].n);
-    a.streamed += steps[i].n;
-    if (a.prompting) prompt_tokens += uint64_t(steps[i].n);
+    a.fed += size_t(consumed[i]);
+    a.streamed += consumed[i];
+    if (a.prompting) prompt_tokens += uint64_t(consumed[i]);
     if (a.fed < a.feed.size() || a.done) continue;
     a.prompting = false;
     if (!draws[i]) {
@@ -469,11 +564,16 @@ void Scheduler::run_step() {
     if (drawn[i] < 0) throw std::runtime_error("sampling: the model gave no finite logit");
     on_token(a, drawn[i], now);
   }
+  measure_step(std::chrono::duration<double>(now - t0).count(), prompt_tokens, decoding);
   std::erase_if(active_, [](const auto& a) { return a->done; });
   std::lock_guard lk(mu_);
   ++stats_.steps;
+  last_step_ = now;
+  const double dt = std::chrono::duration<double>(now - t0).count();
+  stats_.step_s = stats_.step_s <= 0 ? dt : stats_.step_s + 0.2 * (dt - stats_.step_s);
   stats_.prompt_tokens += prompt_tokens;
   stats_.running = int(active_.size());
+  stats_.prefill_budget = prefill_budget(decoding);
 }
 
 void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
@@ -506,11 +606,16 @@ void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
     finish(a, FinishReason::Cancelled);
     return;
   }
+  const CacheConfig& cc = ls_.cache().config();
   if (hit) {
     a.carry.clear();  // the token that completed a stop string is dropped, not fed
     finish(a, FinishReason::Stop);
+  } else if (a.usage.completion_tokens >= a.max_tokens) {
+    finish(a, FinishReason::Length);
+  } else if (cc.policy == Policy::Dense && ls_.cache().stream_tokens(a.slot) >= cc.window) {
+    // A full dense context has no row for this token: the reply ends here, as if by max_tokens.
+    finish(a, FinishReason::Length);
   }
-  else if (a.usage.completion_tokens >= a.max_tokens) finish(a, FinishReason::Length);
 }
 
 void Scheduler::finish(Active& a, FinishReason why) {
@@ -538,6 +643,7 @@ void Scheduler::finish(Active& a, FinishReason why) {
       s.busy = false;
       s.tokens += a.streamed;
       s.carry = a.carry;
+      s.recent = std::move(a.recent);
       s.history.insert(s.history.end(), a.new_history.begin(), a.new_history.end());
       if (a.req.chat) s.history.push_back(fingerprint({"assistant", a.reply}));
       s.last_use = Clock::now();

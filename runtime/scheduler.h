@@ -69,6 +69,10 @@ struct GenerationRequest {
   int max_tokens = -1;  // -1: the scheduler's default
   std::vector<std::string> stop;
   bool ignore_eos = false;  // generate exactly max_tokens (benchmarks): end tokens are fed on
+  // A prompt longer than the cache window keeps its opening (BOS and, for a new chat, the system
+  // messages) and its most recent tokens, the window's worth in all, instead of being refused
+  // over --max-prompt-tokens or a dense context.
+  bool truncate_keep_recent = false;
   EventSink sink;
 };
 
@@ -76,6 +80,10 @@ struct SchedulerOptions {
   double session_ttl_s = 600;    // idle sessions older than this are dropped
   int default_max_tokens = 256;  // for requests that do not say
   int step_tokens = 0;           // token budget of one step for prompt chunks; 0: 4 x chunk
+  int max_prompt_tokens = 0;     // longest prompt accepted; 0: 8 x the tokens a slot attends to
+  // While streams decode, a step's prompt tokens are cut so that it should last at most this
+  // many times a decode-only step (measured as the server runs); 0: only step_tokens bounds them.
+  double itl_factor = 2;
   ChatTemplate chat_template = ChatTemplate::Raw;
   bool chat_add_bos = true;  // a new chat session starts with BOS (as `sinkserve chat` decides)
 };
@@ -108,12 +116,18 @@ struct SchedulerStats {
   uint64_t steps = 0;
   uint64_t sessions_evicted = 0;
   uint64_t sessions_expired = 0;
+  uint64_t prompts_truncated = 0;
   LatencyHistogram ttft;  // submit to first generated token
   LatencyHistogram itl;   // between consecutive generated tokens of a request
   int sessions = 0;       // sessions holding a slot
   int running = 0;        // requests being computed
   int free_slots = 0;
   int total_slots = 0;
+  int pending = 0;  // requests queued or running
+  // Seconds since the last forward step completed (since the compute loop started when none has).
+  double last_step_age_s = 0;
+  int prefill_budget = 0;  // prompt tokens the next step may take
+  double step_s = 0;       // duration of recent steps (moving average)
 };
 
 class Scheduler {
@@ -154,6 +168,7 @@ class Scheduler {
     std::vector<uint64_t> history;
     // The reply's last token when it ended by length: sampled, never fed, the next turn's first.
     std::vector<int32_t> carry;
+    std::vector<int32_t> recent;  // recompute: the window the next turn's pass starts from
     Clock::time_point last_use;
     std::chrono::system_clock::time_point last_use_wall;
   };
@@ -175,7 +190,12 @@ class Scheduler {
   void finish(Active& a, FinishReason why);
   void reject(Pending& p, RejectReason why, std::string message);
   std::vector<int32_t> encode_request(Session* s, const GenerationRequest& r, std::string* err,
-                                      std::vector<uint64_t>* new_history);
+                                      std::vector<uint64_t>* new_history, size_t* prefix);
+  // With mu_ held. Empty when the prompt may run (after truncation), else why not.
+  std::string check_prompt(const Session* s, const GenerationRequest& r, size_t prefix,
+                           std::vector<int32_t>* feed);
+  int prefill_budget(bool decoding) const;
+  void measure_step(double seconds, uint64_t prompt_tokens, bool decoding);
 
   Lockstep& ls_;
   const Tokenizer& tok_;
@@ -190,17 +210,21 @@ class Scheduler {
   std::vector<int> releases_;  // slots of deleted sessions, freed by the compute thread
   std::unordered_map<std::string, Session> sessions_;
   SchedulerStats stats_;
+  Clock::time_point last_step_;
   bool stop_ = false;
   uint64_t next_id_ = 1;
 
   // Compute thread only.
   std::vector<std::unique_ptr<Active>> active_;
   size_t rr_ = 0;  // round-robin position among prompt-feeding requests
+  // Step costs, for the prompt budget while streams decode (exponential moving averages; <0: none).
+  double decode_step_s_ = -1, prefill_token_s_ = -1;
   std::vector<float> logits_;
   // run_step's working arrays, kept to reuse their memory step after step.
   struct StepBuffers {
     std::vector<SeqStep> steps;
     std::vector<Active*> owner, prompting;
+    std::vector<int> consumed;  // feed tokens each sequence covers (recompute: not its step length)
     std::vector<char> draws;
     std::vector<int32_t> drawn;
     std::vector<SampleSpec> specs;

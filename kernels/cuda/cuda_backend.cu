@@ -71,6 +71,16 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return name_; }
 
+  int64_t memory_available() override {
+    use_device();
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;  // a device that cannot say holds nothing more
+    }
+    return int64_t(free_bytes);
+  }
+
   void* alloc(size_t bytes) override {
     if (bytes == 0) return nullptr;
     use_device();

@@ -34,10 +34,32 @@ await expectError("stop wrong type", post(chat, { messages: msgs, stop: 3 }), 40
 await expectError("prompt missing", post("/v1/completions", { max_tokens: 3 }), 400, "prompt");
 await expectError("unknown model", post(chat, { model: "gpt-9", messages: msgs }), 400, "model");
 await expectError("bad session id", post(chat, { messages: msgs, session: "a b/c" }), 400, "session");
+await expectError("JSON followed by a NUL and more", post(chat, JSON.stringify({ messages: msgs }) + "\0garbage"), 400);
+await expectError("empty session id", post(chat, { messages: msgs, session: "" }), 400, "session");
 await expectError("body over --max-body", post(chat, { messages: [{ role: "user", content: "x".repeat(5000) }] }), 413);
 await expectError("unknown route", "GET /v2/whatever HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404);
 await expectError("wrong method", "GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405);
 await expectError("unknown session", "DELETE /v1/sessions/none HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404);
+// HEAD /health: GET's status and headers, no body.
+{
+  const r = await rawRequest(srv.port, "HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  assert.equal(r.status, 200, r.text);
+  assert.match(r.text, /content-length: [1-9]/i);
+  assert.ok(r.text.endsWith("\r\n\r\n"), `HEAD answered with a body: ${r.text}`);
+  console.log("HEAD /health: 200, no body");
+}
+// HTTP/1.0 has no chunked encoding: a stream's body ends where the server closes the connection.
+{
+  const body = JSON.stringify({ prompt: "Once", stream: true, max_tokens: 3 });
+  const r = await rawRequest(srv.port, `POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\n` +
+                                       `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  assert.equal(r.status, 200, r.text);
+  assert.doesNotMatch(r.text, /transfer-encoding/i, "chunked reply to HTTP/1.0");
+  const sse = r.text.slice(r.text.indexOf("\r\n\r\n") + 4);
+  assert.ok(sse.startsWith("data: {"), `not a close-delimited event stream: ${sse.slice(0, 80)}`);
+  assert.ok(sse.endsWith("data: [DONE]\n\n"), `stream tail: ${sse.slice(-80)}`);
+  console.log("HTTP/1.0 stream: close-delimited");
+}
 // A session's history must continue what it has seen.
 {
   const first = await fetch(`${srv.base}${chat}`, { method: "POST", body: JSON.stringify({ messages: msgs, max_tokens: 2, session: "s1" }) });

@@ -26,7 +26,15 @@ export async function startServer(extra = []) {
   const argv = [...LAUNCH, SINKSERVE, "serve", "--model", MODEL, "--port", "0", "--threads", "1", ...extra];
   const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "inherit", "pipe"] });
   let log = "";
-  const exited = new Promise((resolve) => proc.on("exit", (code, sig) => resolve({ code, sig })));
+  let running = true;
+  const exited = new Promise((resolve) => proc.on("exit", (code, sig) => {
+    running = false;
+    resolve({ code, sig });
+  }));
+  // A test that fails leaves no server behind to hold the test runner's output open.
+  process.on("exit", () => {
+    if (running) proc.kill("SIGTERM");
+  });
   const ready = new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`server did not start in 60 s:\n${log}`)), 60000);
     proc.stderr.on("data", (d) => {
@@ -42,9 +50,14 @@ export async function startServer(extra = []) {
   });
   const { port, pid } = await ready;
   const base = `http://127.0.0.1:${port}`;
+  const admin = /admin \(\/health, \/metrics\) on http:\/\/127\.0\.0\.1:(\d+)/.exec(log);
   return {
     port,
     base,
+    pid,
+    adminPort: admin ? Number(admin[1]) : null,
+    launcherPid: proc.pid,
+    exited,
     log: () => log,
     // SIGTERM to rank 0: it finishes in-flight work and releases the other ranks; all exit 0.
     async stop() {
@@ -81,6 +94,92 @@ export async function waitMetrics(base, pred, seconds = 10) {
     await new Promise((r) => setTimeout(r, 20));
   }
   return m;
+}
+
+// The pids of every rank but rank 0 (children of the launcher); [] without mpirun.
+export function otherRanks(srv) {
+  return new Promise((resolve) => {
+    execFile("ps", ["-o", "pid=", "--ppid", String(srv.launcherPid)], (err, stdout) => {
+      resolve(err ? [] : stdout.split(/\s+/).filter(Boolean).map(Number).filter((p) => p !== srv.pid));
+    });
+  });
+}
+
+// Exit 77 (skipped) with the reason, for a test that needs what this build does not have.
+export function skip(reason) {
+  console.log(`SKIP: ${reason}`);
+  process.exit(77);
+}
+
+// A keep-alive HTTP/1.1 connection, TCP_NODELAY, that sends each request in the pieces it is
+// given (one write each, a tick apart: separate TCP segments) and reads Content-Length replies.
+export class RawClient {
+  constructor(port) {
+    this.port = port;
+    this.buf = Buffer.alloc(0);
+    this.pending = null;
+    this.closed = false;
+  }
+  async connect() {
+    this.sock = net.connect(this.port, "127.0.0.1");
+    this.sock.setNoDelay(true);
+    await new Promise((resolve, reject) => {
+      this.sock.once("connect", resolve);
+      this.sock.once("error", reject);
+    });
+    this.sock.on("error", () => {});
+    this.sock.on("data", (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.#complete();
+    });
+    this.sock.on("close", () => {
+      this.closed = true;
+      if (this.pending) this.pending.reject(new Error("connection closed before the reply"));
+      this.pending = null;
+    });
+    return this;
+  }
+  #complete() {
+    if (!this.pending) return;
+    const head = this.buf.indexOf("\r\n\r\n");
+    if (head < 0) return;
+    const text = this.buf.subarray(0, head).toString();
+    const len = Number(/content-length: (\d+)/i.exec(text)?.[1] ?? 0);
+    if (this.buf.length < head + 4 + len) return;
+    const body = this.buf.subarray(head + 4, head + 4 + len).toString();
+    this.buf = this.buf.subarray(head + 4 + len);
+    const p = this.pending;
+    this.pending = null;
+    p.resolve({ status: Number(text.split(" ")[1]), head: text, body });
+  }
+  request(pieces, timeoutMs = 10000) {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.pending = null;
+        reject(new Error(`no reply within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending = {
+        resolve: (r) => { clearTimeout(t); resolve(r); },
+        reject: (e) => { clearTimeout(t); reject(e); },
+      };
+      const send = (i) => {
+        if (i >= pieces.length || this.closed) return;
+        this.sock.write(pieces[i]);
+        setImmediate(() => send(i + 1));
+      };
+      send(0);
+    });
+  }
+  close() {
+    this.sock.destroy();
+  }
+}
+
+// A keep-alive POST as two pieces: headers, then body.
+export function splitPost(path, body) {
+  const b = JSON.stringify(body);
+  return [`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n` +
+          `Content-Length: ${Buffer.byteLength(b)}\r\n\r\n`, b];
 }
 
 // One raw HTTP exchange on a fresh socket: the status code and the whole response text.

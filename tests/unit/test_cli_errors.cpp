@@ -97,11 +97,21 @@ TEST(CliErrors, BadGenerateArguments) {
            {"generate --threads 100000" + m, "--threads must be in 0..1024"},
            {"generate --window 2147483000" + m, "are limited to"},
            {"generate --chunk 0" + m, "--chunk must be in 1..65536"},
+           {"generate --window 0" + m, "--window must be >= 1"},
+           {"generate --window -1" + m, "--window must be >= 1"},
+           {"generate -f " + dir().string() + m, "cannot read --prompt-file '" + dir().string() + "': it is a directory"},
            {"perplexity --text /nonexistent/file" + m, "cannot read --text"},
            {"generate --kv-type f8" + m, "--kv-type: unknown KV cache type 'f8'"},
            {"generate --kv-type fp8" + m, "fp8 KV storage is not implemented"},
            {"serve --kv-memory lots" + m, "--kv-memory must be a size like 2GiB"},
            {"serve --kv-memory 1GiB --sessions 4" + m, "give --sessions or --kv-memory, not both"},
+           {"perplexity --tokens 0 --text " + sinkserve::test::fixture("texts/tinyshakespeare_input.txt") + m,
+            "--tokens must be >= 1"},
+           {"serve --read-timeout 0" + m, "--read-timeout must be in (0, 3600] seconds"},
+           {"serve --admin-port 70000" + m, "--admin-port must be in 0..65535"},
+           {"serve --stall-timeout -1" + m, "--stall-timeout must be in [0, 86400] seconds"},
+           {"serve --max-prompt-tokens 0" + m, "--max-prompt-tokens must be >= 1"},
+           {"serve --itl-factor 0.5" + m, "--itl-factor must be 0 (off) or in [1, 1000]"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
     const CliResult r = run(args);
     EXPECT_TRUE(r.exited) << args;

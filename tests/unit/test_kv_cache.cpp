@@ -4,6 +4,7 @@
 #include <set>
 
 #include "cache/kv_cache.h"
+#include "runtime/process_memory.h"
 #include "tests/cache_config.h"
 
 using namespace sinkserve;
@@ -127,3 +128,23 @@ TEST(KVCache, PolicyNamesParse) {
 }
 
 }  // namespace
+
+// `serve --sessions 1000000000` once drove the machine into the OOM killer: the pool is now
+// checked against MemAvailable before anything, the slot table included, is allocated.
+TEST(KVCache, RefusesAPoolLargerThanAvailableMemoryBeforeTouchingIt) {
+  auto be = make_cpu_backend(1);
+  const int64_t before = resident_bytes();
+  try {
+    KVCache cache(*be, 5, 32, cache_config(Policy::Sink, 4, 508, 64), 1'000'000'000);
+    FAIL() << "a pool of " << cache.pool_bytes() << " bytes was allocated";
+  } catch (const std::runtime_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("1000000000 slots x 576 rows x 5 layers need"), std::string::npos) << m;
+    EXPECT_NE(m.find("is available (host MemAvailable"), std::string::npos) << m;
+    EXPECT_NE(m.find("lower --sessions"), std::string::npos) << m;
+  }
+  EXPECT_LT(resident_bytes() - before, int64_t(64) << 20);
+  // A pool that fits is allocated as before, also when another process on the host takes one.
+  KVCache fits(*be, 5, 32, cache_config(Policy::Sink, 4, 508, 64), 1000, 2);
+  EXPECT_EQ(fits.n_slots(), 1000);
+}

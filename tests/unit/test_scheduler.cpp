@@ -21,12 +21,14 @@ namespace {
 using namespace std::chrono_literals;
 
 // Small window and chunk so that prompts span several steps and sessions outgrow the window.
-std::unique_ptr<Engine> open_stories(int slots) {
+std::unique_ptr<Engine> open_stories(int slots, Policy policy = Policy::Sink) {
   EngineOptions o;
   o.model = test::fixture("models/stories260K.gguf");
   o.threads = 1;
+  o.policy = policy;
   o.sink = 4;
   o.window = 48;
+  o.ctx = 48;
   o.chunk = 8;
   o.slots = slots;
   return open_engine(o, make_single_communicator());
@@ -82,8 +84,9 @@ struct Collector {
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void start(int slots, SchedulerOptions opt = {}, bool sample_on_backend = false) {
-    engine_ = open_stories(slots);
+  void start(int slots, SchedulerOptions opt = {}, bool sample_on_backend = false,
+             Policy policy = Policy::Sink) {
+    engine_ = open_stories(slots, policy);
     engine_->lockstep->set_sample_on_backend(sample_on_backend);
     sched_ = std::make_unique<Scheduler>(*engine_->lockstep, *engine_->tokenizer, opt);
     thread_ = std::thread([this] { sched_->run(); });
@@ -351,7 +354,10 @@ TEST_F(SchedulerTest, IdleSessionsExpireAndDeleteFreesSlots) {
 }
 
 TEST_F(SchedulerTest, LongPromptIsInterleavedWithDecodingStreams) {
-  start(2);
+  SchedulerOptions opt;
+  opt.max_prompt_tokens = 1000;
+  opt.itl_factor = 0;  // the fixed budget of 4 chunks per step, which the count below assumes
+  start(2, opt);
   // A decodes endlessly; B arrives with a prompt many steps long (chunk 8, 32 prompt tokens per
   // step). A must gain a token on every step B's prompt takes, not wait for it.
   Collector a, b;
@@ -399,6 +405,116 @@ TEST_F(SchedulerTest, StopStringsEndTheReplyBeforeTheMatch) {
   ASSERT_TRUE(c.wait_done());
   EXPECT_EQ(c.finish, FinishReason::Stop);
   EXPECT_EQ(c.text, free_run.text.substr(0, free_run.text.find(stop)));
+}
+
+// A dense slot holds 48 tokens: a reply that reaches the end of it ends by length, a prompt that
+// cannot fit is refused, and the scheduler serves on (a full slot once ended the whole job).
+TEST_F(SchedulerTest, DenseContextFullEndsTheReplyAndRefusesPromptsThatCannotFit) {
+  start(2, {}, false, Policy::Dense);
+  const int64_t prompt_len = int64_t(engine_->tokenizer->encode("Once upon a time", true).size());
+  Collector full;
+  GenerationRequest r = completion("Once upon a time", 300, full);
+  r.ignore_eos = true;
+  r.session = "s";
+  sched_->submit(std::move(r));
+  ASSERT_TRUE(full.wait_done());
+  EXPECT_EQ(full.finish, FinishReason::Length);
+  // The last token drawn is never fed: the slot's 48 rows hold the prompt and all but it.
+  EXPECT_EQ(full.usage.completion_tokens, 48 - prompt_len + 1);
+
+  std::string long_prompt;
+  for (int i = 0; i < 10; ++i) long_prompt += "The little dog ran to the park. ";
+  Collector too_long;
+  sched_->submit(completion(long_prompt, 4, too_long));
+  ASSERT_TRUE(too_long.wait_done());
+  EXPECT_TRUE(too_long.rejected);
+  EXPECT_EQ(too_long.reject, RejectReason::BadRequest);
+
+  // The full session's next turn cannot fit either; the session itself survives the refusal.
+  Collector next;
+  GenerationRequest rn = completion(" The end.", 4, next);
+  rn.session = "s";
+  sched_->submit(std::move(rn));
+  ASSERT_TRUE(next.wait_done());
+  EXPECT_TRUE(next.rejected);
+  EXPECT_EQ(sched_->sessions().size(), 1u);
+
+  // Kept to the window, the same long prompt fits.
+  Collector kept;
+  GenerationRequest rk = completion(long_prompt, 4, kept);
+  rk.truncate_keep_recent = true;
+  sched_->submit(std::move(rk));
+  ASSERT_TRUE(kept.wait_done());
+  ASSERT_FALSE(kept.rejected);
+  EXPECT_EQ(kept.usage.prompt_tokens, 48);
+  EXPECT_EQ(kept.usage.completion_tokens, 1);  // the 48 rows are full after the prompt
+  EXPECT_EQ(sched_->stats().prompts_truncated, 1u);
+
+  Collector ok;
+  sched_->submit(completion("The dog", 5, ok));
+  ASSERT_TRUE(ok.wait_done());
+  EXPECT_EQ(ok.finish, FinishReason::Length);
+  EXPECT_EQ(ok.usage.completion_tokens, 5);
+}
+
+// Recompute rebuilds the window of 48 tokens for every token, batched or not, as Stream does; a
+// stream runs on far past the window.
+TEST_F(SchedulerTest, RecomputeMatchesTheRecomputingStream) {
+  start(4, {}, false, Policy::Recompute);
+  constexpr int kMax = 80;
+  const std::vector<std::string> prompts = {kPrompts[0], kPrompts[1]};
+  std::vector<std::vector<int32_t>> ref;
+  for (const std::string& p : prompts) {
+    Stream s(*engine_->lockstep);
+    int32_t carry;
+    ref.push_back(reference(s, engine_->tokenizer->encode(p, true), kMax, &carry));
+  }
+  std::vector<Collector> cs(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    sched_->submit(completion(prompts[i], kMax, cs[i]));
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(cs[i].wait_done());
+    std::vector<int32_t> expect = ref[i];
+    if (!expect.empty() && is_end(expect.back())) expect.pop_back();
+    EXPECT_EQ(cs[i].tokens, expect) << "prompt " << i;
+  }
+}
+
+// Prompts over --max-prompt-tokens are refused with the limit named, unless kept to the window.
+TEST_F(SchedulerTest, PromptLimitRefusesOrKeepsTheRecentTokens) {
+  SchedulerOptions opt;
+  opt.max_prompt_tokens = 20;
+  start(2, opt);
+  std::string long_prompt;
+  for (int i = 0; i < 10; ++i) long_prompt += "The little dog ran to the park. ";
+  std::string message;
+  Collector refused;
+  GenerationRequest r = completion(long_prompt, 2, refused);
+  auto inner = r.sink;
+  r.sink = [&, inner](const StreamEvent& e) {
+    if (e.kind == StreamEvent::Kind::Rejected) message = e.message;
+    return inner(e);
+  };
+  sched_->submit(std::move(r));
+  ASSERT_TRUE(refused.wait_done());
+  EXPECT_TRUE(refused.rejected);
+  EXPECT_NE(message.find("at most 20 (--max-prompt-tokens)"), std::string::npos) << message;
+
+  // Kept: BOS and the last 19 tokens, the same as a prompt that was only those.
+  const std::vector<int32_t> ids = engine_->tokenizer->encode(long_prompt, true);
+  Collector kept, same;
+  GenerationRequest rk = completion(long_prompt, 6, kept);
+  rk.truncate_keep_recent = true;
+  sched_->submit(std::move(rk));
+  ASSERT_TRUE(kept.wait_done());
+  ASSERT_FALSE(kept.rejected);
+  EXPECT_EQ(kept.usage.prompt_tokens, 20);
+  std::vector<int32_t> tail(ids.end() - 19, ids.end());
+  GenerationRequest rs = completion(engine_->tokenizer->decode(tail), 6, same);
+  sched_->submit(std::move(rs));
+  ASSERT_TRUE(same.wait_done());
+  if (same.usage.prompt_tokens == 20) EXPECT_EQ(kept.tokens, same.tokens);
 }
 
 }  // namespace
