@@ -18,10 +18,6 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline __m256 q8_quarter(const int8_t* q) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
-}
-
 struct LoadF32 {
   static constexpr int kBytes = 4;
   static __m256 v8(const void* row, int64_t k) { return _mm256_loadu_ps(static_cast<const float*>(row) + k); }
@@ -70,40 +66,13 @@ void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64
 }
 
 template <int NT>
-void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
-             const float* x, float* y, int64_t ldy) {
-  const int64_t nb = cols / kQ8Block;
-  for (int64_t r = r0; r < r1; ++r) {
-    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
-    __m256 acc[NT][2];
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      prefetch(reinterpret_cast<const char*>(blocks + b) + kPrefetchBytes);
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
-      const int64_t k = b * kQ8Block;
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; q += 2) {
-        const __m256 w0 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d);
-        const __m256 w1 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q + 8), d);
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; ++t) {
-          acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + k + 8 * q), acc[t][0]);
-          acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + k + 8 * q + 8), acc[t][1]);
-        }
-      }
-    }
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
-  }
-}
-
-template <int NT>
 void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
              const float* x, float* y, int64_t ldy) {
   switch (type) {
     case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
-    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: return;  // block-quantized types have their own dot products (quant_ops)
   }
 }
 
@@ -130,15 +99,7 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
     case DType::F32: return decode_plain<LoadF32>(row, k0, n, out);
     case DType::F16: return decode_plain<LoadF16>(row, k0, n, out);
     case DType::BF16: return decode_plain<LoadBF16>(row, k0, n, out);
-    case DType::Q8_0: {
-      const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
-      for (int64_t b = 0; b < n / kQ8Block; ++b) {
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
-        for (int q = 0; q < 4; ++q)
-          _mm256_storeu_ps(out + b * kQ8Block + 8 * q, _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d));
-      }
-      return;
-    }
+    default: return dequantize_blocks(type, Isa::Avx2, row, k0, n, out);
   }
 }
 
@@ -357,6 +318,10 @@ void add(float* x, const float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) x[i] += y[i];
+}
+
+inline __m256 q8_quarter(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
 
 // Eight values [e, e + 8) of a KV row as F32 (a Q8_0 piece stays within one block of 32).

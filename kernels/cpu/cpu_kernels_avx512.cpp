@@ -36,10 +36,6 @@ inline __m512 load_bf16(const uint16_t* p) {
 }
 inline __m512 load_bf16(const uint16_t* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 
-inline __m512 q8_half(const int8_t* q) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-}
-
 // Loads 16 weight values at column k (masked for the row tail) as F32.
 struct LoadF32 {
   static constexpr int kBytes = 4;
@@ -95,33 +91,6 @@ void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64
   }
 }
 
-// Q8_0 is dequantized in registers (int8 -> F32, times the block scale) and multiplied in F32,
-// so the activations keep full precision; the conversions hide under the memory reads.
-template <int NT>
-void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
-             const float* x, float* y, int64_t ldy) {
-  const int64_t nb = cols / kQ8Block;
-  for (int64_t r = r0; r < r1; ++r) {
-    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
-    __m512 acc[NT][2];
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      prefetch(reinterpret_cast<const char*>(blocks + b) + kPrefetchBytes);
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
-      const __m512 w0 = _mm512_mul_ps(q8_half(blocks[b].qs), d);
-      const __m512 w1 = _mm512_mul_ps(q8_half(blocks[b].qs + 16), d);
-      const int64_t k = b * kQ8Block;
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) {
-        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + k), acc[t][0]);
-        acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + k + 16), acc[t][1]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
-  }
-}
-
 template <int NT>
 void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
              const float* x, float* y, int64_t ldy) {
@@ -129,7 +98,7 @@ void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t 
     case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
-    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: return;  // block-quantized types have their own dot products (quant_ops)
   }
 }
 
@@ -145,15 +114,8 @@ void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0,
 }
 
 void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
-  if (type == DType::Q8_0) {
-    const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
-    for (int64_t b = 0; b < n / kQ8Block; ++b) {
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
-      _mm512_storeu_ps(out + b * kQ8Block, _mm512_mul_ps(q8_half(blocks[b].qs), d));
-      _mm512_storeu_ps(out + b * kQ8Block + 16, _mm512_mul_ps(q8_half(blocks[b].qs + 16), d));
-    }
-    return;
-  }
+  if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
+    return dequantize_blocks(type, Isa::Avx512, row, k0, n, out);
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 m = tail_mask(n - k);
     __m512 v;

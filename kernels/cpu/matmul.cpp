@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <new>
 
+#include "kernels/type_traits.h"
+
 namespace sinkserve::cpu {
 namespace {
 
@@ -26,6 +28,35 @@ void gemv_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t ro
       for (int64_t t0 = 0; t0 < n_tok; t0 += kGemvMaxTokens) {
         const int nt = int(std::min<int64_t>(kGemvMaxTokens, n_tok - t0));
         kern.gemv(w.type, w.data, row_bytes, cols, r0, r1, x + t0 * cols, nt, y + t0 * rows, rows);
+      }
+      if (w.bias) add_bias(w.bias, r0, r1, n_tok, y, rows);
+    }
+  });
+}
+
+// Block-quantized weights: the activations are quantized once per call to the type's 8-bit
+// format, then every row's dot products run on integers with the weights decoded in registers.
+void quant_gemv_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t row_bytes,
+                     const float* x, int64_t n_tok, float* y, Scratch& scratch) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const quants::CpuOps& ops = quant_ops(w.type, kern.isa);
+  const quants::ActQuantize quantize = act_quantizer(w.type, kern.isa);
+  const size_t stride = size_t(act_row_bytes(type_traits(w.type).act, cols) + 63) / 64 * 64;
+  auto* xq = reinterpret_cast<uint8_t*>(scratch.floats(size_t(n_tok) * stride / sizeof(float)));
+  if (n_tok == 1) {
+    quantize(x, xq, cols);
+  } else {
+    pool.parallel_for(n_tok, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) quantize(x + t * cols, xq + size_t(t) * stride, cols);
+    });
+  }
+  const int64_t n_blocks = (rows + kGemvRowBlock - 1) / kGemvRowBlock;
+  pool.parallel_for(n_blocks, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t r0 = blk * kGemvRowBlock, r1 = std::min(rows, r0 + kGemvRowBlock);
+      for (int64_t t0 = 0; t0 < n_tok; t0 += kGemvMaxTokens) {
+        const int nt = int(std::min<int64_t>(kGemvMaxTokens, n_tok - t0));
+        ops.gemv(w.data, row_bytes, cols, r0, r1, xq + size_t(t0) * stride, stride, nt, y + t0 * rows, rows);
       }
       if (w.bias) add_bias(w.bias, r0, r1, n_tok, y, rows);
     }
@@ -129,7 +160,9 @@ void matmul(const Kernels& kern, ThreadPool& pool, const Weight& w, const float*
             int64_t n_tok, float* y, Scratch& scratch, bool bf16_gemm) {
   if (n_tok <= 0 || w.rows <= 0) return;
   const size_t row_bytes = size_t(dtype_row_bytes(w.type, w.cols));
-  if (n_tok < kGemmMinTokens)
+  if (n_tok < kGemmMinTokens && dtype_is_quantized(w.type))
+    quant_gemv_path(kern, pool, w, row_bytes, x, n_tok, y, scratch);
+  else if (n_tok < kGemmMinTokens)
     gemv_path(kern, pool, w, row_bytes, x, n_tok, y);
   else if (bf16_gemm && kern.gemm_tile_bf16)
     gemm_path_bf16(kern, pool, w, row_bytes, x, n_tok, y, scratch);
