@@ -12,6 +12,12 @@
 #include "kernels/quants/blocks.h"
 #include "kernels/quants/cpu_ops.h"
 
+#if defined(__AVX512F__)
+// GCC 12's AVX-512 headers build undefined vectors by self-initialisation, which its own
+// -W(maybe-)uninitialized then reports at every use (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -133,6 +139,30 @@ inline __m256i bits_to_bytes(uint32_t bits, char value) {
   const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
   return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(value));
 #endif
+}
+
+// Dequantization into the GEMM's F32 panels: out[i] = d * code[i] + m for the 16 codes of a
+// 128-bit register (signed or unsigned bytes), or the 32 of a 256-bit one. One rounding (FMA)
+// where the reference rounds d * code and the sum separately.
+template <bool Signed>
+inline void store16(__m128i v, float d, float m, float* out) {
+#if defined(__AVX512F__)
+  const __m512i i = Signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
+  _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d), _mm512_set1_ps(m)));
+#else
+  const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+  const __m128i hi = _mm_srli_si128(v, 8);
+  const __m256i a = Signed ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v);
+  const __m256i b = Signed ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi);
+  _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), vd, vm));
+  _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(b), vd, vm));
+#endif
+}
+
+template <bool Signed>
+inline void store32(__m256i v, float d, float m, float* out) {
+  store16<Signed>(_mm256_castsi256_si128(v), d, m, out);
+  store16<Signed>(_mm256_extracti128_si256(v, 1), d, m, out + 16);
 }
 
 // Bit b of each byte of v moved to bit 4 (0x10), everything else cleared; b < 8. A 16-bit shift

@@ -9,10 +9,12 @@
 
 namespace sinkserve::quants {
 
-// Nearest integer in [lo, hi]; NaN gives lo.
+// Nearest integer in [lo, hi] (ties to even); NaN gives lo. Adding 1.5 * 2^23 rounds in the FPU's
+// mode without a libm call, exact for the |v| <= 2^22 left after clamping.
 static inline int round_clamp(float v, int lo, int hi) {
-  const float r = std::nearbyint(v);
-  return r >= float(hi) ? hi : r >= float(lo) ? int(r) : lo;
+  if (!(v >= float(lo))) return lo;
+  if (v >= float(hi)) return hi;
+  return int((v + 12582912.0f) - 12582912.0f);
 }
 
 // Importance of each value: its magnitude plus the group's RMS, so that large values (which
@@ -110,13 +112,11 @@ static inline float fit_scale_offset(const float* x, const float* w, int n, int 
 
 // Codes q (indices into the ascending 16-entry `table`) and scale s with x ~ s table[q]: the
 // non-linear grid of IQ4_NL. Returns s (0 for an all-zero or non-finite group).
+// The nearest entry is the number of midpoints between neighbours below v (ties to the lower).
 static inline int nearest_in_table(const int8_t* table, float v) {
-  int lo = 0, hi = 15;  // binary search for the neighbours of v, then the closer of the two
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    (v < float(table[mid]) ? hi : lo) = mid;
-  }
-  return v - float(table[lo]) <= float(table[hi]) - v ? lo : hi;
+  int q = 0;
+  for (int k = 0; k < 15; ++k) q += v > 0.5f * float(table[k] + table[k + 1]);
+  return q;
 }
 
 static inline float fit_scale_table(const float* x, const float* w, int n, const int8_t* table, int* q) {

@@ -28,11 +28,14 @@ inline void decode32(const uint8_t* qs, float d, float* y) {
   }
 }
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize_nl(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const BlockIQ4_NL*>(src);
   for (int64_t i = 0; i < n / 32; ++i) decode32(b[i].qs, fp16(b[i].d), dst + 32 * i);
 }
+#endif
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize_xs(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const BlockIQ4_XS*>(src);
   for (int64_t i = 0; i < n / 256; ++i) {
@@ -41,6 +44,7 @@ void dequantize_xs(const void* src, float* dst, int64_t n) {
       decode32(blocks[i].qs + 16 * g, d * float(xs_scale(blocks[i], g) - 32), dst + 256 * i + 32 * g);
   }
 }
+#endif
 
 // Sum over 32 values of grid[code] * x.
 inline int32_t dot32(const uint8_t* qs, const int8_t* x) {
@@ -55,6 +59,28 @@ inline __m256i grid_values(const uint8_t* qs) {
   return _mm256_shuffle_epi8(grid, nibbles(qs));
 }
 #endif
+
+void decode_nl(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* b = static_cast<const BlockIQ4_NL*>(src);
+  for (int64_t i = 0; i < n / 32; ++i) store32<true>(grid_values(b[i].qs), fp16(b[i].d), 0.0f, dst + 32 * i);
+#else
+  dequantize_nl(src, dst, n);
+#endif
+}
+
+void decode_xs(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const BlockIQ4_XS*>(src);
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const float d = fp16(blocks[i].d);
+    for (int g = 0; g < 8; ++g)
+      store32<true>(grid_values(blocks[i].qs + 16 * g), d * float(xs_scale(blocks[i], g) - 32), 0.0f, dst + 256 * i + 32 * g);
+  }
+#else
+  dequantize_xs(src, dst, n);
+#endif
+}
 
 struct DotNl {
   template <int NT>
@@ -134,8 +160,8 @@ struct DotXs {
 
 }  // namespace
 
-extern const CpuOps ops_IQ4_NL = {gemv<DotNl>, dequantize_nl};
-extern const CpuOps ops_IQ4_XS = {gemv<DotXs>, dequantize_xs};
+extern const CpuOps ops_IQ4_NL = {gemv<DotNl>, decode_nl};
+extern const CpuOps ops_IQ4_XS = {gemv<DotXs>, decode_xs};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_IQ4_NL(const void* src, float* dst, int64_t n) { dequantize_nl(src, dst, n); }

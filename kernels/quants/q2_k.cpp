@@ -13,6 +13,7 @@
 namespace sinkserve::quants::SINKSERVE_QUANT_ISA {
 namespace {
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const BlockQ2_K*>(src);
   for (int64_t i = 0; i < n / 256; ++i) {
@@ -27,6 +28,30 @@ void dequantize(const void* src, float* dst, int64_t n) {
             dst[256 * i + 128 * h + 32 * j + l] = dl * float((b.qs[32 * h + l] >> (2 * j)) & 3) - ml;
         }
   }
+}
+#endif
+
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const BlockQ2_K*>(src);
+  const __m256i two_bits = _mm256_set1_epi8(3);
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const BlockQ2_K& b = blocks[i];
+    const float d = fp16(b.d), dmin = fp16(b.dmin);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(b.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i w = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), two_bits);
+        const uint8_t s0 = b.scales[8 * h + 2 * j], s1 = b.scales[8 * h + 2 * j + 1];
+        float* y = dst + 256 * i + 128 * h + 32 * j;
+        store16<false>(_mm256_castsi256_si128(w), d * float(s0 & 15), -(dmin * float(s0 >> 4)), y);
+        store16<false>(_mm256_extracti128_si256(w, 1), d * float(s1 & 15), -(dmin * float(s1 >> 4)), y + 16);
+      }
+    }
+  }
+#else
+  dequantize(src, dst, n);
+#endif
 }
 
 struct Dot {
@@ -102,7 +127,7 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q2_K = {gemv<Dot>, dequantize};
+extern const CpuOps ops_Q2_K = {gemv<Dot>, decode};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q2_K(const void* src, float* dst, int64_t n) { dequantize(src, dst, n); }

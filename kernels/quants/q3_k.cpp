@@ -29,6 +29,7 @@ inline int code(const BlockQ3_K& b, int h, int j, int l) {
   return ((b.qs[32 * h + l] >> (2 * j)) & 3) | (((b.hmask[l] >> (4 * h + j)) & 1) << 2);
 }
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const BlockQ3_K*>(src);
   for (int64_t i = 0; i < n / 256; ++i) {
@@ -46,6 +47,37 @@ void dequantize(const void* src, float* dst, int64_t n) {
             dst[256 * i + 128 * h + 32 * j + l] = dl * float(code(b, h, j, l) - 4);
         }
   }
+}
+#endif
+
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const BlockQ3_K*>(src);
+  const __m256i two_bits = _mm256_set1_epi8(3), bit2 = _mm256_set1_epi8(4);
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const BlockQ3_K& b = blocks[i];
+    uint32_t words[4];
+    unpack_scales(b.scales, words);
+    uint8_t sc[16];
+    std::memcpy(sc, words, 16);
+    const float d = fp16(b.d);
+    __m256i hm = load256(b.hmask);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(b.qs + 32 * h);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i w = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * j), two_bits),
+                                          _mm256_and_si256(_mm256_slli_epi16(hm, 2), bit2));
+        hm = _mm256_srli_epi16(hm, 1);
+        const float s0 = d * float(sc[8 * h + 2 * j] - 32), s1 = d * float(sc[8 * h + 2 * j + 1] - 32);
+        float* y = dst + 256 * i + 128 * h + 32 * j;
+        store16<false>(_mm256_castsi256_si128(w), s0, -4.0f * s0, y);
+        store16<false>(_mm256_extracti128_si256(w, 1), s1, -4.0f * s1, y + 16);
+      }
+    }
+  }
+#else
+  dequantize(src, dst, n);
+#endif
 }
 
 struct Dot {
@@ -124,7 +156,7 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q3_K = {gemv<Dot>, dequantize};
+extern const CpuOps ops_Q3_K = {gemv<Dot>, decode};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q3_K(const void* src, float* dst, int64_t n) { dequantize(src, dst, n); }

@@ -25,6 +25,7 @@ void unpack_scales(const B& b, uint8_t* sc, uint8_t* mn) {
   std::memcpy(mn, m, 8);
 }
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 template <class B>
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const B*>(src);
@@ -48,6 +49,37 @@ void dequantize(const void* src, float* dst, int64_t n) {
       }
     }
   }
+}
+#endif
+
+template <class B>
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const B*>(src);
+  const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const B& b = blocks[i];
+    uint8_t sc[8], mn[8];
+    unpack_scales(b, sc, mn);
+    const float d = fp16(b.d), dmin = fp16(b.dmin);
+    __m256i hb = _mm256_setzero_si256();
+    if constexpr (kFifthBit<B>) hb = load256(b.qh);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = load256(b.qs + 32 * c);
+      __m256i wl = _mm256_and_si256(q, low4), wh = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+      if constexpr (kFifthBit<B>) {
+        wl = _mm256_or_si256(wl, _mm256_and_si256(_mm256_slli_epi16(hb, 4), bit4));
+        wh = _mm256_or_si256(wh, _mm256_and_si256(_mm256_slli_epi16(hb, 3), bit4));
+        hb = _mm256_srli_epi16(hb, 2);
+      }
+      float* y = dst + 256 * i + 64 * c;
+      store32<false>(wl, d * float(sc[2 * c]), -(dmin * float(mn[2 * c])), y);
+      store32<false>(wh, d * float(sc[2 * c + 1]), -(dmin * float(mn[2 * c + 1])), y + 32);
+    }
+  }
+#else
+  dequantize<B>(src, dst, n);
+#endif
 }
 
 template <class B>
@@ -142,8 +174,8 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q4_K = {gemv<Dot<BlockQ4_K>>, dequantize<BlockQ4_K>};
-extern const CpuOps ops_Q5_K = {gemv<Dot<BlockQ5_K>>, dequantize<BlockQ5_K>};
+extern const CpuOps ops_Q4_K = {gemv<Dot<BlockQ4_K>>, decode<BlockQ4_K>};
+extern const CpuOps ops_Q5_K = {gemv<Dot<BlockQ5_K>>, decode<BlockQ5_K>};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q4_K(const void* src, float* dst, int64_t n) { dequantize<BlockQ4_K>(src, dst, n); }

@@ -22,6 +22,7 @@ uint32_t high_bits(const B& b) {
   return h;
 }
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 template <class B>
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const B*>(src);
@@ -43,12 +44,27 @@ void dequantize(const void* src, float* dst, int64_t n) {
     }
   }
 }
+#endif
 
 // What each code's value adds besides d * code: -16 d (Q5_0) or m (Q5_1).
 template <class B>
 float block_offset(const B& b, float d) {
   if constexpr (kMin<B>) return fp16(b.m);
   else return -16.0f * d;
+}
+
+template <class B>
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const B*>(src);
+  for (int64_t i = 0; i < n / 32; ++i) {
+    const B& b = blocks[i];
+    const float d = fp16(b.d);
+    store32<false>(_mm256_or_si256(nibbles(b.qs), bits_to_bytes(high_bits(b), 0x10)), d, block_offset(b, d), dst + 32 * i);
+  }
+#else
+  dequantize<B>(src, dst, n);
+#endif
 }
 
 template <class B>
@@ -101,8 +117,8 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q5_0 = {gemv<Dot<BlockQ5_0>>, dequantize<BlockQ5_0>};
-extern const CpuOps ops_Q5_1 = {gemv<Dot<BlockQ5_1>>, dequantize<BlockQ5_1>};
+extern const CpuOps ops_Q5_0 = {gemv<Dot<BlockQ5_0>>, decode<BlockQ5_0>};
+extern const CpuOps ops_Q5_1 = {gemv<Dot<BlockQ5_1>>, decode<BlockQ5_1>};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q5_0(const void* src, float* dst, int64_t n) { dequantize<BlockQ5_0>(src, dst, n); }

@@ -19,6 +19,7 @@ inline int code(const BlockQ6_K& b, int h, int k, int l) {
   return ((k < 2 ? lo : lo >> 4) & 15) | (((b.qh[32 * h + l] >> (2 * k)) & 3) << 4);
 }
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* blocks = static_cast<const BlockQ6_K*>(src);
   for (int64_t i = 0; i < n / 256; ++i) {
@@ -30,6 +31,41 @@ void dequantize(const void* src, float* dst, int64_t n) {
           dst[256 * i + 128 * h + 32 * k + l] = d * float(b.scales[8 * h + 2 * k + l / 16]) * float(code(b, h, k, l) - 32);
   }
 }
+#endif
+
+#if defined(__AVX2__)
+// The 32 codes (0..63) of values 128 h + 32 k + l, l < 32.
+inline void codes(const BlockQ6_K& b, int h, __m256i* w) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i q0 = load256(b.ql + 64 * h), q1 = load256(b.ql + 64 * h + 32), qh = load256(b.qh + 32 * h);
+  w[0] = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
+  w[1] = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
+  w[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4), _mm256_and_si256(qh, bits45));
+  w[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+}
+#endif
+
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* blocks = static_cast<const BlockQ6_K*>(src);
+  for (int64_t i = 0; i < n / 256; ++i) {
+    const BlockQ6_K& b = blocks[i];
+    const float d = fp16(b.d);
+    for (int h = 0; h < 2; ++h) {
+      __m256i w[4];
+      codes(b, h, w);
+      for (int k = 0; k < 4; ++k) {
+        float* y = dst + 256 * i + 128 * h + 32 * k;
+        const float s0 = d * float(b.scales[8 * h + 2 * k]), s1 = d * float(b.scales[8 * h + 2 * k + 1]);
+        store16<false>(_mm256_castsi256_si128(w[k]), s0, -32.0f * s0, y);
+        store16<false>(_mm256_extracti128_si256(w[k], 1), s1, -32.0f * s1, y + 16);
+      }
+    }
+  }
+#else
+  dequantize(src, dst, n);
+#endif
+}
 
 struct Dot {
   template <int NT>
@@ -39,7 +75,6 @@ struct Dot {
 #if defined(__AVX2__)
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < nb; ++i) {
       const BlockQ6_K& b = blocks[i];
       const __m128i sc8 = load128(b.scales);
@@ -47,13 +82,8 @@ struct Dot {
       for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        const __m256i q0 = load256(b.ql + 64 * h), q1 = load256(b.ql + 64 * h + 32), qh = load256(b.qh + 32 * h);
-        const __m256i w[4] = {
-            _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
-            _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4), _mm256_and_si256(qh, bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
-                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45))};
+        __m256i w[4];
+        codes(b, h, w);
 #pragma GCC unroll 4
         for (int k = 0; k < 4; ++k) {
           // Scales of groups g and g + 1 (g = 8h + 2k), one per 16-value half, as int16.
@@ -102,7 +132,7 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q6_K = {gemv<Dot>, dequantize};
+extern const CpuOps ops_Q6_K = {gemv<Dot>, decode};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q6_K(const void* src, float* dst, int64_t n) { dequantize(src, dst, n); }

@@ -11,12 +11,24 @@
 namespace sinkserve::quants::SINKSERVE_QUANT_ISA {
 namespace {
 
+#if !defined(__AVX2__)  // the reference; SIMD builds decode in registers
 void dequantize(const void* src, float* dst, int64_t n) {
   const auto* b = static_cast<const BlockQ8_0*>(src);
   for (int64_t i = 0; i < n / 32; ++i) {
     const float d = fp16(b[i].d);
     for (int j = 0; j < 32; ++j) dst[32 * i + j] = d * float(b[i].qs[j]);
   }
+}
+#endif
+
+// The GEMM's panels: the same values, 32 per register.
+void decode(const void* src, float* dst, int64_t n) {
+#if defined(__AVX2__)
+  const auto* b = static_cast<const BlockQ8_0*>(src);
+  for (int64_t i = 0; i < n / 32; ++i) store32<true>(load256(b[i].qs), fp16(b[i].d), 0.0f, dst + 32 * i);
+#else
+  dequantize(src, dst, n);
+#endif
 }
 
 struct Dot {
@@ -57,7 +69,7 @@ struct Dot {
 
 }  // namespace
 
-extern const CpuOps ops_Q8_0 = {gemv<Dot>, dequantize};
+extern const CpuOps ops_Q8_0 = {gemv<Dot>, decode};
 
 #if defined(SINKSERVE_QUANT_REFERENCE)
 void dequantize_Q8_0(const void* src, float* dst, int64_t n) { dequantize(src, dst, n); }

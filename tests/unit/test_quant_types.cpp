@@ -219,7 +219,9 @@ TEST(QuantTypes, TableMatchesGgmlLayouts) {
 }
 
 // Every kernel variant's dequantization (the reference table's and each ISA's decode_row) against
-// the layout reference. The ISA builds may contract d * s * q - m into an FMA: one rounding less.
+// the layout reference. The ISA variants compute d * s * q - m in one FMA (one rounding less),
+// so they are held to 1e-6 relative, and where the reference is not finite (an infinite scale)
+// to not finite: inf * q - inf may be NaN where the reference's inf * (q - 8) is inf.
 void check_dequantization(DType t, const std::vector<uint8_t>& blocks, const std::string& what) {
   const Layout L = layout(t);
   const int64_t n = int64_t(blocks.size()) / L.bytes * L.values;
@@ -238,7 +240,7 @@ void check_dequantization(DType t, const std::vector<uint8_t>& blocks, const std
     for (int64_t i = 0; i < n - L.values; ++i) {
       const float r = ref[size_t(L.values + i)];
       if (!std::isfinite(r)) {
-        ASSERT_TRUE(same(got[size_t(i)], r)) << dtype_name(t) << " " << cpu::isa_name(isa) << " " << what;
+        ASSERT_FALSE(std::isfinite(got[size_t(i)])) << dtype_name(t) << " " << cpu::isa_name(isa) << " " << what;
         continue;
       }
       ASSERT_NEAR(got[size_t(i)], r, 1e-6 * std::fabs(r) + 1e-30)
@@ -285,8 +287,10 @@ TEST(QuantTypes, NonFiniteScalesStayInTheirBlock) {
       check_dequantization(t, b, "non-finite scale");
       std::vector<float> y(size_t(5 * L.values));
       dequantize_row(t, b.data(), y.data(), 5 * L.values);
-      for (int i = 0; i < 5 * L.values; ++i)
-        if (i / L.values != 2) EXPECT_TRUE(std::isfinite(y[size_t(i)])) << dtype_name(t) << " value " << i;
+      for (int i = 0; i < 5 * L.values; ++i) {
+        if (i / L.values == 2) continue;
+        EXPECT_TRUE(std::isfinite(y[size_t(i)])) << dtype_name(t) << " value " << i;
+      }
     }
   }
 }
