@@ -75,7 +75,20 @@ void quantize_act_q8_256(const float* x, uint8_t* out, int64_t n) {
     const float* xb = x + 256 * b;
     int8_t* qb = q + 256 * b;
     float a = 0, total = 0;
+#if defined(__AVX2__)
+    __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
+    for (int i = 0; i < 256; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xb + i);
+      vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v));
+      vsum = _mm256_add_ps(vsum, v);
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    a = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    total = hsum(vsum);
+#else
     for (int i = 0; i < 256; ++i) a = std::fmax(a, std::fabs(xb[i])), total += xb[i];
+#endif
     if (!std::isfinite(total)) {
       for (int i = 0; i < 256; ++i) qb[i] = 0;
       for (int g = 0; g < 16; ++g) sums[16 * b + g] = 0;

@@ -88,11 +88,10 @@ struct Dot {
   static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
     const auto* blocks = reinterpret_cast<const B*>(row);
     const int64_t nb = cols / 256;
-    float mins_acc[NT];
-    for (int t = 0; t < NT; ++t) mins_acc[t] = 0;
 #if defined(__AVX2__)
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    // Products and minimums in separate F32 accumulators, so neither waits on the other.
+    __m256 acc[NT], mins_acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = mins_acc[t] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0f), bit4 = _mm256_set1_epi8(0x10);
     for (int64_t i = 0; i < nb; ++i) {
       const B& b = blocks[i];
@@ -133,11 +132,13 @@ struct Dot {
         const float dx = q8_256_scales(x, cols)[i];
         const __m256i m = _mm256_madd_epi16(load256(q8_256_sums(x, cols) + 16 * i), mins);
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dx), acc[t]);
-        mins_acc[t] += dmin * dx * float(hsum_i32(_mm_add_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1))));
+        mins_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * dx), mins_acc[t]);
       }
     }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]) - mins_acc[t];
+    for (int t = 0; t < NT; ++t) out[t] = hsum(_mm256_sub_ps(acc[t], mins_acc[t]));
 #else
+    float mins_acc[NT];
+    for (int t = 0; t < NT; ++t) mins_acc[t] = 0;
     for (int t = 0; t < NT; ++t) {
       const uint8_t* x = xq + t * xs;
       const auto* xv = reinterpret_cast<const int8_t*>(x);
