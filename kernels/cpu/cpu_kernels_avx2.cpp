@@ -106,12 +106,40 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
 constexpr int kMr = 16, kNr = 6;
 static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
-// Decodes 8 rows at a time into a row-major buffer, then gathers one column (one k) per vector
-// store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.
+// Columns j < n of the 8 x n row-major block at src (row stride ld) to dst + j * dst_stride, each
+// as one vector of the 8 rows: a transpose in registers (24 shuffles per 64 values) instead of a
+// gather per column.
+inline void transpose8(const float* src, int64_t ld, int n, float* dst, int64_t dst_stride) {
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 r[8], t[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_maskload_ps(src + i * ld, m);
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4q + c], 128-bit lane L: rows 4q .. 4q + 3 of column 4L + c.
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q) {
+    r[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    r[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xee);
+    r[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    r[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);
+    t[4 + c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);
+  }
+  for (int j = 0; j < n; ++j) _mm256_store_ps(dst + j * dst_stride, t[j]);
+}
+
+// Decodes 8 rows at a time into a row-major buffer, then transposes it 8 columns at a time into
+// the micro-kernel's [k][mr] layout.
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {
   alignas(64) float tmp[8 * kGemmMaxKc];
-  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(kc)));
   for (int g = 0; g < kMr; g += 8) {
     for (int i = 0; i < 8; ++i) {
       float* dst = tmp + i * kc;
@@ -121,7 +149,7 @@ void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_v
         for (int64_t k = 0; k < kc; ++k) dst[k] = 0.0f;
       }
     }
-    for (int64_t k = 0; k < kc; ++k) _mm256_store_ps(wp + k * kMr + g, _mm256_i32gather_ps(tmp + k, idx, 4));
+    for (int64_t k = 0; k < kc; k += 8) transpose8(tmp + k, kc, int(kc - k < 8 ? kc - k : 8), wp + k * kMr + g, kMr);
   }
 }
 
