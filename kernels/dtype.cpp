@@ -2,32 +2,14 @@
 
 #include <cmath>
 #include <cstring>
-#include <stdexcept>
+
+#include "kernels/type_traits.h"
 
 namespace sinkserve {
 
-std::string_view dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::Q8_0: return "Q8_0";
-  }
-  return "?";
-}
-
-int64_t dtype_block_values(DType t) { return t == DType::Q8_0 ? kQ8Block : 1; }
-
-int64_t dtype_block_bytes(DType t) {
-  switch (t) {
-    case DType::F32: return 4;
-    case DType::F16:
-    case DType::BF16: return 2;
-    case DType::Q8_0: return sizeof(BlockQ8_0);
-  }
-  return 0;
-}
-
+std::string_view dtype_name(DType t) { return type_traits(t).name; }
+int64_t dtype_block_values(DType t) { return type_traits(t).block_values; }
+int64_t dtype_block_bytes(DType t) { return type_traits(t).block_bytes; }
 int64_t dtype_row_bytes(DType t, int64_t n) { return n / dtype_block_values(t) * dtype_block_bytes(t); }
 
 float f16_to_f32(uint16_t h) {
@@ -82,58 +64,8 @@ uint16_t f32_to_bf16(float f) {
   return uint16_t((x + 0x7fff + ((x >> 16) & 1)) >> 16);
 }
 
-void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
-  switch (t) {
-    case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
-    case DType::F16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
-      return;
-    }
-    case DType::BF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
-      return;
-    }
-    case DType::Q8_0: {
-      const auto* b = static_cast<const BlockQ8_0*>(src);
-      for (int64_t i = 0; i < n / kQ8Block; ++i) {
-        const float d = f16_to_f32(b[i].d);
-        for (int j = 0; j < kQ8Block; ++j) dst[i * kQ8Block + j] = d * float(b[i].qs[j]);
-      }
-      return;
-    }
-  }
-  throw std::invalid_argument("dequantize_row: unknown dtype");
-}
+void dequantize_row(DType t, const void* src, float* dst, int64_t n) { type_traits(t).dequantize(src, dst, n); }
 
-void quantize_row(DType t, const float* src, void* dst, int64_t n) {
-  switch (t) {
-    case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
-    case DType::F16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
-      return;
-    }
-    case DType::BF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
-      return;
-    }
-    case DType::Q8_0: {
-      auto* b = static_cast<BlockQ8_0*>(dst);
-      for (int64_t i = 0; i < n / kQ8Block; ++i) {
-        float amax = 0;
-        for (int j = 0; j < kQ8Block; ++j) amax = std::fmax(amax, std::fabs(src[i * kQ8Block + j]));
-        const float d = amax / 127.0f;
-        const float id = d ? 1.0f / d : 0.0f;
-        b[i].d = f32_to_f16(d);
-        for (int j = 0; j < kQ8Block; ++j) b[i].qs[j] = int8_t(std::lround(src[i * kQ8Block + j] * id));
-      }
-      return;
-    }
-  }
-  throw std::invalid_argument("quantize_row: unknown dtype");
-}
+void quantize_row(DType t, const float* src, void* dst, int64_t n) { type_traits(t).quantize(src, dst, n); }
 
 }  // namespace sinkserve

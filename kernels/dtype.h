@@ -1,23 +1,23 @@
-// Element types of weight matrices, with the exact storage layouts of the GGUF spec.
+// Element types of weight matrices, with the exact storage layouts of the GGUF spec. The list of
+// types is kernels/quants/type_list.h; everything else about a type is in its row of the
+// type-traits table (kernels/type_traits.h), which the functions below read.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
+#include "kernels/quants/blocks.h"
+#include "kernels/quants/type_list.h"
+
 namespace sinkserve {
 
-enum class DType : uint8_t { F32, F16, BF16, Q8_0 };
-
-// Q8_0: blocks of 32 values sharing one F16 scale: value = d * qs[i].
-inline constexpr int kQ8Block = 32;
-struct BlockQ8_0 {
-  uint16_t d;  // F16 bits
-  int8_t qs[kQ8Block];
-};
-static_assert(sizeof(BlockQ8_0) == 34);
+#define SINKSERVE_DTYPE_ENUMERATOR(NAME, ...) NAME,
+enum class DType : uint8_t { SINKSERVE_ALL_TYPES(SINKSERVE_DTYPE_ENUMERATOR) };
+#undef SINKSERVE_DTYPE_ENUMERATOR
 
 std::string_view dtype_name(DType t);
-// Values per storage block (1 for plain floats, 32 for Q8_0) and bytes per block.
+// Values per storage block (1 for plain floats, 32 for Q8_0, 256 for the K-quants) and bytes per
+// block.
 int64_t dtype_block_values(DType t);
 int64_t dtype_block_bytes(DType t);
 // Bytes of a row of n values; n must be a multiple of dtype_block_values(t).

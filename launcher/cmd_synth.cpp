@@ -15,6 +15,7 @@
 #include "launcher/args.h"
 #include "launcher/command.h"
 #include "launcher/measure.h"
+#include "kernels/type_traits.h"
 #include "runtime/arch.h"
 #include "runtime/gguf.h"
 
@@ -99,19 +100,10 @@ void add_byte_vocab(GGUFWriter& w, int vocab) {
 }
 
 DType parse_type(const std::string& s) {
-  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0})
-    if (s == dtype_name(t)) return t;
-  throw UsageError("--type must be F32, F16, BF16 or Q8_0, got '" + s + "'");
-}
-
-uint32_t file_type(DType t) {  // llama.cpp's general.file_type (LLAMA_FTYPE_*)
-  switch (t) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::Q8_0: return 7;
-    case DType::BF16: return 32;
-  }
-  return 0;
+  if (const auto t = dtype_from_name(s)) return *t;
+  std::string names;
+  for (const TypeTraits& t : all_type_traits()) names += (names.empty() ? "" : ", ") + std::string(t.name);
+  throw UsageError("--type must be one of " + names + ", got '" + s + "'");
 }
 
 // Llama-3.1's rope_freqs for a head of d rotated dimensions: scaling factor 8 below the low-frequency
@@ -157,7 +149,7 @@ int run(int argc, char** argv) {
            "(gptneox, stablelm; default: the family's usual)", &residual)
       .add("--clamp-kqv", "C", "attention.clamp_kqv metadata (mpt)", &clamp_kqv)
       .add("--rope-freqs", "", "write Llama-3.1 style rope_freqs factors", &rope_freqs)
-      .add("--type", "T", "matrix type: F32, F16, BF16 or Q8_0 (default F32; norms and biases stay F32)",
+      .add("--type", "T", "matrix type: F32, F16, BF16, Q8_0, Q4_K, ... (default F32; norms and biases stay F32)",
            &type_name)
       .add("--seed", "N", "random seed (default 0)", &seed)
       .add("--tokenizer-from", "GGUF", "copy the tokenizer.* metadata of this file", &tokenizer_from)
@@ -191,8 +183,8 @@ int run(int argc, char** argv) {
     throw UsageError("--kv-heads " + std::to_string(kv_heads) + " does not divide --heads " + std::to_string(heads));
   const int head_dim = dim / heads;
   if (head_dim % 2) throw UsageError("head dimension --dim/--heads = " + std::to_string(head_dim) + " must be even");
-  if (type == DType::Q8_0 && (dim % kQ8Block || ffn % kQ8Block))
-    throw UsageError("Q8_0 needs --dim and --ffn to be multiples of 32");
+  if (const int64_t bv = dtype_block_values(type); dim % bv || ffn % bv)
+    throw UsageError(std::string(dtype_name(type)) + " needs --dim and --ffn to be multiples of " + std::to_string(bv));
   const bool rope = spec->positions == Positions::Rope;
   if (rot < 0) {  // the family's usual rotary share
     const double share = arch == "phi2" ? 0.4 : (arch == "gptneox" || arch == "gptj" || arch == "stablelm") ? 0.25 : 1.0;
@@ -214,7 +206,7 @@ int run(int argc, char** argv) {
   GGUFWriter w;
   w.set_string("general.architecture", arch);
   w.set_string("general.name", "sinkserve-synth " + std::string(dtype_name(type)) + " seed " + std::to_string(seed));
-  w.set_u32("general.file_type", file_type(type));
+  w.set_u32("general.file_type", type_traits(type).file_type);
   w.set_u32(arch + ".context_length", uint32_t(std::min<int64_t>(ctx, UINT32_MAX)));
   w.set_u32(arch + ".embedding_length", uint32_t(dim));
   w.set_u32(arch + ".block_count", uint32_t(layers));

@@ -13,6 +13,8 @@
 #include <memory>
 #include <set>
 
+#include "kernels/type_traits.h"
+
 namespace sinkserve {
 
 namespace {
@@ -50,24 +52,11 @@ bool is_signed(GGUFType t) {
 }
 bool is_float(GGUFType t) { return t == GGUFType::FLOAT32 || t == GGUFType::FLOAT64; }
 
-std::optional<DType> dtype_of_ggml(uint32_t id) {
-  switch (id) {
-    case kGGMLTypeF32: return DType::F32;
-    case kGGMLTypeF16: return DType::F16;
-    case kGGMLTypeBF16: return DType::BF16;
-    case kGGMLTypeQ8_0: return DType::Q8_0;
-  }
-  return std::nullopt;
-}
-
-uint32_t ggml_of_dtype(DType t) {
-  switch (t) {
-    case DType::F32: return kGGMLTypeF32;
-    case DType::F16: return kGGMLTypeF16;
-    case DType::BF16: return kGGMLTypeBF16;
-    case DType::Q8_0: return kGGMLTypeQ8_0;
-  }
-  throw std::invalid_argument("unknown DType");
+// The supported types as the error for an unsupported one lists them.
+std::string supported_type_names() {
+  std::string s;
+  for (const TypeTraits& t : all_type_traits()) s += (s.empty() ? "" : ", ") + std::string(t.name);
+  return s;
 }
 
 // Names of ggml's other tensor types, so the error tells the user what the file actually holds.
@@ -276,12 +265,12 @@ GGUFFile::GGUFFile(const std::string& path) : path_(path) {
         ti.ne.push_back(int64_t(n));
       }
       const auto type_id = c.read<uint32_t>("type of " + tn);
-      const auto dt = dtype_of_ggml(type_id);
+      const auto dt = dtype_from_ggml(type_id);
       if (!dt) {
         const char* known = ggml_type_name(type_id);
         c.fail(tn + " has type " + std::to_string(type_id) +
-               " which sinkserve does not support (F32, F16, BF16, Q8_0)" +
-               (known ? std::string("; it is ggml's ") + known + ": requantize the model to Q8_0 or F16"
+               " which sinkserve does not support (" + supported_type_names() + ")" +
+               (known ? std::string("; it is ggml's ") + known + ": requantize the model to one of those"
                       : std::string("; it is not a known ggml type")));
       }
       ti.type = *dt;
@@ -619,7 +608,7 @@ void GGUFWriter::write(const std::string& path, uint64_t alignment) const {
       o.str(t.name);
       o.pod(uint32_t(t.ne.size()));
       for (int64_t d : t.ne) o.pod(uint64_t(d));
-      o.pod(ggml_of_dtype(t.type));
+      o.pod(type_traits(t.type).ggml_type);
       o.pod(offset);
       offset += (t.bytes + alignment - 1) / alignment * alignment;
     }

@@ -37,9 +37,6 @@ struct GGUFValue {
   std::variant<uint64_t, int64_t, double, bool, std::string, GGUFArray> v;
 };
 
-// GGML tensor type ids of the spec that this engine computes with.
-enum : uint32_t { kGGMLTypeF32 = 0, kGGMLTypeF16 = 1, kGGMLTypeQ8_0 = 8, kGGMLTypeBF16 = 30 };
-
 struct GGUFTensorInfo {
   std::string name;
   std::vector<int64_t> ne;  // ne[0] is the innermost (contiguous) dimension

@@ -6,23 +6,21 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/type_traits.h"
+
 namespace sinkserve::cpu {
 namespace {
 
 float row_value(DType type, const void* row, int64_t k) {
   switch (type) {
-    case DType::F32: return static_cast<const float*>(row)[k];
     case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(row)[k]);
     case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[k]);
-    case DType::Q8_0: {
-      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(row)[k / kQ8Block];
-      return f16_to_f32(b.d) * float(b.qs[k % kQ8Block]);
-    }
+    default: return static_cast<const float*>(row)[k];  // F32: the only other type gemv sees
   }
-  return 0.0f;
 }
 
 void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
+  if (dtype_is_quantized(type)) return dequantize_blocks(type, Isa::Scalar, row, k0, n, out);
   for (int64_t k = 0; k < n; ++k) out[k] = row_value(type, row, k0 + k);
 }
 
@@ -44,9 +42,10 @@ static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its pane
 
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {
+  float row[kGemmMaxKc];
   for (int i = 0; i < kMr; ++i) {
-    const void* row = static_cast<const char*>(w) + size_t(r0 + i) * row_bytes;
-    for (int64_t k = 0; k < kc; ++k) wp[k * kMr + i] = i < m_valid ? row_value(type, row, k0 + k) : 0.0f;
+    if (i < m_valid) decode_row(type, static_cast<const char*>(w) + size_t(r0 + i) * row_bytes, k0, kc, row);
+    for (int64_t k = 0; k < kc; ++k) wp[k * kMr + i] = i < m_valid ? row[k] : 0.0f;
   }
 }
 
@@ -184,6 +183,32 @@ Isa best_isa() {
   if (isa_supported(Isa::Avx512)) return Isa::Avx512;
   if (isa_supported(Isa::Avx2)) return Isa::Avx2;
   return Isa::Scalar;
+}
+
+namespace {
+// The quant families' AVX-512 build uses VNNI (kernels/CMakeLists.txt): without it, AVX2's.
+Isa quant_isa(Isa isa) {
+  static const bool vnni = isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vnni");
+  return isa == Isa::Avx512 && !vnni ? Isa::Avx2 : isa;
+}
+}  // namespace
+
+const quants::CpuOps& quant_ops(DType type, Isa isa) { return *type_traits(type).cpu[int(quant_isa(isa))]; }
+
+quants::ActQuantize act_quantizer(DType type, Isa isa) {
+  const bool q8_32 = type_traits(type).act == ActFormat::Q8_32;
+  switch (quant_isa(isa)) {
+#if defined(__x86_64__)
+    case Isa::Avx512: return q8_32 ? quants::avx512::quantize_act_q8_32 : quants::avx512::quantize_act_q8_256;
+    case Isa::Avx2: return q8_32 ? quants::avx2::quantize_act_q8_32 : quants::avx2::quantize_act_q8_256;
+#endif
+    default: return q8_32 ? quants::scalar::quantize_act_q8_32 : quants::scalar::quantize_act_q8_256;
+  }
+}
+
+void dequantize_blocks(DType type, Isa isa, const void* row, int64_t k0, int64_t n, float* out) {
+  const TypeTraits& t = type_traits(type);
+  quant_ops(type, isa).dequantize(static_cast<const char*>(row) + k0 / t.block_values * t.block_bytes, out, n);
 }
 
 const Kernels& kernels_for(Isa isa) {

@@ -8,6 +8,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/dtype.h"
+#include "kernels/quants/cpu_ops.h"
 
 namespace sinkserve::cpu {
 
@@ -28,13 +29,16 @@ inline constexpr int64_t kGemmMaxKc = 256;
 struct Kernels {
   Isa isa;
 
-  // Matrix-vector products for up to kGemvMaxTokens tokens: for r in [r0, r1), t < n_tok:
+  // Matrix-vector products of F32/F16/BF16 weights for up to kGemvMaxTokens tokens: for r in
+  // [r0, r1), t < n_tok:
   //   y[t * ldy + r] = dot(row r of w, x + t * cols)
-  // w is row-major with row_bytes between rows; cols is a multiple of the type's block size.
+  // w is row-major with row_bytes between rows. Block-quantized types take their dot products
+  // from the type-traits table instead (quant_ops), on activations quantized once per matmul.
   void (*gemv)(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0,
                int64_t r1, const float* x, int n_tok, float* y, int64_t ldy);
 
-  // Converts values [k0, k0 + n) of one weight row to F32 (k0 and n multiples of the block).
+  // Converts values [k0, k0 + n) of one weight row of any type to F32 (k0 and n multiples of
+  // the block).
   void (*decode_row)(DType type, const void* row, int64_t k0, int64_t n, float* out);
 
   // GEMM micro-kernel over a packed tile: wp holds kc steps of gemm_mr weight-row values
@@ -94,6 +98,14 @@ float kv_value(DType t, const void* row, int64_t e);
 // The scalar activation, shared by the SIMD tables for the functions they do not vectorise.
 float activation_value(Activation act, float x);
 void activate_scalar(Activation act, float* out, const float* gate, const float* up, int64_t n);
+
+// A block-quantized type's dot products and dequantization for the kernels of `isa`, and the
+// activation quantizer of its format. The AVX-512 variants need AVX512_VNNI; without it they fall
+// back to the AVX2 ones.
+const quants::CpuOps& quant_ops(DType type, Isa isa);
+quants::ActQuantize act_quantizer(DType type, Isa isa);
+// Kernels::decode_row for the block-quantized types.
+void dequantize_blocks(DType type, Isa isa, const void* row, int64_t k0, int64_t n, float* out);
 
 // Per-instruction-set tables (defined in cpu_kernels*.cpp).
 const Kernels& scalar_kernels();

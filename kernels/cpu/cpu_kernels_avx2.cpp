@@ -18,10 +18,6 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline __m256 q8_quarter(const int8_t* q) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
-}
-
 struct LoadF32 {
   static constexpr int kBytes = 4;
   static __m256 v8(const void* row, int64_t k) { return _mm256_loadu_ps(static_cast<const float*>(row) + k); }
@@ -70,40 +66,13 @@ void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64
 }
 
 template <int NT>
-void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
-             const float* x, float* y, int64_t ldy) {
-  const int64_t nb = cols / kQ8Block;
-  for (int64_t r = r0; r < r1; ++r) {
-    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
-    __m256 acc[NT][2];
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      prefetch(reinterpret_cast<const char*>(blocks + b) + kPrefetchBytes);
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
-      const int64_t k = b * kQ8Block;
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; q += 2) {
-        const __m256 w0 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d);
-        const __m256 w1 = _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q + 8), d);
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; ++t) {
-          acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + k + 8 * q), acc[t][0]);
-          acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + k + 8 * q + 8), acc[t][1]);
-        }
-      }
-    }
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
-  }
-}
-
-template <int NT>
 void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
              const float* x, float* y, int64_t ldy) {
   switch (type) {
     case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
-    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: return;  // block-quantized types have their own dot products (quant_ops)
   }
 }
 
@@ -130,27 +99,47 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
     case DType::F32: return decode_plain<LoadF32>(row, k0, n, out);
     case DType::F16: return decode_plain<LoadF16>(row, k0, n, out);
     case DType::BF16: return decode_plain<LoadBF16>(row, k0, n, out);
-    case DType::Q8_0: {
-      const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
-      for (int64_t b = 0; b < n / kQ8Block; ++b) {
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
-        for (int q = 0; q < 4; ++q)
-          _mm256_storeu_ps(out + b * kQ8Block + 8 * q, _mm256_mul_ps(q8_quarter(blocks[b].qs + 8 * q), d));
-      }
-      return;
-    }
+    default: return dequantize_blocks(type, Isa::Avx2, row, k0, n, out);
   }
 }
 
 constexpr int kMr = 16, kNr = 6;
 static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
-// Decodes 8 rows at a time into a row-major buffer, then gathers one column (one k) per vector
-// store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.
+// Columns j < n of the 8 x n row-major block at src (row stride ld) to dst + j * dst_stride, each
+// as one vector of the 8 rows: a transpose in registers (24 shuffles per 64 values) instead of a
+// gather per column.
+inline void transpose8(const float* src, int64_t ld, int n, float* dst, int64_t dst_stride) {
+  const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 r[8], t[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_maskload_ps(src + i * ld, m);
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4q + c], 128-bit lane L: rows 4q .. 4q + 3 of column 4L + c.
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q) {
+    r[4 * q] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    r[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xee);
+    r[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    r[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x20);
+    t[4 + c] = _mm256_permute2f128_ps(r[c], r[4 + c], 0x31);
+  }
+  for (int j = 0; j < n; ++j) _mm256_store_ps(dst + j * dst_stride, t[j]);
+}
+
+// Decodes 8 rows at a time into a row-major buffer, then transposes it 8 columns at a time into
+// the micro-kernel's [k][mr] layout.
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {
   alignas(64) float tmp[8 * kGemmMaxKc];
-  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(kc)));
   for (int g = 0; g < kMr; g += 8) {
     for (int i = 0; i < 8; ++i) {
       float* dst = tmp + i * kc;
@@ -160,7 +149,7 @@ void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_v
         for (int64_t k = 0; k < kc; ++k) dst[k] = 0.0f;
       }
     }
-    for (int64_t k = 0; k < kc; ++k) _mm256_store_ps(wp + k * kMr + g, _mm256_i32gather_ps(tmp + k, idx, 4));
+    for (int64_t k = 0; k < kc; k += 8) transpose8(tmp + k, kc, int(kc - k < 8 ? kc - k : 8), wp + k * kMr + g, kMr);
   }
 }
 
@@ -357,6 +346,10 @@ void add(float* x, const float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) x[i] += y[i];
+}
+
+inline __m256 q8_quarter(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
 }
 
 // Eight values [e, e + 8) of a KV row as F32 (a Q8_0 piece stays within one block of 32).

@@ -36,10 +36,6 @@ inline __m512 load_bf16(const uint16_t* p) {
 }
 inline __m512 load_bf16(const uint16_t* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 
-inline __m512 q8_half(const int8_t* q) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-}
-
 // Loads 16 weight values at column k (masked for the row tail) as F32.
 struct LoadF32 {
   static constexpr int kBytes = 4;
@@ -95,33 +91,6 @@ void gemv_plain(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64
   }
 }
 
-// Q8_0 is dequantized in registers (int8 -> F32, times the block scale) and multiplied in F32,
-// so the activations keep full precision; the conversions hide under the memory reads.
-template <int NT>
-void gemv_q8(const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
-             const float* x, float* y, int64_t ldy) {
-  const int64_t nb = cols / kQ8Block;
-  for (int64_t r = r0; r < r1; ++r) {
-    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(static_cast<const char*>(w) + size_t(r) * row_bytes);
-    __m512 acc[NT][2];
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      prefetch(reinterpret_cast<const char*>(blocks + b) + kPrefetchBytes);
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
-      const __m512 w0 = _mm512_mul_ps(q8_half(blocks[b].qs), d);
-      const __m512 w1 = _mm512_mul_ps(q8_half(blocks[b].qs + 16), d);
-      const int64_t k = b * kQ8Block;
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) {
-        acc[t][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + k), acc[t][0]);
-        acc[t][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + k + 16), acc[t][1]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
-  }
-}
-
 template <int NT>
 void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0, int64_t r1,
              const float* x, float* y, int64_t ldy) {
@@ -129,7 +98,7 @@ void gemv_nt(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t 
     case DType::F32: return gemv_plain<NT, LoadF32>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::F16: return gemv_plain<NT, LoadF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
     case DType::BF16: return gemv_plain<NT, LoadBF16>(w, row_bytes, cols, r0, r1, x, y, ldy);
-    case DType::Q8_0: return gemv_q8<NT>(w, row_bytes, cols, r0, r1, x, y, ldy);
+    default: return;  // block-quantized types have their own dot products (quant_ops)
   }
 }
 
@@ -145,15 +114,8 @@ void gemv(DType type, const void* w, size_t row_bytes, int64_t cols, int64_t r0,
 }
 
 void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) {
-  if (type == DType::Q8_0) {
-    const auto* blocks = static_cast<const BlockQ8_0*>(row) + k0 / kQ8Block;
-    for (int64_t b = 0; b < n / kQ8Block; ++b) {
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
-      _mm512_storeu_ps(out + b * kQ8Block, _mm512_mul_ps(q8_half(blocks[b].qs), d));
-      _mm512_storeu_ps(out + b * kQ8Block + 16, _mm512_mul_ps(q8_half(blocks[b].qs + 16), d));
-    }
-    return;
-  }
+  if (type != DType::F32 && type != DType::F16 && type != DType::BF16)
+    return dequantize_blocks(type, Isa::Avx512, row, k0, n, out);
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 m = tail_mask(n - k);
     __m512 v;
@@ -169,23 +131,65 @@ void decode_row(DType type, const void* row, int64_t k0, int64_t n, float* out) 
 constexpr int kMr = 32, kNr = 12;
 static_assert(kMr <= kGemmMaxMr && kNr <= kGemmMaxNr, "matmul.cpp sizes its panels by these");
 
-// Decodes 16 rows at a time into a row-major buffer, then gathers one column (one k) per vector
-// store: the transpose into the micro-kernel's [k][mr] layout without per-element scalar stores.
+// The 16 x n block whose rows are r[0..16) (n <= 16 columns valid) to dst + j * dst_stride, column
+// j as one vector of the 16 rows: a transpose in registers, 64 shuffles per 256 values where a
+// gather per column costs a load per value (the gathers took about as long as the GEMM tiles at
+// 64 tokens). r is clobbered.
+inline void transpose16(__m512* r, int n, float* dst, int64_t dst_stride) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4q + c], 128-bit lane L: rows 4q .. 4q + 3 of column 4L + c.
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    r[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xee);
+    r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xee);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), a2 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+    const __m512 b = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), b2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+    t[c] = _mm512_shuffle_f32x4(a, b, 0x88);
+    t[8 + c] = _mm512_shuffle_f32x4(a, b, 0xdd);
+    t[4 + c] = _mm512_shuffle_f32x4(a2, b2, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(a2, b2, 0xdd);
+  }
+  for (int j = 0; j < n; ++j) _mm512_store_ps(dst + j * dst_stride, t[j]);
+}
+
+// Rows i < 16 of the 16 x 16 block at column k of rows_at(i) (rows >= m_valid zero), loaded by L.
+template <class L, class Row>
+void pack_float_rows(Row rows_at, int m_valid, int64_t k0, int64_t kc, float* dst, int64_t dst_stride) {
+  __m512 r[16];
+  for (int64_t k = 0; k < kc; k += 16) {
+    const int n = int(kc - k < 16 ? kc - k : 16);
+    const __mmask16 m = tail_mask(n);
+    for (int i = 0; i < 16; ++i) r[i] = i < m_valid ? L::part(rows_at(i), k0 + k, m) : _mm512_setzero_ps();
+    transpose16(r, n, dst + k * dst_stride, dst_stride);
+  }
+}
+
+// Transposes 16 rows at a time into the micro-kernel's [k][mr] layout: float types straight from
+// the weights, block-quantized types through a row-major buffer they are decoded into.
 void pack_panel(DType type, const void* w, size_t row_bytes, int64_t r0, int m_valid, int64_t k0,
                 int64_t kc, float* wp) {
   alignas(64) float tmp[16 * kGemmMaxKc];
-  const __m512i idx = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int(kc)));
   for (int g = 0; g < kMr; g += 16) {
-    for (int i = 0; i < 16; ++i) {
-      float* dst = tmp + i * kc;
-      if (g + i < m_valid) {
-        decode_row(type, static_cast<const char*>(w) + size_t(r0 + g + i) * row_bytes, k0, kc, dst);
-      } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k] = 0.0f;
-      }
+    const int valid = m_valid - g < 16 ? m_valid - g : 16;
+    auto row = [&](int i) { return static_cast<const char*>(w) + size_t(r0 + g + i) * row_bytes; };
+    switch (type) {
+      case DType::F32: pack_float_rows<LoadF32>(row, valid, k0, kc, wp + g, kMr); continue;
+      case DType::F16: pack_float_rows<LoadF16>(row, valid, k0, kc, wp + g, kMr); continue;
+      case DType::BF16: pack_float_rows<LoadBF16>(row, valid, k0, kc, wp + g, kMr); continue;
+      default: break;
     }
-    for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(wp + k * kMr + g, _mm512_i32gather_ps(idx, tmp + k, 4));
+    for (int i = 0; i < valid; ++i) decode_row(type, row(i), k0, kc, tmp + i * kc);
+    pack_float_rows<LoadF32>([&](int i) { return static_cast<const void*>(tmp + i * kc); }, valid, 0, kc, wp + g, kMr);
   }
 }
 
@@ -238,8 +242,6 @@ void pack_panel_bf16(DType type, const void* w, size_t row_bytes, int64_t r0, in
   alignas(64) float row[kGemmMaxKc];
   alignas(64) uint32_t tmp[16 * kGemmMaxKc / 2];
   const int64_t kp = (kc + 1) / 2;
-  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                         _mm512_set1_epi32(int(kp)));
   for (int g = 0; g < kMr; g += 16) {
     for (int i = 0; i < 16; ++i) {
       uint32_t* dst = tmp + i * kp;
@@ -250,8 +252,9 @@ void pack_panel_bf16(DType type, const void* w, size_t row_bytes, int64_t r0, in
         for (int64_t p = 0; p < kp; ++p) dst[p] = 0;
       }
     }
-    for (int64_t p = 0; p < kp; ++p)
-      _mm512_store_si512(wp + p * kMr + g, _mm512_i32gather_epi32(idx, tmp + p, 4));
+    // BF16 pairs are 32-bit words: the same transpose moves them.
+    pack_float_rows<LoadF32>([&](int i) { return static_cast<const void*>(tmp + i * kp); }, 16, 0, kp,
+                             reinterpret_cast<float*>(wp + g), kMr);
   }
 }
 

@@ -1,8 +1,14 @@
 #include "kernels/cpu/matmul.h"
 
 #include <algorithm>
+#include <chrono>
+#include <iterator>
+#include <map>
+#include <mutex>
 #include <cstdlib>
 #include <new>
+
+#include "kernels/type_traits.h"
 
 namespace sinkserve::cpu {
 namespace {
@@ -26,6 +32,35 @@ void gemv_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t ro
       for (int64_t t0 = 0; t0 < n_tok; t0 += kGemvMaxTokens) {
         const int nt = int(std::min<int64_t>(kGemvMaxTokens, n_tok - t0));
         kern.gemv(w.type, w.data, row_bytes, cols, r0, r1, x + t0 * cols, nt, y + t0 * rows, rows);
+      }
+      if (w.bias) add_bias(w.bias, r0, r1, n_tok, y, rows);
+    }
+  });
+}
+
+// Block-quantized weights: the activations are quantized once per call to the type's 8-bit
+// format, then every row's dot products run on integers with the weights decoded in registers.
+void quant_gemv_path(const Kernels& kern, ThreadPool& pool, const Weight& w, size_t row_bytes,
+                     const float* x, int64_t n_tok, float* y, Scratch& scratch) {
+  const int64_t rows = w.rows, cols = w.cols;
+  const quants::CpuOps& ops = quant_ops(w.type, kern.isa);
+  const quants::ActQuantize quantize = act_quantizer(w.type, kern.isa);
+  const size_t stride = size_t(act_row_bytes(type_traits(w.type).act, cols) + 63) / 64 * 64;
+  auto* xq = reinterpret_cast<uint8_t*>(scratch.floats(size_t(n_tok) * stride / sizeof(float)));
+  if (n_tok == 1) {
+    quantize(x, xq, cols);
+  } else {
+    pool.parallel_for(n_tok, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) quantize(x + t * cols, xq + size_t(t) * stride, cols);
+    });
+  }
+  const int64_t n_blocks = (rows + kGemvRowBlock - 1) / kGemvRowBlock;
+  pool.parallel_for(n_blocks, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t r0 = blk * kGemvRowBlock, r1 = std::min(rows, r0 + kGemvRowBlock);
+      for (int64_t t0 = 0; t0 < n_tok; t0 += kGemvMaxTokens) {
+        const int nt = int(std::min<int64_t>(kGemvMaxTokens, n_tok - t0));
+        ops.gemv(w.data, row_bytes, cols, r0, r1, xq + size_t(t0) * stride, stride, nt, y + t0 * rows, rows);
       }
       if (w.bias) add_bias(w.bias, r0, r1, n_tok, y, rows);
     }
@@ -110,7 +145,44 @@ void gemm_path_bf16(const Kernels& kern, ThreadPool& pool, const Weight& w, size
   });
 }
 
+// Multiply-adds per second of one micro-kernel on resident panels, the best of a few rounds.
+template <class F>
+double tile_rate(F&& tile, double macs_per_call) {
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    constexpr int kCalls = 400;
+    for (int i = 0; i < kCalls; ++i) tile();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, kCalls * macs_per_call / std::max(s, 1e-9));
+  }
+  return best;
+}
+
 }  // namespace
+
+bool bf16_gemm_pays(const Kernels& kern) {
+  if (!kern.gemm_tile_bf16) return false;
+  static std::mutex mu;
+  static std::map<const Kernels*, bool> known;
+  std::lock_guard lock(mu);
+  if (const auto it = known.find(&kern); it != known.end()) return it->second;
+  alignas(64) static float wp[kGemmMaxKc * kGemmMaxMr], xp[kGemmMaxKc * kGemmMaxNr], y[kGemmMaxMr * kGemmMaxNr];
+  // Multiples of 1/8 below 1 have zero low halves: read as BF16 pairs they are plain numbers too.
+  for (size_t i = 0; i < std::size(wp); ++i) wp[i] = float(i % 7) * 0.125f;
+  for (size_t i = 0; i < std::size(xp); ++i) xp[i] = float(i % 5) * 0.25f;
+  const int mr = kern.gemm_mr, nr = kern.gemm_nr;
+  const double macs = double(kGemmMaxKc) * mr * nr;
+  double f32 = 0, bf16 = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // interleaved, so that a burst of load hits both
+    f32 = std::max(f32, tile_rate([&] { kern.gemm_tile(kGemmMaxKc, wp, xp, y, mr, mr, nr, false); }, macs));
+    bf16 = std::max(bf16, tile_rate([&] {
+      kern.gemm_tile_bf16(kGemmMaxKc / 2, reinterpret_cast<const uint32_t*>(wp), reinterpret_cast<const uint32_t*>(xp),
+                          y, mr, mr, nr, false);
+    }, macs));
+  }
+  return known[&kern] = bf16 >= 1.3 * f32;
+}
 
 void Scratch::Free::operator()(float* p) const { std::free(p); }
 
@@ -129,9 +201,11 @@ void matmul(const Kernels& kern, ThreadPool& pool, const Weight& w, const float*
             int64_t n_tok, float* y, Scratch& scratch, bool bf16_gemm) {
   if (n_tok <= 0 || w.rows <= 0) return;
   const size_t row_bytes = size_t(dtype_row_bytes(w.type, w.cols));
-  if (n_tok < kGemmMinTokens)
+  if (n_tok < kGemmMinTokens && dtype_is_quantized(w.type))
+    quant_gemv_path(kern, pool, w, row_bytes, x, n_tok, y, scratch);
+  else if (n_tok < kGemmMinTokens)
     gemv_path(kern, pool, w, row_bytes, x, n_tok, y);
-  else if (bf16_gemm && kern.gemm_tile_bf16)
+  else if (bf16_gemm && bf16_gemm_pays(kern))
     gemm_path_bf16(kern, pool, w, row_bytes, x, n_tok, y, scratch);
   else
     gemm_path(kern, pool, w, row_bytes, x, n_tok, y, scratch);

@@ -31,9 +31,17 @@ class Scratch {
 };
 
 // y[t][r] = sum_c W[r][c] x[t][c] (+ bias[r]) for t < n_tok, r < w.rows. With bf16_gemm and a
-// CPU that has AVX512_BF16, the GEMM path (n_tok >= kGemmMinTokens) rounds weights and
-// activations to BF16 (see Kernels::gemm_tile_bf16); decode always stays in F32.
+// CPU whose BF16 micro-kernel outruns its F32 one (bf16_gemm_pays), the GEMM path
+// (n_tok >= kGemmMinTokens) rounds weights and activations to BF16 (see
+// Kernels::gemm_tile_bf16); decode always stays in F32.
 void matmul(const Kernels& kernels, ThreadPool& pool, const Weight& w, const float* x,
             int64_t n_tok, float* y, Scratch& scratch, bool bf16_gemm = false);
+
+// Whether kernels.gemm_tile_bf16 exists and does a panel's multiply-adds at least 1.3x faster
+// than gemm_tile, measured once per table (a few milliseconds): vdpbf16ps doubles the multiply
+// rate of a core only where it issues as often as an F32 FMA (AMD Zen 4/5). Intel cores issue it
+// on one port at the rate of their two FMA ports, so there the BF16 path only adds rounding and
+// packing (slower than F32: prompt 80 vs 107-116 tok/s reported on an AMX machine).
+bool bf16_gemm_pays(const Kernels& kernels);
 
 }  // namespace sinkserve::cpu

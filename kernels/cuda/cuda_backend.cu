@@ -24,9 +24,14 @@ namespace {
 // weights go to cuBLAS's tensor-core GEMMs and F32 weights to cublasSgemm. Measured on an H100
 // with llama2-7b's F16 matrices: the GEMV takes 36 us for 11008x4096 at 1 token and 42 us at 2,
 // but 53 us at 4 and 106 us at 8 (each token's activations are re-read from L1 per weight),
-// while cuBLAS takes 39-41 us at 16 tokens. Q8_0 always uses the GEMV kernel (8 tokens per pass),
-// which dequantizes in registers and so never materialises a dense copy.
+// while cuBLAS takes 39-41 us at 16 tokens.
 constexpr int64_t kGemvMaxTokens = 2;
+// Block-quantized weights (Q8_0, Q4_K, ...) stream through their dequantizing GEMV kernels up to
+// this many tokens (one pass of the kernel's 8): a quarter to a half of F16's bytes per weight
+// moves the crossover up. Beyond it they are dequantized to F16 a tile of rows at a time, at most
+// kQuantTileBytes, for cuBLAS's tensor-core GEMM: never a dense copy of the whole matrix.
+constexpr int64_t kQuantGemvMaxTokens = 8;
+constexpr int64_t kQuantTileBytes = int64_t(32) << 20;
 // Steps recorded as CUDA Graphs: decode steps, whose matmuls are all own GEMV kernels (cuBLAS
 // would need its workspace set up for capture).
 constexpr int64_t kGraphMaxTokens = kGemvMaxTokens;
@@ -258,7 +263,8 @@ class CudaBackend final : public Backend {
     if (n_tok <= 0) return;
     if (!w.data) throw std::invalid_argument("CUDA matmul: weight has no data");
     use_device();
-    if (n_tok <= kGemvMaxTokens || w.type == DType::Q8_0) {
+    const bool blocks = dtype_block_values(w.type) > 1;
+    if (n_tok <= (blocks ? kQuantGemvMaxTokens : kGemvMaxTokens)) {
       if (replaying(Op::Gemv, w.type, w.data, w.rows, w.cols, w.bias, x, n_tok, y)) return;
       cuda::launch_gemv(w, x, n_tok, y, stream_);
       return;
@@ -267,7 +273,19 @@ class CudaBackend final : public Backend {
     // Row-major W[rows][cols] is column-major W^T, so y^T = op_T(W^T) x^T in cuBLAS's terms.
     const float alpha = 1.f, beta = 0.f;
     const int m = int(w.rows), n = int(n_tok), k = int(w.cols);
-    if (w.type == DType::F32) {
+    if (blocks) {
+      const int64_t tile_rows = std::min<int64_t>(w.rows, std::max<int64_t>(1, kQuantTileBytes / (2 * w.cols)));
+      auto* xh = static_cast<uint8_t*>(scratch(size_t(n_tok * w.cols) * 2 + size_t(tile_rows * w.cols) * 2));
+      void* tile = xh + size_t(n_tok * w.cols) * 2;
+      cuda::launch_convert_activations(DType::F16, x, xh, n_tok * w.cols, stream_);
+      for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
+        const int64_t rows = std::min(tile_rows, w.rows - r0);
+        cuda::launch_dequantize_f16(w, r0, rows, tile, stream_);
+        SS_CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), n, k, &alpha, tile, CUDA_R_16F, k,
+                                     xh, CUDA_R_16F, k, &beta, y + r0, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+      }
+    } else if (w.type == DType::F32) {
       SS_CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
                                   static_cast<const float*>(w.data), k, x, k, &beta, y, m));
     } else {
@@ -291,7 +309,10 @@ class CudaBackend final : public Backend {
     const int32_t* d_tokens = stage(tokens, size_t(n_tok));
     if (replaying(Op::Embed, table.type, table.data, table.rows, table.cols, d_tokens, n_tok, out))
       return;
-    cuda::launch_embed(table, d_tokens, n_tok, out, stream_);
+    if (dtype_block_values(table.type) > 1 && table.type != DType::Q8_0)
+      cuda::launch_embed_blocks(table, d_tokens, n_tok, out, stream_);
+    else
+      cuda::launch_embed(table, d_tokens, n_tok, out, stream_);
   }
 
   void rmsnorm(float* out, const float* x, const float* w, int64_t n_tok, int64_t dim,

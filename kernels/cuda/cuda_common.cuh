@@ -93,6 +93,12 @@ __host__ __device__ inline int64_t q8_scales_offset(int64_t rows, int64_t cols) 
 
 // y[t][r] = W[r] . x[t] (+ bias[r]) with the weights streamed once per group of up to 8 tokens.
 void launch_gemv(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStream_t stream);
+// Rows [r0, r0 + n) of a block-quantized weight (Q8_0 included) as row-major F16 into dst: a
+// tile for the cuBLAS path of prompt-sized batches.
+void launch_dequantize_f16(const Weight& w, int64_t r0, int64_t n, void* dst, cudaStream_t stream);
+// Backend::embed for block-quantized tables other than Q8_0 (whose planes launch_embed reads).
+void launch_embed_blocks(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
+                         cudaStream_t stream);
 // x (F32) to the weight's 16-bit type, for the cuBLAS path.
 void launch_convert_activations(DType t, const float* x, void* dst, int64_t n, cudaStream_t stream);
 void launch_add_bias(float* y, const float* bias, int64_t n_tok, int64_t rows, cudaStream_t stream);

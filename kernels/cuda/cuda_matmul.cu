@@ -1,7 +1,9 @@
 // Matrix-vector products for decode-sized batches. At a handful of tokens a matmul reads every
 // weight once and does two flops per weight byte or less, so it is bound by memory bandwidth: the
 // kernel streams each row with 16-byte loads, several in flight per lane, and reuses each loaded
-// weight for up to 8 tokens. Larger batches go to cuBLAS (cuda_backend.cu).
+// weight for up to 8 tokens. Larger batches go to cuBLAS (cuda_backend.cu); block-quantized
+// weights get there as F16 tiles dequantized here. The block types' decoding is their family's
+// DeviceType (kernels/quants/*.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,6 +12,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/quants/device_types.cuh"
 
 namespace sinkserve::cuda {
 namespace {
@@ -194,6 +197,127 @@ void gemv_type(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStr
   }
 }
 
+// Block-quantized types (all but Q8_0, which has the planes above): one warp per row, each lane
+// decoding 8 values per step with its family's DeviceType and meeting up to 8 tokens.
+template <DType T, int NT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_blocks_kernel(const uint8_t* __restrict__ w, const float* __restrict__ x, int64_t rows,
+                       int64_t cols, const float* __restrict__ bias, float* __restrict__ y) {
+  using D = DeviceType<T>;
+  pdl_trigger();
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const uint8_t* row = w + r * (cols / D::kValues) * D::kBytes;
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = 0.f;
+  pdl_wait();
+  for (int64_t v = int64_t(lane) * 8; v < cols; v += 32 * 8) {
+    float wf[8];
+    D::decode8(row + v / D::kValues * D::kBytes, int(v % D::kValues), wf);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float4* xv = reinterpret_cast<const float4*>(x + t * cols + v);
+      const float4 a = __ldg(xv), b = __ldg(xv + 1);
+      acc[t] = fmaf(wf[0], a.x, fmaf(wf[1], a.y, fmaf(wf[2], a.z, fmaf(wf[3], a.w, acc[t]))));
+      acc[t] = fmaf(wf[4], b.x, fmaf(wf[5], b.y, fmaf(wf[6], b.z, fmaf(wf[7], b.w, acc[t]))));
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+  }
+  if (lane == 0) {
+    const float b = bias ? bias[r] : 0.f;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) y[t * rows + r] = acc[t] + b;
+  }
+}
+
+template <DType T, int NT>
+void gemv_blocks_nt(const Weight& w, const float* x, float* y, cudaStream_t stream) {
+  const dim3 grid{unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock)};
+  launch(gemv_blocks_kernel<T, NT>, grid, kWarpsPerBlock * 32, 0, stream,
+         static_cast<const uint8_t*>(w.data), x, w.rows, w.cols, w.bias, y);
+}
+
+template <DType T>
+void gemv_blocks(const Weight& w, const float* x, int64_t n_tok, float* y, cudaStream_t stream) {
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    throw std::invalid_argument("CUDA matmul: activations of block-quantized weights must be 16-byte aligned");
+  for (int64_t t0 = 0; t0 < n_tok; t0 += kMaxGemvTokens) {
+    const float* xt = x + t0 * w.cols;
+    float* yt = y + t0 * w.rows;
+    switch (int(std::min<int64_t>(n_tok - t0, kMaxGemvTokens))) {
+      case 1: gemv_blocks_nt<T, 1>(w, xt, yt, stream); break;
+      case 2: gemv_blocks_nt<T, 2>(w, xt, yt, stream); break;
+      case 3: gemv_blocks_nt<T, 3>(w, xt, yt, stream); break;
+      case 4: gemv_blocks_nt<T, 4>(w, xt, yt, stream); break;
+      case 5: gemv_blocks_nt<T, 5>(w, xt, yt, stream); break;
+      case 6: gemv_blocks_nt<T, 6>(w, xt, yt, stream); break;
+      case 7: gemv_blocks_nt<T, 7>(w, xt, yt, stream); break;
+      default: gemv_blocks_nt<T, 8>(w, xt, yt, stream); break;
+    }
+  }
+}
+
+// Rows [r0, r0 + n) of a block-quantized matrix as F16, row-major: the tiles the cuBLAS path
+// multiplies. Each thread decodes 8 values and stores them as one 16-byte vector.
+template <DType T>
+__global__ void dequantize_f16_kernel(const uint8_t* __restrict__ w, int64_t cols, int64_t n,
+                                      __half* __restrict__ out) {
+  using D = DeviceType<T>;
+  pdl_trigger();
+  pdl_wait();
+  const int64_t per_row = cols / 8, total = n * per_row;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, v = i % per_row * 8;
+    float f[8];
+    D::decode8(w + r * (cols / D::kValues) * D::kBytes + v / D::kValues * D::kBytes, int(v % D::kValues), f);
+    __half2 h[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) h[k] = __floats2half2_rn(f[2 * k], f[2 * k + 1]);
+    *reinterpret_cast<uint4*>(out + r * cols + v) = *reinterpret_cast<const uint4*>(h);
+  }
+}
+
+// The same for Q8_0's planes (rows_total rows in all, of which [r0, r0 + n)).
+__global__ void dequantize_q8_f16_kernel(const uint8_t* __restrict__ w, int64_t rows_total, int64_t cols,
+                                         int64_t r0, int64_t n, __half* __restrict__ out) {
+  pdl_trigger();
+  pdl_wait();
+  const auto* q = reinterpret_cast<const int8_t*>(w) + r0 * cols;
+  const auto* scales = reinterpret_cast<const __half*>(w + q8_scales_offset(rows_total, cols)) + r0 * cols / 32;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n * cols; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2half_rn(__half2float(scales[i / 32]) * float(q[i]));
+}
+
+template <DType T>
+__global__ void embed_blocks_kernel(const uint8_t* __restrict__ table, int64_t cols,
+                                    const int32_t* __restrict__ tokens, float* __restrict__ out) {
+  using D = DeviceType<T>;
+  pdl_trigger();
+  pdl_wait();
+  const int64_t t = blockIdx.x;
+  const uint8_t* row = table + int64_t(tokens[t]) * (cols / D::kValues) * D::kBytes;
+  for (int64_t v = int64_t(threadIdx.x) * 8; v < cols; v += int64_t(blockDim.x) * 8)
+    D::decode8(row + v / D::kValues * D::kBytes, int(v % D::kValues), out + t * cols + v);
+}
+
+// Calls f(std::integral_constant<DType, T>) for the block-quantized type t.
+template <class F>
+void with_block_type(DType t, F&& f) {
+  switch (t) {
+#define SINKSERVE_BLOCK_CASE(NAME, ...) \
+  case DType::NAME: return f(std::integral_constant<DType, DType::NAME>{});
+    SINKSERVE_QUANT_TYPES(SINKSERVE_BLOCK_CASE)
+#undef SINKSERVE_BLOCK_CASE
+    default: throw std::invalid_argument("CUDA: " + std::string(dtype_name(t)) + " is not block-quantized");
+  }
+}
+
 template <typename H>
 __global__ void convert_kernel(const float* __restrict__ x, H* __restrict__ dst, int64_t n) {
   pdl_trigger();
@@ -224,9 +348,40 @@ void launch_gemv(const Weight& w, const float* x, int64_t n_tok, float* y, cudaS
     case DType::F32: gemv_type<DType::F32>(w, x, n_tok, y, stream); return;
     case DType::F16: gemv_type<DType::F16>(w, x, n_tok, y, stream); return;
     case DType::BF16: gemv_type<DType::BF16>(w, x, n_tok, y, stream); return;
-    case DType::Q8_0: gemv_type<DType::Q8_0>(w, x, n_tok, y, stream); return;
+    default: break;
   }
-  throw std::invalid_argument("CUDA matmul: unknown weight type");
+  with_block_type(w.type, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    if constexpr (T == DType::Q8_0) gemv_type<DType::Q8_0>(w, x, n_tok, y, stream);
+    else gemv_blocks<T>(w, x, n_tok, y, stream);
+  });
+}
+
+void launch_dequantize_f16(const Weight& w, int64_t r0, int64_t n, void* dst, cudaStream_t stream) {
+  if (n <= 0) return;
+  auto* out = static_cast<__half*>(dst);
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  with_block_type(w.type, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    if constexpr (T == DType::Q8_0) {
+      launch(dequantize_q8_f16_kernel, grid_for(n * w.cols, 256), 256, 0, stream, data, w.rows, w.cols, r0, n, out);
+    } else {
+      const int64_t row_bytes = w.cols / DeviceType<T>::kValues * DeviceType<T>::kBytes;
+      launch(dequantize_f16_kernel<T>, grid_for(n * w.cols / 8, 256), 256, 0, stream, data + r0 * row_bytes,
+             w.cols, n, out);
+    }
+  });
+}
+
+void launch_embed_blocks(const Weight& table, const int32_t* tokens, int64_t n_tok, float* out,
+                         cudaStream_t stream) {
+  if (n_tok == 0) return;
+  with_block_type(table.type, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    if constexpr (T == DType::Q8_0) throw std::invalid_argument("CUDA embed: Q8_0 tables use launch_embed");
+    else launch(embed_blocks_kernel<T>, dim3{unsigned(n_tok)}, 128, 0, stream,
+                static_cast<const uint8_t*>(table.data), table.cols, tokens, out);
+  });
 }
 
 void launch_convert_activations(DType t, const float* x, void* dst, int64_t n,

@@ -75,8 +75,8 @@ TEST(CliErrors, UnsupportedArchitectureAndTensorType) {
   g.kv_string("general.architecture", "bloom").tensor_info("t", {32}, 0, 0).pad(32).b.append(128, '\0');
   expect_failure(write_model("bloom.gguf", g.b), "architecture 'bloom' is not supported");
   GGUFBytes q = GGUFBytes::header(1, 1);
-  q.kv_string("general.architecture", "llama").tensor_info("t", {32}, 2, 0).pad(32).b.append(128, '\0');
-  expect_failure(write_model("q4.gguf", q.b), "which sinkserve does not support");
+  q.kv_string("general.architecture", "llama").tensor_info("t", {256}, 16, 0).pad(32).b.append(128, '\0');
+  expect_failure(write_model("iq2.gguf", q.b), "which sinkserve does not support");
 }
 
 TEST(CliErrors, TruncatedRealModel) {

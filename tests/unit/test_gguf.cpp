@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/type_traits.h"
 #include "runtime/gguf.h"
 #include "runtime/model_config.h"
 #include "tests/fixtures.h"
@@ -327,9 +328,11 @@ TEST(GGUFErrors, TensorProblems) {
   EXPECT_LOAD_ERROR(one_tensor({~0ull}, 0, 0, 32).b, "must be positive");
   EXPECT_LOAD_ERROR(one_tensor({1ull << 32, 1ull << 32}, 0, 0, 32).b, "overflows");
   EXPECT_LOAD_ERROR(one_tensor({33}, 8, 0, 64).b, "not a multiple of the Q8_0 block size 32");
-  EXPECT_LOAD_ERROR(one_tensor({32}, 2, 0, 64).b,
-                    "tensor 't' has type 2 which sinkserve does not support (F32, F16, BF16, Q8_0)");
-  EXPECT_LOAD_ERROR(one_tensor({32}, 12, 0, 64).b, "Q4_K");
+  EXPECT_LOAD_ERROR(one_tensor({256}, 16, 0, 64).b,
+                    "tensor 't' has type 16 which sinkserve does not support (F32, F16, BF16, Q8_0, Q4_0, ");
+  EXPECT_LOAD_ERROR(one_tensor({256}, 16, 0, 64).b, "it is ggml's IQ2_XXS");
+  EXPECT_LOAD_ERROR(one_tensor({32}, 12, 0, 64).b, "not a multiple of the Q4_K block size 256");
+  EXPECT_LOAD_ERROR(one_tensor({512}, 12, 0, 256).b, "lies outside");  // two Q4_K blocks need 288 bytes
   EXPECT_LOAD_ERROR(one_tensor({32}, 1000, 0, 64).b, "not a known ggml type");
   EXPECT_LOAD_ERROR(GGUFBytes::header(1, 0).tensor_info("t", {4}, 0, 0).b, "truncated file: the tensor data");
 
@@ -477,6 +480,34 @@ TEST(GGUFMutation, WrittenFile) {
     for (const auto& t : f.tensors()) end = std::max(end, start + t.offset + t.bytes);
   }
   mutation_corpus(sinkserve::test::read_file(p), start, end, 42, 6000);
+}
+
+// A file of every block-quantized type: its headers get the same scrutiny, and its data sizes
+// (blocks of 18 to 210 bytes) decide where truncation must be refused.
+TEST(GGUFMutation, QuantizedFile) {
+  GGUFWriter w;
+  w.set_string("general.architecture", "llama");
+  w.set_u32("llama.block_count", 1);
+  w.set_u32("llama.embedding_length", 256);
+  w.set_u32("llama.attention.head_count", 4);
+  std::vector<float> src(512);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = std::sin(float(i));
+  for (const TypeTraits& t : all_type_traits()) {
+    if (!dtype_is_quantized(t.type)) continue;
+    std::vector<uint8_t> buf(size_t(dtype_row_bytes(t.type, 256) * 2));
+    quantize_row(t.type, src.data(), buf.data(), 512);
+    w.add_tensor("w." + std::string(t.name), t.type, {256, 2}, buf.data(), buf.size());
+  }
+  const std::string p = tmp("quantized.gguf");
+  w.write(p);
+  uint64_t start, end = 0;
+  {
+    GGUFFile f(p);
+    start = data_start_of(f);
+    for (const auto& t : f.tensors()) end = std::max(end, start + t.offset + t.bytes);
+    EXPECT_EQ(f.tensor("w.Q6_K", {256, 2}).bytes, 420u);
+  }
+  mutation_corpus(sinkserve::test::read_file(p), start, end, 11, 3000);
 }
 
 TEST(GGUFMutation, Stories260K) {
@@ -643,6 +674,7 @@ TEST(Synth, TokenizerFromAndVariants) {
   EXPECT_EQ(exit_status("synth --dim 48 --heads 4 --type Q8_0 --out " + tmp("x.gguf")), 2);  // 48 % 32
   EXPECT_EQ(exit_status("synth --heads 3 --out " + tmp("x.gguf")), 2);
   EXPECT_EQ(exit_status("synth --vocab 100 --out " + tmp("x.gguf")), 2);
-  EXPECT_EQ(exit_status("synth --type Q4_0 --out " + tmp("x.gguf")), 2);
+  EXPECT_EQ(exit_status("synth --type Q4_K --out " + tmp("x.gguf")), 2);  // --dim 64 % 256
+  EXPECT_EQ(exit_status("synth --type Q9_9 --out " + tmp("x.gguf")), 2);
   EXPECT_FALSE(fs::exists(tmp("x.gguf")));
 }
