@@ -23,38 +23,53 @@ constexpr uint32_t kLlamaRequired = bits({AttnNorm, AttnOut, FfnNorm, FfnGate, F
 constexpr uint32_t kQkvBiases = bits({AttnQB, AttnKB, AttnVB});
 constexpr uint32_t kLayerNorms = bits({AttnNorm, AttnNormB});
 
+constexpr HfTensorName kLlamaHfLayer[] = {
+    {AttnNorm, "input_layernorm.weight"},   {AttnQ, "self_attn.q_proj.weight"},
+    {AttnQB, "self_attn.q_proj.bias"},      {AttnK, "self_attn.k_proj.weight"},
+    {AttnKB, "self_attn.k_proj.bias"},      {AttnV, "self_attn.v_proj.weight"},
+    {AttnVB, "self_attn.v_proj.bias"},      {AttnOut, "self_attn.o_proj.weight"},
+    {AttnOutB, "self_attn.o_proj.bias"},    {FfnNorm, "post_attention_layernorm.weight"},
+    {FfnGate, "mlp.gate_proj.weight"},      {FfnUp, "mlp.up_proj.weight"},
+    {FfnDown, "mlp.down_proj.weight"},
+};
+constexpr std::string_view kRotaryBuffer[] = {"self_attn.rotary_emb.inv_freq"};
+// Llama, Mistral and Qwen2 checkpoints rotate halves (rotate_half); llama.cpp's converter permutes
+// llama's and mistral's q/k rows to adjacent pairs instead, so their GGUF rows rotate NORM-style.
+constexpr HfLayout kLlamaHf{"model.layers.", kLlamaHfLayer, "model.embed_tokens.weight", "model.norm.weight", "",
+                            "lm_head.weight", "", kRotaryBuffer, true, QkvLayout::Blocked, false};
+
 // name, norm, activation, gated, positions, neox, parallel, parallel key, required, optional,
-// output_norm bias, output bias, layer
+// output_norm bias, output bias, layer, Hugging Face model types and layout
 constexpr std::array kArchs = {
     ArchSpec{"llama", NormKind::Rms, Activation::Silu, true, Positions::Rope, false, false, false,
-             kLlamaRequired, kQkvForms | kQkvBiases | bit(AttnOutB), false, false, sequential_layer},
+             kLlamaRequired, kQkvForms | kQkvBiases | bit(AttnOutB), false, false, sequential_layer, "llama", &kLlamaHf},
     ArchSpec{"mistral", NormKind::Rms, Activation::Silu, true, Positions::Rope, false, false, false,
-             kLlamaRequired, kQkvForms, false, false, sequential_layer},
+             kLlamaRequired, kQkvForms, false, false, sequential_layer, "mistral", &kLlamaHf},
     ArchSpec{"qwen2", NormKind::Rms, Activation::Silu, true, Positions::Rope, true, false, false,
-             kLlamaRequired | kQkvBiases, kQkvForms, false, false, sequential_layer},
+             kLlamaRequired | kQkvBiases, kQkvForms, false, false, sequential_layer, "qwen2", &kLlamaHf},
     // Pythia: partial rotary, fused QKV, parallel residual with two norms.
     ArchSpec{"gptneox", NormKind::Layer, Activation::GeluErf, false, Positions::Rope, true, true, true,
              kLayerNorms | bits({AttnOut, AttnOutB, FfnNorm, FfnNormB, FfnUp, FfnUpB, FfnDown, FfnDownB}),
-             kQkvForms | bit(AttnQkvB), true, false, parallel_layer},
+             kQkvForms | bit(AttnQkvB), true, false, parallel_layer, "", nullptr},
     // 7B: one norm feeds attention and MLP, one KV head; 40B: attn_norm_2 for the MLP, grouped KV.
     ArchSpec{"falcon", NormKind::Layer, Activation::GeluErf, false, Positions::Rope, true, true, false,
              kLayerNorms | bits({AttnOut, FfnUp, FfnDown}), kQkvForms | bits({AttnNorm2, AttnNorm2B}),
-             true, false, parallel_layer},
+             true, false, parallel_layer, "", nullptr},
     // ALiBi, biases optional (MPT-7B has none), no output matrix of its own.
     ArchSpec{"mpt", NormKind::Layer, Activation::GeluErf, false, Positions::Alibi, false, false, false,
              bits({AttnNorm, AttnOut, FfnNorm, FfnUp, FfnDown}),
              kQkvForms | bits({AttnNormB, AttnQkvB, AttnOutB, FfnNormB, FfnUpB, FfnDownB}), false, false,
-             sequential_layer},
+             sequential_layer, "", nullptr},
     ArchSpec{"phi2", NormKind::Layer, Activation::GeluTanh, false, Positions::Rope, true, true, false,
              kLayerNorms | bits({AttnOut, AttnOutB, FfnUp, FfnUpB, FfnDown, FfnDownB}),
-             kQkvForms | kQkvBiases | bit(AttnQkvB), true, true, parallel_layer},
+             kQkvForms | kQkvBiases | bit(AttnQkvB), true, true, parallel_layer, "", nullptr},
     ArchSpec{"stablelm", NormKind::Layer, Activation::Silu, true, Positions::Rope, true, false, true,
              kLayerNorms | bits({AttnOut, FfnGate, FfnUp, FfnDown}), kQkvForms | kQkvBiases | bits({FfnNorm, FfnNormB}),
-             true, false, parallel_layer},
+             true, false, parallel_layer, "", nullptr},
     // Interleaved partial rotary, one norm, parallel residual.
     ArchSpec{"gptj", NormKind::Layer, Activation::GeluTanh, false, Positions::Rope, false, true, false,
              kLayerNorms | bits({AttnOut, FfnUp, FfnUpB, FfnDown, FfnDownB}), kQkvForms, true, true,
-             parallel_layer},
+             parallel_layer, "", nullptr},
 };
 
 constexpr std::array<std::string_view, size_t(LayerTensor::Count)> kTensorNames = {
@@ -73,6 +88,27 @@ const ArchSpec* find_arch(std::string_view name) {
   for (const ArchSpec& a : kArchs)
     if (a.name == name) return &a;
   return nullptr;
+}
+
+const ArchSpec* find_hf_arch(std::string_view model_type) {
+  for (const ArchSpec& a : kArchs) {
+    for (std::string_view types = a.hf_model_types; !types.empty();) {
+      const size_t sp = types.find(' ');
+      if (types.substr(0, sp) == model_type) return &a;
+      types = sp == std::string_view::npos ? std::string_view() : types.substr(sp + 1);
+    }
+  }
+  return nullptr;
+}
+
+std::string supported_hf_model_types() {
+  std::string s;
+  for (const ArchSpec& a : kArchs) {
+    if (a.hf_model_types.empty()) continue;
+    if (!s.empty()) s += ", ";
+    for (char c : a.hf_model_types) s += c == ' ' ? std::string(", ") : std::string(1, c);
+  }
+  return s;
 }
 
 std::string supported_archs() {

@@ -1,0 +1,26 @@
+// Hugging Face checkpoint directories, served as they are: config.json, the weights in
+// model.safetensors or in the shards model.safetensors.index.json lists, and tokenizer.json (with
+// tokenizer_config.json and generation_config.json). The directory is presented as the GGUF view
+// the engine already reads (runtime/gguf.h): metadata under GGUF's keys, tensors under GGUF's names
+// whose bytes stay in the mapped shards (safetensors' row-major [out][in] is GGUF's ne = {in, out}).
+// docs/checkpoints.md describes what is read and what is refused.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "runtime/gguf.h"
+
+namespace sinkserve {
+
+enum class ModelParts : uint8_t {
+  All,         // hyper-parameters, weights and tokenizer
+  Vocabulary,  // the tokenizer only: a checkpoint of a family sinkserve does not run still tokenizes
+};
+
+// Opens a checkpoint directory. Throws GGUFError naming the file and the key or tensor at fault.
+std::unique_ptr<GGUFFile> open_hf_checkpoint(const std::string& dir, ModelParts parts = ModelParts::All);
+
+// A model given on the command line: a GGUF file, or a checkpoint directory.
+std::unique_ptr<GGUFFile> open_model(const std::string& path, ModelParts parts = ModelParts::All);
+
+}  // namespace sinkserve
