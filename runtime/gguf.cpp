@@ -193,7 +193,7 @@ int64_t GGUFTensorInfo::elements() const {
 }
 
 GGUFFile::GGUFFile(const std::string& path) : path_(path) {
-  sources_.push_back(std::make_shared<const MappedFile>(path));
+  sources_.push_back(std::make_shared<const MappedFile>(path, /*map=*/true));
   const uint8_t* map = sources_[0]->data();
   const size_t size = sources_[0]->size();
   if (size == 0) throw GGUFError(path + ": empty file (0 bytes), not a GGUF model");

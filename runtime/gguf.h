@@ -49,7 +49,9 @@ struct GGUFTensorInfo {
   DType type = DType::F32;
   uint64_t offset = 0;      // relative to the data section (safetensors: to the shard's data)
   uint64_t bytes = 0;
-  const uint8_t* data = nullptr;  // into the mapping, or into memory the file owns
+  // Into the mapping, or into memory the file owns; null for a checkpoint's shards, which are
+  // only read (GGUFFile::read).
+  const uint8_t* data = nullptr;
   int source = -1;                // which of the file's sources holds the bytes; -1: `data` only
   uint64_t file_offset = 0;       // where the bytes start in that source
   // Where a tensor read from another format came from ("model.norm.weight in model.safetensors"),

@@ -445,8 +445,7 @@ class Reader {
     ti.offset = t.begin;
     ti.bytes = t.end - t.begin;
     ti.source = source;
-    ti.file_offset = shard.data_start() + t.begin;
-    ti.data = shard.file()->data() + ti.file_offset;
+    ti.file_offset = shard.data_start() + t.begin;  // no `data`: the shard is read, not mapped
     ti.origin = t.name + " in " + fs::path(shard.path()).filename().string();
     if (want.size() == 1 && ti.type != DType::F32) {
       // Norm weights and biases are F32 in the engine (GGUF converters store them so too).

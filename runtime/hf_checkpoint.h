@@ -2,7 +2,8 @@
 // model.safetensors or in the shards model.safetensors.index.json lists, and tokenizer.json (with
 // tokenizer_config.json and generation_config.json). The directory is presented as the GGUF view
 // the engine already reads (runtime/gguf.h): metadata under GGUF's keys, tensors under GGUF's names
-// whose bytes stay in the mapped shards (safetensors' row-major [out][in] is GGUF's ne = {in, out}).
+// whose bytes stay in the shards, read slice by slice as each rank needs them (safetensors'
+// row-major [out][in] is GGUF's ne = {in, out}, so nothing is transposed or copied whole).
 // docs/checkpoints.md describes what is read and what is refused.
 #pragma once
 #include <memory>

@@ -12,7 +12,7 @@
 
 namespace sinkserve {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, bool map) : path_(path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw GGUFError(path + ": cannot open: " + std::strerror(errno));
   struct stat st{};
@@ -21,7 +21,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     throw GGUFError(path + ": not a regular file");
   }
   size_ = size_t(st.st_size);
-  if (size_ == 0) return;
+  if (size_ == 0 || !map) return;
   void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
   if (m == MAP_FAILED) {
     const int e = errno;

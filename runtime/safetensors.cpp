@@ -1,7 +1,10 @@
 #include "runtime/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -44,7 +47,8 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shared<const MappedFile>(path)) {
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : file_(std::make_shared<const MappedFile>(path, /*map=*/false)) {
   auto fail = [&](const std::string& what) -> void { throw GGUFError(path + ": " + what); };
   const uint64_t size = file_->size();
   if (size < 8)
@@ -136,6 +140,45 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shar
 const SafetensorsTensor* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+void SafetensorsWriter::add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+                            Fill fill) {
+  const DtypeInfo* info = find_dtype(dtype);
+  if (!info) throw std::invalid_argument("SafetensorsWriter: unknown dtype '" + dtype + "'");
+  for (const T& t : tensors_)
+    if (t.name == name) throw std::invalid_argument("SafetensorsWriter: tensor '" + name + "' added twice");
+  uint64_t bytes = uint64_t(info->bytes);
+  for (int64_t d : shape) bytes *= uint64_t(d);
+  tensors_.push_back({name, dtype, shape, offset_, offset_ + bytes, std::move(fill)});
+  offset_ += bytes;
+}
+
+void SafetensorsWriter::write(const std::string& path) const {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  header["__metadata__"] = {{"format", "pt"}};
+  for (const T& t : tensors_)
+    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw std::runtime_error("cannot create " + path + ": " + std::strerror(errno));
+  auto put = [&](const void* p, size_t n) {
+    if (n && std::fwrite(p, 1, n, f) != n) {
+      std::fclose(f);
+      throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+    }
+  };
+  const uint64_t n = text.size();
+  put(&n, 8);
+  put(text.data(), text.size());
+  std::vector<uint8_t> buf;
+  for (const T& t : tensors_) {
+    buf.assign(size_t(t.end - t.begin), 0);
+    t.fill(buf.data(), buf.size());
+    put(buf.data(), buf.size());
+  }
+  if (std::fclose(f) != 0) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
 }
 
 }  // namespace sinkserve

@@ -5,6 +5,7 @@
 // cover the data exactly (in range, no overlap, no hole). Errors throw GGUFError naming the file.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -43,5 +44,28 @@ class SafetensorsFile {
 
 // "[4096, 11008]"
 std::string shape_string(const std::vector<int64_t>& shape);
+
+// Writes a safetensors file (`synth --format hf`, tests): the tensors in the order added, their
+// bytes produced while the file streams out, so that files larger than memory can be written.
+class SafetensorsWriter {
+ public:
+  // fill(dst, bytes) must fill all `bytes` of dst. Throws std::invalid_argument for an unknown
+  // dtype or a repeated name.
+  using Fill = std::function<void(uint8_t* dst, size_t bytes)>;
+  void add(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape, Fill fill);
+  uint64_t data_bytes() const { return offset_; }
+  // Throws std::runtime_error on I/O errors.
+  void write(const std::string& path) const;
+
+ private:
+  struct T {
+    std::string name, dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;
+    Fill fill;
+  };
+  std::vector<T> tensors_;
+  uint64_t offset_ = 0;
+};
 
 }  // namespace sinkserve
