@@ -52,6 +52,11 @@ struct HfLayout {
   bool rope_neox;      // rotation of q/k rows as stored (GGUF's differs where llama.cpp permutes them)
   QkvLayout qkv;       // of a fused QKV tensor
   bool tied_default;   // tie_word_embeddings when config.json does not say
+  bool parallel_default;  // use_parallel_residual when config.json does not say
+  int64_t ctx_default;    // max_position_embeddings when config.json does not say; 0: required
+  // config.json flags for what the engine does not compute: "key" refuses a true value, "!key"
+  // a false one (Falcon without parallel_attn).
+  std::span<const std::string_view> unsupported;
 };
 
 struct ArchSpec {

@@ -286,11 +286,24 @@ class Reader {
   void read_hparams(std::map<std::string, GGUFValue>& kv) {
     const std::string a(spec_->name);
     const bool rms = spec_->norm == NormKind::Rms;
+    for (std::string_view flag : layout_->unsupported) {
+      const bool refuse_false = flag[0] == '!';
+      const std::string key(refuse_false ? flag.substr(1) : flag);
+      if (auto v = cfg_.find_bool(key.c_str()); v && *v != refuse_false)
+        cfg_.fail("'" + key + "' is " + (*v ? "true" : "false") + ": sinkserve does not implement that variant of " +
+                  std::string(spec_->name));
+    }
     d_.dim = cfg_.get_int({"hidden_size", "n_embd", "d_model"}, kMaxDim);
     n_layers_ = cfg_.get_int({"num_hidden_layers", "n_layer", "n_layers"}, kMaxLayers);
     const int64_t heads = cfg_.get_int({"num_attention_heads", "n_head", "n_heads"}, kMaxDim);
-    const int64_t kv_heads = cfg_.find_int({"num_key_value_heads", "num_kv_heads", "n_head_kv"}, heads).value_or(heads);
-    d_.ffn = cfg_.get_int({"intermediate_size", "n_inner", "ffn_hidden_size"}, 4 * kMaxDim);
+    // Falcon-7B's multi-query attention: one KV head, whatever num_kv_heads says, unless the
+    // new decoder architecture (40B) groups them.
+    const bool one_kv = cfg_.find_bool("multi_query").value_or(false) &&
+                        !cfg_.find_bool("new_decoder_architecture").value_or(false);
+    const int64_t kv_heads =
+        one_kv ? 1 : cfg_.find_int({"num_key_value_heads", "num_kv_heads", "n_head_kv"}, heads).value_or(heads);
+    // GPT-J writes n_inner null and Falcon omits ffn_hidden_size for the usual 4 x hidden.
+    d_.ffn = cfg_.find_int({"intermediate_size", "n_inner", "ffn_hidden_size"}, 4 * kMaxDim).value_or(4 * d_.dim);
     if (d_.dim % heads)
       cfg_.fail("num_attention_heads " + std::to_string(heads) + " does not divide hidden_size " + std::to_string(d_.dim));
     if (heads % kv_heads)
@@ -307,7 +320,9 @@ class Reader {
 
     const auto eps = rms ? cfg_.find_float({"rms_norm_eps"}) : cfg_.find_float({"layer_norm_eps", "layer_norm_epsilon"});
     if (!eps) cfg_.fail(std::string("key '") + (rms ? "rms_norm_eps" : "layer_norm_eps") + "' is missing");
-    const int64_t ctx = cfg_.get_int({"max_position_embeddings", "n_positions", "max_seq_len"}, int64_t(1) << 32);
+    const std::initializer_list<const char*> ctx_keys = {"max_position_embeddings", "n_positions", "max_seq_len"};
+    const int64_t ctx = layout_->ctx_default ? cfg_.find_int(ctx_keys, int64_t(1) << 32).value_or(layout_->ctx_default)
+                                             : cfg_.get_int(ctx_keys, int64_t(1) << 32);
 
     kv["general.architecture"] = str(a);
     std::string name = cfg_.find_string("_name_or_path").value_or("");
@@ -321,6 +336,9 @@ class Reader {
     kv[a + ".attention.head_count"] = u32(heads);
     kv[a + ".attention.head_count_kv"] = u32(kv_heads);
     kv[a + (rms ? ".attention.layer_norm_rms_epsilon" : ".attention.layer_norm_epsilon")] = f32(*eps);
+    if (spec_->parallel_key)
+      kv[a + ".use_parallel_residual"] = {GGUFType::BOOL,
+                                          cfg_.find_bool("use_parallel_residual").value_or(layout_->parallel_default)};
     if (const json* sw = cfg_.find({"sliding_window"}); sw && sw->is_number_integer() &&
                                                         cfg_.find_bool("use_sliding_window").value_or(true))
       kv[a + ".attention.sliding_window"] = u32(sw->get<int64_t>());
@@ -328,11 +346,15 @@ class Reader {
 
     const double theta = cfg_.find_float({"rope_theta", "rotary_emb_base"}).value_or(10000.0);
     kv[a + ".rope.freq_base"] = f32(theta);
+    // Rotated dimensions as transformers computes them: int(head_dim * factor), or GPT-J's
+    // rotary_dim.
     int64_t n_rot = head_dim;
     if (auto share = cfg_.find_float({"partial_rotary_factor", "rotary_pct"})) {
       if (*share > 1) cfg_.fail("partial_rotary_factor is above 1");
       n_rot = int64_t(double(head_dim) * *share);
     }
+    if (auto dims = cfg_.find_int({"rotary_dim"}, head_dim)) n_rot = *dims;
+    if (n_rot % 2) cfg_.fail("the rotary dimensions (" + std::to_string(n_rot) + " of each head) are odd");
     kv[a + ".rope.dimension_count"] = u32(n_rot);
     read_rope_scaling(kv, a, int(n_rot), theta);
   }
