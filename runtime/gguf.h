@@ -131,6 +131,7 @@ class GGUFWriter {
   void set_u32(const std::string& key, uint32_t v);
   void set_f32(const std::string& key, float v);
   void set_string(const std::string& key, const std::string& v);
+  const std::vector<std::pair<std::string, GGUFValue>>& metadata() const { return kv_; }
   // Adds a tensor; data is copied. ne[0] innermost. Throws std::invalid_argument when the name
   // repeats, a dimension is not positive, ne[0] does not divide into blocks or `bytes` is wrong.
   void add_tensor(const std::string& name, DType type, const std::vector<int64_t>& ne,

@@ -1,6 +1,8 @@
 #include "runtime/hf_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
@@ -11,6 +13,7 @@
 
 #include "runtime/arch.h"
 #include "runtime/mapped_file.h"
+#include "runtime/model_config.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer_json.h"
 
@@ -525,6 +528,236 @@ std::unique_ptr<GGUFFile> open_model(const std::string& path, ModelParts parts) 
   std::error_code ec;
   if (fs::is_directory(path, ec)) return open_hf_checkpoint(path, parts);
   return std::make_unique<GGUFFile>(path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+namespace {
+
+const char* safetensors_dtype(DType t, const std::string& tensor) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    default: throw std::runtime_error("tensor '" + tensor + "' is " + std::string(dtype_name(t)) +
+                                      ", which safetensors checkpoints do not hold (F32, F16, BF16)");
+  }
+}
+
+// One checkpoint tensor: rows `rows` (indices into the GGUF tensor's rows) of GGUF tensor `src`.
+struct OutTensor {
+  std::string name;
+  const ModelTensor* src;
+  std::vector<int64_t> rows;  // empty: all, in order
+};
+
+void write_json_file(const fs::path& p, const nlohmann::ordered_json& j) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << j.dump(2) << "\n";
+  if (!out.flush()) throw std::runtime_error("cannot write " + p.string());
+}
+
+}  // namespace
+
+void write_hf_checkpoint(const std::string& dir, const std::map<std::string, GGUFValue>& kv,
+                         const std::vector<ModelTensor>& tensors, uint64_t shard_bytes) {
+  using ojson = nlohmann::ordered_json;
+  // The metadata as the reader sees it, with tensor shapes (and rope_freqs' values) for the config.
+  std::vector<GGUFTensorInfo> infos;
+  std::vector<std::vector<uint8_t>> owned;
+  for (const ModelTensor& t : tensors) {
+    GGUFTensorInfo ti;
+    ti.name = t.name;
+    ti.ne = t.ne;
+    ti.type = t.type;
+    if (t.name == "rope_freqs.weight") {
+      owned.emplace_back(size_t(t.ne[0]) * sizeof(float));
+      t.fill(owned.back().data(), owned.back().size());
+      ti.data = owned.back().data();
+      ti.bytes = owned.back().size();
+    }
+    infos.push_back(std::move(ti));
+  }
+  const GGUFFile meta(dir, ModelFormat::Gguf, kv, infos, {}, std::move(owned));
+  const ModelConfig c = read_model_config(meta);
+  const ArchSpec& spec = *c.spec;
+  if (!spec.hf) throw std::runtime_error(c.arch + " has no Hugging Face checkpoint layout in sinkserve");
+  const HfLayout& L = *spec.hf;
+  const std::string a = c.arch;
+  const int64_t hd = c.head_dim, q = int64_t(c.n_heads) * hd, kvd = int64_t(c.n_kv_heads) * hd;
+  const int n_rot = c.rope.rotated(c.head_dim);
+  const GGUFTensorInfo* embd = meta.find_tensor("token_embd.weight");
+  if (!embd) throw std::runtime_error("no token_embd.weight to write");
+
+  ojson cfg;
+  const std::string_view types = spec.hf_model_types;
+  cfg["model_type"] = std::string(types.substr(0, types.find(' ')));
+  cfg["hidden_size"] = c.dim;
+  cfg["intermediate_size"] = c.ffn;
+  cfg["num_hidden_layers"] = c.n_layers;
+  cfg["num_attention_heads"] = c.n_heads;
+  cfg["num_key_value_heads"] = c.n_kv_heads;
+  cfg["max_position_embeddings"] = c.ctx_train;
+  cfg["vocab_size"] = c.vocab;
+  cfg["tie_word_embeddings"] = c.tied_output;
+  cfg["torch_dtype"] = embd->type == DType::F32 ? "float32" : embd->type == DType::F16 ? "float16" : "bfloat16";
+  cfg[spec.norm == NormKind::Rms ? "rms_norm_eps" : "layer_norm_eps"] = double(c.norm_eps);
+  if (spec.positions == Positions::Rope) {
+    cfg["rope_theta"] = double(c.rope.freq_base);
+    if (n_rot != hd) {
+      const double share = double(n_rot) / double(hd);
+      if (int64_t(double(hd) * share) != n_rot)
+        throw std::runtime_error("rotary dimensions " + std::to_string(n_rot) + " of " + std::to_string(hd) +
+                                 " do not survive partial_rotary_factor");
+      cfg["partial_rotary_factor"] = share;
+    }
+    if (!c.rope.freq_factors.empty()) {
+      // The factors of Llama-3.1's rope_scaling (what `synth --rope-freqs` writes); others have
+      // no config.json form.
+      const json llama31 = {{"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 8192}};
+      const std::vector<float> want = llama3_factors(Config(json{{"rope_scaling", llama31}}, dir), llama31, n_rot,
+                                                     double(c.rope.freq_base));
+      for (size_t i = 0; i < want.size(); ++i)
+        if (std::fabs(want[i] / c.rope.freq_factors[i] - 1) > 1e-5)
+          throw std::runtime_error("rope_freqs.weight holds factors other than Llama-3.1's rope_scaling");
+      cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                             {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+    } else if (c.rope.freq_scale != 1.0f) {
+      cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 1.0 / double(c.rope.freq_scale)}};
+    }
+  }
+  if (spec.parallel_key) cfg["use_parallel_residual"] = c.parallel_residual;
+  if (a == "falcon") {
+    const bool grouped = c.n_kv_heads > 1 || meta.find_tensor("blk.0.attn_norm_2.weight");
+    cfg["new_decoder_architecture"] = grouped;
+    cfg["multi_query"] = !grouped;
+    cfg["parallel_attn"] = true;
+    cfg["alibi"] = false;
+  }
+  for (auto [key, gguf] : {std::pair{"bos_token_id", "tokenizer.ggml.bos_token_id"}, {"eos_token_id", "tokenizer.ggml.eos_token_id"}})
+    if (auto id = meta.find_int(gguf)) cfg[key] = *id;
+
+  // Which rows of a GGUF q or k block (or bias) make the checkpoint's rows: llama.cpp permuted
+  // llama's and mistral's from rotate_half's pairs (i, i + n/2) to adjacent ones (2i, 2i + 1).
+  const bool permute = spec.rope_neox != L.rope_neox;
+  auto head_rows = [&](int64_t first, int64_t n) {
+    std::vector<int64_t> r;
+    for (int64_t h = 0; h < n / hd; ++h)
+      for (int64_t k = 0; k < hd; ++k) {
+        int64_t src = k;
+        if (permute && k < n_rot) src = 2 * (k % (n_rot / 2)) + k / (n_rot / 2);
+        r.push_back(first + h * hd + src);
+      }
+    return r;
+  };
+  auto name_of = [&](LayerTensor t) -> std::string_view {
+    for (const HfTensorName& n : L.layer)
+      if (n.t == t) return n.name;
+    return {};
+  };
+  std::vector<OutTensor> out;
+  for (const ModelTensor& t : tensors) {
+    const std::string& n = t.name;
+    if (n == "rope_freqs.weight") continue;
+    std::string hf;
+    if (n == "token_embd.weight") hf = L.embd;
+    else if (n == "output_norm.weight") hf = L.output_norm;
+    else if (n == "output_norm.bias") hf = L.output_norm_bias;
+    else if (n == "output.weight") hf = L.output;
+    else if (n == "output.bias") hf = L.output_bias;
+    if (!hf.empty()) {
+      out.push_back({hf, &t, {}});
+      continue;
+    }
+    const size_t dot = n.find('.', 4);
+    std::optional<LayerTensor> lt;
+    if (n.rfind("blk.", 0) == 0 && dot != std::string::npos)
+      for (unsigned i = 0; i < unsigned(LayerTensor::Count); ++i)
+        if (layer_tensor_name(LayerTensor(i)) == std::string_view(n).substr(dot + 1)) lt = LayerTensor(i);
+    if (!lt) throw std::runtime_error("tensor '" + n + "' has no place in a " + a + " checkpoint");
+    const std::string prefix = std::string(L.layers) + n.substr(4, dot - 4) + ".";
+    using enum LayerTensor;
+    if (*lt == AttnQkv || *lt == AttnQkvB) {
+      const std::vector<int64_t> qr = head_rows(0, q), kr = head_rows(q, kvd);
+      std::vector<int64_t> vr(static_cast<size_t>(kvd));
+      for (int64_t i = 0; i < kvd; ++i) vr[size_t(i)] = q + kvd + i;
+      if (!name_of(*lt).empty()) {
+        std::vector<int64_t> rows;
+        if (L.qkv == QkvLayout::Blocked) {
+          rows = qr, rows.insert(rows.end(), kr.begin(), kr.end()), rows.insert(rows.end(), vr.begin(), vr.end());
+        } else {
+          const int64_t per_kv = c.n_heads / c.n_kv_heads;
+          for (int64_t g = 0; g < c.n_kv_heads; ++g) {
+            rows.insert(rows.end(), qr.begin() + g * per_kv * hd, qr.begin() + (g + 1) * per_kv * hd);
+            rows.insert(rows.end(), kr.begin() + g * hd, kr.begin() + (g + 1) * hd);
+            rows.insert(rows.end(), vr.begin() + g * hd, vr.begin() + (g + 1) * hd);
+          }
+        }
+        out.push_back({prefix + std::string(name_of(*lt)), &t, rows});
+      } else {  // the checkpoint keeps q, k and v apart
+        const bool b = *lt == AttnQkvB;
+        const LayerTensor parts[3] = {b ? AttnQB : AttnQ, b ? AttnKB : AttnK, b ? AttnVB : AttnV};
+        const std::vector<int64_t>* rows[3] = {&qr, &kr, &vr};
+        for (int i = 0; i < 3; ++i) {
+          if (name_of(parts[i]).empty()) throw std::runtime_error("tensor '" + n + "' has no place in a " + a + " checkpoint");
+          out.push_back({prefix + std::string(name_of(parts[i])), &t, *rows[i]});
+        }
+      }
+      continue;
+    }
+    if (name_of(*lt).empty()) throw std::runtime_error("tensor '" + n + "' has no place in a " + a + " checkpoint");
+    std::vector<int64_t> rows;
+    if (permute && (*lt == AttnQ || *lt == AttnQB)) rows = head_rows(0, q);
+    if (permute && (*lt == AttnK || *lt == AttnKB)) rows = head_rows(0, kvd);
+    out.push_back({prefix + std::string(name_of(*lt)), &t, rows});
+  }
+
+  fs::create_directories(dir);
+  write_json_file(fs::path(dir) / "config.json", cfg);
+  // Shards in the order of the tensors, each at most shard_bytes (or one tensor).
+  std::vector<std::vector<const OutTensor*>> shards(1);
+  uint64_t in_shard = 0, total = 0;
+  // A checkpoint tensor's rows: of the matrix, or the elements of a vector.
+  auto row_bytes = [](const ModelTensor& t) { return dtype_row_bytes(t.type, t.ne.size() > 1 ? t.ne[0] : 1); };
+  auto n_rows = [](const OutTensor& o) {
+    return o.rows.empty() ? (o.src->ne.size() > 1 ? o.src->ne[1] : o.src->ne[0]) : int64_t(o.rows.size());
+  };
+  auto out_bytes = [&](const OutTensor& o) { return uint64_t(row_bytes(*o.src) * n_rows(o)); };
+  for (const OutTensor& o : out) {
+    const uint64_t b = out_bytes(o);
+    if (in_shard > 0 && in_shard + b > shard_bytes) shards.emplace_back(), in_shard = 0;
+    shards.back().push_back(&o);
+    in_shard += b;
+    total += b;
+  }
+  ojson weight_map = ojson::object();
+  for (size_t s = 0; s < shards.size(); ++s) {
+    char name[64];
+    if (shards.size() == 1) std::snprintf(name, sizeof name, "model.safetensors");
+    else std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+    SafetensorsWriter w;
+    for (const OutTensor* o : shards[s]) {
+      const ModelTensor& src = *o->src;
+      const int64_t row = row_bytes(src);
+      const std::vector<int64_t> shape =
+          src.ne.size() > 1 ? std::vector<int64_t>{n_rows(*o), src.ne[0]} : std::vector<int64_t>{n_rows(*o)};
+      const std::vector<int64_t>* rows = &o->rows;
+      w.add(o->name, safetensors_dtype(src.type, src.name), shape, [&src, rows, row](uint8_t* dst, size_t bytes) {
+        if (rows->empty()) return src.fill(dst, bytes);
+        std::vector<uint8_t> all(size_t(dtype_row_bytes(src.type, src.ne[0]) * (src.ne.size() > 1 ? src.ne[1] : 1)));
+        src.fill(all.data(), all.size());
+        for (size_t i = 0; i < rows->size(); ++i)
+          std::memcpy(dst + i * size_t(row), all.data() + size_t((*rows)[i] * row), size_t(row));
+      });
+      weight_map[o->name] = name;
+    }
+    w.write((fs::path(dir) / name).string());
+  }
+  if (shards.size() > 1)
+    write_json_file(fs::path(dir) / kIndexFile, {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+  if (meta.find_string("tokenizer.ggml.model")) write_tokenizer_json(dir, meta);
 }
 
 }  // namespace sinkserve

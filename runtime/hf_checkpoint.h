@@ -6,8 +6,11 @@
 // row-major [out][in] is GGUF's ne = {in, out}, so nothing is transposed or copied whole).
 // docs/checkpoints.md describes what is read and what is refused.
 #pragma once
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/gguf.h"
 
@@ -23,5 +26,22 @@ std::unique_ptr<GGUFFile> open_hf_checkpoint(const std::string& dir, ModelParts 
 
 // A model given on the command line: a GGUF file, or a checkpoint directory.
 std::unique_ptr<GGUFFile> open_model(const std::string& path, ModelParts parts = ModelParts::All);
+
+// A tensor under its GGUF name, with the bytes a GGUF file would hold, produced on demand.
+struct ModelTensor {
+  std::string name;
+  DType type;
+  std::vector<int64_t> ne;
+  std::function<void(uint8_t* dst, size_t bytes)> fill;
+};
+
+// Writes the model that GGUF metadata and tensors describe as a checkpoint directory, the way the
+// family's checkpoints hold it (`synth --format hf`): config.json; the weights in safetensors
+// shards of at most shard_bytes listed by model.safetensors.index.json, or one model.safetensors;
+// and, for a SentencePiece vocabulary, tokenizer.json with its companions. Rows move to the
+// checkpoint's layout (llama's and mistral's q/k rows, fused QKV regrouped or split), so that the
+// directory computes what the GGUF computes. Throws std::runtime_error naming what it cannot write.
+void write_hf_checkpoint(const std::string& dir, const std::map<std::string, GGUFValue>& kv,
+                         const std::vector<ModelTensor>& tensors, uint64_t shard_bytes);
 
 }  // namespace sinkserve

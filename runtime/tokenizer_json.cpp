@@ -1,5 +1,6 @@
 #include "runtime/tokenizer_json.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -448,6 +449,115 @@ void add_tokenizer_json(const std::string& dir, int64_t vocab_rows, std::map<std
   std::optional<json> t = read_optional_json(p);
   if (!t) return;
   Reader(dir, std::move(*t)).read(vocab_rows, kv);
+}
+
+namespace {
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out.flush()) throw std::runtime_error("cannot write " + p.string());
+}
+
+}  // namespace
+
+void write_tokenizer_json(const std::string& dir, const GGUFFile& vocab) {
+  using ojson = nlohmann::ordered_json;
+  if (vocab.find_string("tokenizer.ggml.model").value_or("") != "llama")
+    throw std::runtime_error(vocab.path() + ": only a SentencePiece-style vocabulary (tokenizer.ggml.model llama) can "
+                             "be written as tokenizer.json");
+  std::vector<std::string> text;
+  for (const GGUFValue& v : vocab.get_array("tokenizer.ggml.tokens").items) text.push_back(std::get<std::string>(v.v));
+  const size_t n = text.size();
+  std::vector<double> score(n, 0.0);
+  std::vector<int64_t> type(n, kTypeNormal);
+  if (vocab.find("tokenizer.ggml.scores")) {
+    const auto& a = vocab.get_array("tokenizer.ggml.scores").items;
+    for (size_t i = 0; i < n && i < a.size(); ++i)
+      score[i] = std::holds_alternative<double>(a[i].v) ? std::get<double>(a[i].v) : 0.0;
+  }
+  if (vocab.find("tokenizer.ggml.token_type")) {
+    const auto& a = vocab.get_array("tokenizer.ggml.token_type").items;
+    for (size_t i = 0; i < n && i < a.size(); ++i)
+      type[i] = std::holds_alternative<int64_t>(a[i].v) ? std::get<int64_t>(a[i].v) : int64_t(std::get<uint64_t>(a[i].v));
+  }
+  auto id_key = [&](const char* key, int64_t fallback) { return vocab.find_int(key).value_or(fallback); };
+  const int64_t bos = id_key("tokenizer.ggml.bos_token_id", 1), eos = id_key("tokenizer.ggml.eos_token_id", 2),
+                unk = id_key("tokenizer.ggml.unknown_token_id", 0);
+  const bool add_bos = vocab.find_bool("tokenizer.ggml.add_bos_token").value_or(true);
+  const bool prefix = vocab.find_bool("tokenizer.ggml.add_space_prefix").value_or(true);
+
+  std::unordered_map<std::string, int64_t> ids;
+  ojson model_vocab = ojson::object();
+  for (size_t i = 0; i < n; ++i)
+    if (ids.emplace(text[i], int64_t(i)).second) model_vocab[text[i]] = i;
+  // LlamaConverter's merges: every split of a piece into two pieces (split at characters),
+  // a piece's own splits ordered by the ids of their halves, all ordered by the piece's score.
+  struct Merge {
+    int64_t left, right;
+    double score;
+  };
+  std::vector<Merge> merges;
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<Merge> local;
+    const std::string& t = text[i];
+    for (size_t at = 0; at < t.size();) {
+      uint32_t cp;
+      at += utf8_next(t, at, &cp);
+      if (at >= t.size()) break;
+      auto l = ids.find(t.substr(0, at)), r = ids.find(t.substr(at));
+      if (l != ids.end() && r != ids.end()) local.push_back({l->second, r->second, score[i]});
+    }
+    std::sort(local.begin(), local.end(),
+              [](const Merge& a, const Merge& b) { return a.left < b.left || (a.left == b.left && a.right < b.right); });
+    merges.insert(merges.end(), local.begin(), local.end());
+  }
+  std::stable_sort(merges.begin(), merges.end(), [](const Merge& a, const Merge& b) { return a.score > b.score; });
+  ojson merge_list = ojson::array();
+  for (const Merge& m : merges) merge_list.push_back({text[size_t(m.left)], text[size_t(m.right)]});
+
+  ojson added = ojson::array();
+  for (size_t i = 0; i < n; ++i)
+    if (type[i] == kTypeControl || type[i] == kTypeUnknown || type[i] == kTypeUserDefined)
+      added.push_back({{"id", i}, {"content", text[i]}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                       {"normalized", false}, {"special", type[i] != kTypeUserDefined}});
+  const std::string space = "\xE2\x96\x81";
+  ojson normalizers = ojson::array();
+  if (prefix) normalizers.push_back({{"type", "Prepend"}, {"prepend", space}});
+  normalizers.push_back({{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}});
+  ojson post = nullptr;
+  if (add_bos && bos >= 0 && size_t(bos) < n) {
+    const std::string b = text[size_t(bos)];
+    post = {{"type", "TemplateProcessing"},
+            {"single", {{{"SpecialToken", {{"id", b}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+            {"pair",
+             {{{"SpecialToken", {{"id", b}, {"type_id", 0}}}},
+              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+              {{"SpecialToken", {{"id", b}, {"type_id", 1}}}},
+              {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+            {"special_tokens", {{b, {{"id", b}, {"ids", {bos}}, {"tokens", {b}}}}}}};
+  }
+  ojson decoders = ojson::array();
+  decoders.push_back({{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}});
+  decoders.push_back({{"type", "ByteFallback"}});
+  decoders.push_back({{"type", "Fuse"}});
+  if (prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  ojson tok = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+               {"normalizer", {{"type", "Sequence"}, {"normalizers", normalizers}}}, {"pre_tokenizer", nullptr},
+               {"post_processor", post}, {"decoder", {{"type", "Sequence"}, {"decoders", decoders}}}};
+  tok["model"] = {{"type", "BPE"}, {"dropout", nullptr},
+                  {"unk_token", unk >= 0 && size_t(unk) < n ? ojson(text[size_t(unk)]) : ojson(nullptr)},
+                  {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr}, {"fuse_unk", true},
+                  {"byte_fallback", true}, {"ignore_merges", false}, {"vocab", model_vocab}, {"merges", merge_list}};
+  write_text(fs::path(dir) / "tokenizer.json", tok.dump(2));
+
+  auto token_or_null = [&](int64_t id) { return id >= 0 && size_t(id) < n ? ojson(text[size_t(id)]) : ojson(nullptr); };
+  ojson config = {{"add_bos_token", add_bos}, {"add_eos_token", false}, {"bos_token", token_or_null(bos)},
+                  {"eos_token", token_or_null(eos)}, {"unk_token", token_or_null(unk)},
+                  {"tokenizer_class", "LlamaTokenizer"}, {"legacy", true}};
+  if (auto t = vocab.find_string("tokenizer.chat_template")) config["chat_template"] = *t;
+  write_text(fs::path(dir) / "tokenizer_config.json", config.dump(2));
+  write_text(fs::path(dir) / "generation_config.json", ojson({{"bos_token_id", bos}, {"eos_token_id", eos}}).dump(2));
 }
 
 }  // namespace sinkserve

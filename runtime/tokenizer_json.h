@@ -18,4 +18,11 @@ namespace sinkserve {
 // sinkserve does not implement.
 void add_tokenizer_json(const std::string& dir, int64_t vocab_rows, std::map<std::string, GGUFValue>& kv);
 
+// Writes dir/tokenizer.json, tokenizer_config.json and generation_config.json for the
+// SentencePiece-style vocabulary (tokenizer.ggml.model llama) of `vocab`, as transformers'
+// LlamaConverter converts one: a BPE model with <0xNN> byte fallback whose merges are each piece's
+// splits into two pieces, ordered by the piece's score. Throws std::runtime_error for another kind
+// of vocabulary.
+void write_tokenizer_json(const std::string& dir, const GGUFFile& vocab);
+
 }  // namespace sinkserve

@@ -1,9 +1,11 @@
 // Hugging Face checkpoint directories against the GGUF of the same model (the shared fixtures
 // gutenberg-1m-hf/, gutenberg-1m-hf-bf16/ and gutenberg-1m.gguf): hyper-parameters, weights, the
-// per-token NLL of a stream with evictions, greedy tokens, the tokenizers; hf-fake-gpt2's
-// tokenizer.json against GPT-2's reference vectors; the safetensors reader's refusals; and corrupt
-// checkpoints (copies of the fixture, corrupted in a scratch directory) refused with messages that
-// name the file and the problem, never a crash.
+// per-token NLL of a stream with evictions, greedy tokens, the tokenizers; every family with a
+// checkpoint layout through `synth --format hf` against its GGUF; hf-fake-gpt2's tokenizer.json
+// against GPT-2's reference vectors, and Llama-2's vocabulary converted to tokenizer.json against
+// its own; the safetensors reader's refusals; and corrupt checkpoints (copies of the fixture,
+// corrupted in a scratch directory) refused with messages that name the file and the problem,
+// never a crash.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -203,6 +205,73 @@ TEST(HfCheckpoint, GreedyTokensEqualTheGguf) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Every family's checkpoint layout: `synth --format hf` writes the model `synth` writes as GGUF
+// with its rows where the family's checkpoints keep them (q/k of llama and mistral, per-head or
+// per-group fused QKV of GPT-NeoX and Falcon, Phi's fused QKV split), and the directory must stream
+// the GGUF's logits through evictions.
+
+namespace {
+
+struct Family {
+  std::string name, synth;
+};
+void PrintTo(const Family& f, std::ostream* os) { *os << f.name; }
+
+const std::vector<Family> kFamilies = {
+    {"llama_gqa", "--arch llama --kv-heads 2"},
+    {"llama3_rope_freqs", "--arch llama --kv-heads 2 --rope-freqs --rot 16"},
+    {"llama_fused_qkv", "--arch llama --kv-heads 2 --qkv fused --type BF16"},
+    {"mistral_mqa", "--arch mistral --kv-heads 1 --type F16"},
+    {"qwen2", "--arch qwen2 --kv-heads 2"},
+    {"pythia", "--arch gptneox"},
+    {"gptneox_sequential", "--arch gptneox --residual sequential"},
+    {"falcon7b", "--arch falcon --kv-heads 1"},
+    {"falcon40b", "--arch falcon --kv-heads 2"},
+    {"phi2", "--arch phi2"},
+    {"stablelm", "--arch stablelm --kv-heads 2 --biases"},
+    {"stablelm_parallel", "--arch stablelm --residual parallel"},
+    {"gptj", "--arch gptj"},
+};
+
+class HfFamilies : public ::testing::TestWithParam<Family> {};
+
+}  // namespace
+
+TEST_P(HfFamilies, CheckpointStreamsTheGgufsLogits) {
+  const fs::path d = tmp_dir() / ("family_" + GetParam().name);
+  const std::string opts = "synth --dim 64 --heads 4 --layers 2 --ffn 96 --vocab 300 --seed 3 " + GetParam().synth;
+  CliResult r = run_sinkserve(tmp_dir(), opts + " --out " + (d.string() + ".gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  fs::remove_all(d);
+  r = run_sinkserve(tmp_dir(), opts + " --format hf --shard-mb 1 --out " + d.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  Rig a(d.string(), cache_config(Policy::Sink, 4, 60)), b(d.string() + ".gguf", cache_config(Policy::Sink, 4, 60));
+  EXPECT_EQ(a.file->format(), ModelFormat::HfCheckpoint);
+  const ModelConfig& ca = a.model->config();
+  const ModelConfig& cb = b.model->config();
+  EXPECT_EQ(ca.parallel_residual, cb.parallel_residual);
+  EXPECT_EQ(ca.rope.rotated(ca.head_dim), cb.rope.rotated(cb.head_dim));
+  EXPECT_EQ(ca.tied_output, cb.tied_output);
+  std::mt19937 rng(5);
+  std::vector<int32_t> ids(400);
+  for (int32_t& t : ids) t = int32_t(rng() % 300);
+  const size_t V = size_t(a.vocab());
+  std::vector<float> la(V), lb(V);
+  Stream sa(*a.ls), sb(*b.ls);
+  float worst = 0;
+  for (int32_t t : ids) {
+    sa.feed({&t, 1}, la.data());
+    sb.feed({&t, 1}, lb.data());
+    for (size_t j = 0; j < V; ++j) worst = std::max(worst, std::fabs(la[j] - lb[j]));
+  }
+  // Llama-3's rope factors come back from config.json computed in float32, as transformers does.
+  EXPECT_LE(worst, GetParam().name == "llama3_rope_freqs" ? 1e-3f : 1e-5f);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, HfFamilies, ::testing::ValuesIn(kFamilies),
+                         [](const auto& info) { return info.param.name; });
+
+// ---------------------------------------------------------------------------------------------
 // Tokenizers from tokenizer.json
 
 // The GGUF's ids for llama.cpp's test strings and for 25 slices of 2,000 characters of every
@@ -260,6 +329,26 @@ TEST(HfTokenizer, FakeGpt2GivesEveryGpt2Vector) {
   const auto vectors = read_vectors("ggml-vocab-gpt-2.gguf");
   ASSERT_FALSE(vectors.empty());
   for (const auto& [text, ids] : vectors) {
+    EXPECT_EQ(tok->encode(text, false), ids) << "'" << visible_text(text) << "'";
+    EXPECT_EQ(tok->decode(ids), text);
+  }
+}
+
+// Llama-2's 32,000-piece SentencePiece vocabulary written as tokenizer.json the way transformers'
+// LlamaConverter writes it (merges from each piece's splits, ordered by score), then read back as
+// ranked BPE merges: llama.cpp's ids for every test string.
+TEST(HfTokenizer, ConvertedLlama2VocabularyGivesItsVectors) {
+  const fs::path d = tmp_dir() / "llama2_vocab";
+  fs::remove_all(d);
+  const CliResult r = run_sinkserve(tmp_dir(), "synth --dim 32 --heads 2 --layers 1 --ffn 64 --format hf --out " +
+                                                   d.string() + " --tokenizer-from " +
+                                                   fixture("tokenizers/ggml-vocab-llama-spm.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto f = open_model(d.string(), ModelParts::Vocabulary);
+  const auto tok = load_tokenizer(*f);
+  EXPECT_EQ(tok->vocab_size(), 32000);
+  EXPECT_EQ(f->get_array("tokenizer.hf.merges").items.size() / 2, 61249u) << "LlamaConverter's count for Llama-2";
+  for (const auto& [text, ids] : read_vectors("ggml-vocab-llama-spm.gguf")) {
     EXPECT_EQ(tok->encode(text, false), ids) << "'" << visible_text(text) << "'";
     EXPECT_EQ(tok->decode(ids), text);
   }
