@@ -1,4 +1,5 @@
-// `sinkserve inspect`: what a GGUF file holds, without loading any weights.
+// `sinkserve inspect`: what a GGUF file or a checkpoint directory holds, without loading any
+// weights.
 #include <cinttypes>
 #include <cstdio>
 #include <map>
@@ -6,7 +7,7 @@
 
 #include "launcher/args.h"
 #include "launcher/command.h"
-#include "runtime/gguf.h"
+#include "runtime/hf_checkpoint.h"
 #include "runtime/model_config.h"
 
 namespace sinkserve {
@@ -93,15 +94,21 @@ void print_config(const ModelConfig& c) {
 int run(int argc, char** argv) {
   std::string model;
   bool tensors = false;
-  ArgParser p("inspect", "Prints a GGUF file's version, hyper-parameters, tokenizer and weight sizes.");
-  p.add("-m,--model", "FILE", "GGUF model file", &model, true)
+  ArgParser p("inspect", "Prints a model's format, hyper-parameters, tokenizer and weight sizes.");
+  p.add("-m,--model", "PATH", "GGUF model file, or Hugging Face checkpoint directory", &model, true)
       .add("--tensors", "", "also list every tensor (name, type, shape, bytes)", &tensors);
   if (!p.parse(argc, argv)) return 0;
 
-  const GGUFFile f(model);
-  std::printf("file:           %s (%s), GGUF v%u, alignment %" PRIu64 ", %zu metadata keys\n",
-              f.path().c_str(), human_bytes(f.file_size()).c_str(), f.version(), f.alignment(),
-              f.metadata().size());
+  const auto opened = open_model(model);
+  const GGUFFile& f = *opened;
+  if (f.format() == ModelFormat::HfCheckpoint) {
+    std::printf("checkpoint:     %s (%s in %zu safetensors file%s), Hugging Face layout\n", f.path().c_str(),
+                human_bytes(f.file_size()).c_str(), f.sources().size(), f.sources().size() == 1 ? "" : "s");
+  } else {
+    std::printf("file:           %s (%s), GGUF v%u, alignment %" PRIu64 ", %zu metadata keys\n",
+                f.path().c_str(), human_bytes(f.file_size()).c_str(), f.version(), f.alignment(),
+                f.metadata().size());
+  }
   if (!f.tensors().empty()) print_config(read_model_config(f));
   else std::printf("architecture:   %s (vocabulary-only file, no tensors)\n",
                    f.find_string("general.architecture").value_or("unknown").c_str());
@@ -124,14 +131,14 @@ int run(int argc, char** argv) {
     for (const GGUFTensorInfo& t : f.tensors()) {
       std::string shape;
       for (size_t i = 0; i < t.ne.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.ne[i]);
-      std::printf("%-40s %-5s %-24s %14" PRIu64 "\n", t.name.c_str(), std::string(dtype_name(t.type)).c_str(),
-                  shape.c_str(), t.bytes);
+      std::printf("%-40s %-5s %-24s %14" PRIu64 "%s%s\n", t.name.c_str(), std::string(dtype_name(t.type)).c_str(),
+                  shape.c_str(), t.bytes, t.origin.empty() ? "" : "  ", t.origin.c_str());
     }
   }
   return 0;
 }
 
-const RegisterCommand reg({"inspect", "show a GGUF model's metadata, hyper-parameters and tensors", &run});
+const RegisterCommand reg({"inspect", "show a model's metadata, hyper-parameters and tensors", &run});
 
 }  // namespace
 }  // namespace sinkserve

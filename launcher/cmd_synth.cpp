@@ -1,7 +1,8 @@
 // `sinkserve synth`: a random-weight GGUF of any family in the architecture table and any size,
 // for benchmarks and tests that need shapes of real models without their weights. Metadata keys
 // and tensor names follow llama.cpp's converter; which tensors a family has comes from the table.
-// Bytes depend only on the options and the seed.
+// Bytes depend only on the options and the seed. With --format hf the same model is written as a
+// Hugging Face checkpoint directory (runtime/hf_checkpoint.h) instead.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "kernels/type_traits.h"
 #include "runtime/arch.h"
 #include "runtime/gguf.h"
+#include "runtime/hf_checkpoint.h"
 
 namespace sinkserve {
 namespace {
@@ -124,13 +126,17 @@ std::vector<float> llama3_rope_factors(int d, float base) {
 }
 
 int run(int argc, char** argv) {
-  std::string out, preset, type_name = "F32", tokenizer_from, arch = "llama", qkv_form, residual;
+  std::string out, preset, type_name = "F32", tokenizer_from, arch = "llama", qkv_form, residual, format = "gguf";
   int dim = 64, layers = 2, heads = 4, kv_heads = 0, ffn = 192, vocab = 512, rot = -1;
+  int64_t shard_mb = 2048;
   int64_t seed = 0, ctx = 2048;
   float clamp_kqv = 0;
   bool tied = false, biases = false, rope_freqs = false;
   ArgParser p("synth", "Writes a GGUF of any supported architecture with random weights (deterministic by seed).");
-  p.add("-o,--out", "FILE", "output GGUF path", &out, true)
+  p.add("-o,--out", "PATH", "output GGUF file (or checkpoint directory with --format hf)", &out, true)
+      .add("--format", "F", "gguf, or hf: a Hugging Face checkpoint directory (config.json, safetensors, "
+           "tokenizer.json) of the same model", &format)
+      .add("--shard-mb", "N", "with --format hf: safetensors shards of at most N MiB (default 2048)", &shard_mb)
       .add("--preset", "NAME", "tinyllama or llama2-7b (shape options given override it)", &preset)
       .add("--arch", "A", "architecture: " + supported_archs() + " (default llama)", &arch)
       .add("--dim", "N", "embedding width (default 64)", &dim)
@@ -174,6 +180,11 @@ int run(int argc, char** argv) {
   const DType type = parse_type(type_name);
   const ArchSpec* spec = find_arch(arch);
   if (!spec) throw UsageError("--arch must be one of " + supported_archs() + ", got '" + arch + "'");
+  if (format != "gguf" && format != "hf") throw UsageError("--format must be gguf or hf, got '" + format + "'");
+  const bool hf = format == "hf";
+  if (hf && !spec->hf) throw UsageError("--format hf: sinkserve has no checkpoint layout for " + arch);
+  if (hf && type == DType::Q8_0) throw UsageError("--format hf: safetensors checkpoints hold F32, F16 or BF16");
+  if (shard_mb <= 0) throw UsageError("--shard-mb must be positive");
   for (auto [name, v] : {std::pair{"--dim", dim}, {"--layers", layers}, {"--heads", heads},
                          {"--kv-heads", kv_heads}, {"--ffn", ffn}, {"--vocab", vocab}})
     if (v <= 0) throw UsageError(std::string(name) + " must be positive, got " + std::to_string(v));
@@ -230,6 +241,8 @@ int run(int argc, char** argv) {
     const GGUFFile tok(tokenizer_from);
     for (const auto& [k, v] : tok.metadata())
       if (k.rfind("tokenizer.", 0) == 0) w.set(k, v);
+    if (hf && tok.find_string("tokenizer.ggml.model").value_or("") != "llama")
+      throw UsageError("--format hf writes SentencePiece-style vocabularies only; " + tokenizer_from + " has another");
     const int n = int(tok.get_array("tokenizer.ggml.tokens").items.size());
     if (p.given("--vocab") && vocab != n)
       throw UsageError("--vocab " + std::to_string(vocab) + " contradicts the " + std::to_string(n) +
@@ -246,13 +259,14 @@ int run(int argc, char** argv) {
   // changes the output.
   uint64_t seed_state = uint64_t(seed);
   const uint64_t base = splitmix64(seed_state);
+  std::vector<ModelTensor> tensors;
   auto matrix = [&](const std::string& name, int64_t cols, int64_t rows, float sigma) {
     const uint64_t key = base ^ fnv1a(name);
-    w.add_tensor(name, type, {cols, rows}, [=](uint8_t* dst, size_t) { fill_rows(dst, type, cols, rows, sigma, key); });
+    tensors.push_back({name, type, {cols, rows}, [=](uint8_t* dst, size_t) { fill_rows(dst, type, cols, rows, sigma, key); }});
   };
   auto vec = [&](const std::string& name, int64_t n, float mean, float sigma) {
     const uint64_t key = base ^ fnv1a(name);
-    w.add_tensor(name, DType::F32, {n}, [=](uint8_t* dst, size_t) {
+    tensors.push_back({name, DType::F32, {n}, [=](uint8_t* dst, size_t) {
       fill_rows(dst, DType::F32, n, 1, sigma, key);
       for (int64_t i = 0; i < n; ++i) {
         float v;
@@ -260,7 +274,7 @@ int run(int argc, char** argv) {
         v += mean;
         std::memcpy(dst + 4 * i, &v, 4);
       }
-    });
+    }});
   };
   auto norm = [&](const std::string& name) {
     vec(name + ".weight", dim, 1.0f, 0.1f);
@@ -286,7 +300,8 @@ int run(int argc, char** argv) {
   }
   if (rope_freqs) {
     const std::vector<float> f = llama3_rope_factors(rot, arch == "qwen2" ? 1e6f : 1e4f);
-    w.add_tensor("rope_freqs.weight", DType::F32, {int64_t(f.size())}, f.data(), f.size() * sizeof(float));
+    tensors.push_back({"rope_freqs.weight", DType::F32, {int64_t(f.size())},
+                       [f](uint8_t* dst, size_t bytes) { std::memcpy(dst, f.data(), bytes); }});
   }
   for (int l = 0; l < layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
@@ -318,15 +333,24 @@ int run(int argc, char** argv) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  w.write(out);
+  uint64_t bytes = 0;
+  if (hf) {
+    const std::map<std::string, GGUFValue> kv(w.metadata().begin(), w.metadata().end());
+    write_hf_checkpoint(out, kv, tensors, uint64_t(shard_mb) << 20);
+    for (const auto& e : std::filesystem::directory_iterator(out)) bytes += std::filesystem::file_size(e.path());
+  } else {
+    for (ModelTensor& t : tensors) w.add_tensor(t.name, t.type, t.ne, std::move(t.fill));
+    w.write(out);
+    bytes = std::filesystem::file_size(out);
+  }
   const double secs = seconds_since(t0);
   std::printf("wrote %s: %s, %d layers, dim %d, heads %d/%d, ffn %d, vocab %d, %s, %.2f GB in %.1f s\n",
               out.c_str(), arch.c_str(), layers, dim, heads, kv_heads, ffn, vocab,
-              std::string(dtype_name(type)).c_str(), double(std::filesystem::file_size(out)) / 1e9, secs);
+              std::string(dtype_name(type)).c_str(), double(bytes) / 1e9, secs);
   return 0;
 }
 
-const RegisterCommand reg({"synth", "write a random-weight GGUF of any supported architecture (benchmarks, tests)", &run});
+const RegisterCommand reg({"synth", "write a random-weight GGUF or checkpoint of any supported architecture (benchmarks, tests)", &run});
 
 }  // namespace
 }  // namespace sinkserve

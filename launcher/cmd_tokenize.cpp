@@ -1,11 +1,12 @@
 // `sinkserve tokenize`: the token ids of a text under a model's vocabulary. Only the tokenizer is
-// built (no weights, no backend), so vocabulary-only GGUF files work too.
+// built (no weights, no backend), so vocabulary-only GGUF files work too, and checkpoint
+// directories of families sinkserve does not run.
 #include <cstdio>
 #include <string>
 
 #include "launcher/args.h"
 #include "launcher/command.h"
-#include "runtime/gguf.h"
+#include "runtime/hf_checkpoint.h"
 #include "runtime/tokenizer.h"
 
 namespace sinkserve {
@@ -16,7 +17,8 @@ int run(int argc, char** argv) {
   bool ids_only = false, no_bos = false, parse_special = false;
   TokenizerOptions opt;
   ArgParser p("tokenize", "Prints the tokens of a text: one 'id piece' per line, or with --ids the ids alone.");
-  p.add("-m,--model", "FILE", "GGUF file with a vocabulary (weights are not read)", &model, true)
+  p.add("-m,--model", "PATH", "GGUF file with a vocabulary, or checkpoint directory with a tokenizer.json "
+        "(weights are not read)", &model, true)
       .add("--text", "TEXT", "the text to tokenize", &text)
       .add("--file", "FILE", "read the text from FILE instead", &file)
       .add("--ids", "", "print only the ids, space-separated on one line", &ids_only)
@@ -31,8 +33,8 @@ int run(int argc, char** argv) {
   if (p.given("--text") == p.given("--file")) throw UsageError("give exactly one of --text and --file");
   if (p.given("--file")) text = read_option_file("--file", file);
 
-  const GGUFFile f(model);
-  const auto tok = load_tokenizer(f, opt);
+  const auto f = open_model(model, ModelParts::Vocabulary);
+  const auto tok = load_tokenizer(*f, opt);
   const std::vector<int32_t> ids = tok->encode(text, !no_bos, parse_special);
   std::string out;
   for (const int32_t id : ids) {

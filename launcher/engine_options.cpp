@@ -10,7 +10,7 @@ namespace sinkserve {
 
 void add_engine_options(ArgParser& p, EngineFlags& f, bool with_policy) {
   EngineOptions& e = f.engine;
-  p.add("-m,--model", "FILE", "GGUF model file", &e.model, true);
+  p.add("-m,--model", "PATH", "GGUF model file, or Hugging Face checkpoint directory", &e.model, true);
   p.add("--device", "cpu|cuda", "where to compute (default cpu)", &e.device);
   p.add("-t,--threads", "N", "CPU threads per rank (default: one per core; one for models under 16 MB)", &e.threads);
   p.add("--bf16-prefill", "", "CPU: prompt matrix products in BF16 (faster, ~3 significant digits)",

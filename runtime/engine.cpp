@@ -6,6 +6,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
 #include "parallel/fault_injection.h"
+#include "runtime/hf_checkpoint.h"
 
 namespace sinkserve {
 
@@ -46,7 +47,7 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Comm
 std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) {
   auto e = std::make_unique<Engine>();
   e->comm = &comm;
-  e->file = std::make_unique<GGUFFile>(o.model);
+  e->file = open_model(o.model);
   // A model of a few MB runs a whole token in well under a millisecond: waking workers would
   // cost more than they save, so "one thread per core" means one thread for it.
   const int threads = o.threads == 0 && e->file->file_size() < (size_t(16) << 20) ? 1 : o.threads;

@@ -1,10 +1,5 @@
 #include "runtime/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -14,6 +9,7 @@
 #include <set>
 
 #include "kernels/type_traits.h"
+#include "runtime/mapped_file.h"
 
 namespace sinkserve {
 
@@ -185,148 +181,155 @@ int64_t GGUFTensorInfo::elements() const {
 }
 
 GGUFFile::GGUFFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw GGUFError(path + ": cannot open: " + std::strerror(errno));
-  struct stat st{};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw GGUFError(path + ": not a regular file");
+  sources_.push_back(std::make_shared<const MappedFile>(path, /*map=*/true));
+  const uint8_t* map = sources_[0]->data();
+  const size_t size = sources_[0]->size();
+  if (size == 0) throw GGUFError(path + ": empty file (0 bytes), not a GGUF model");
+
+  Cursor c(map, size, path_);
+  if (size < 4 || std::memcmp(map, kMagic, 4) != 0) {
+    char shown[5] = {};
+    for (size_t i = 0; i < 4 && i < size; ++i)
+      shown[i] = map[i] >= 0x20 && map[i] < 0x7f ? char(map[i]) : '?';
+    c.fail(std::string("not a GGUF file: magic is '") + shown + "', expected 'GGUF'");
   }
-  size_ = size_t(st.st_size);
-  if (size_ == 0) {
-    ::close(fd);
-    throw GGUFError(path + ": empty file (0 bytes), not a GGUF model");
+  c.read<uint32_t>("magic");
+  version_ = c.read<uint32_t>("version");
+  if ((version_ & 0xffff) == 0 && (version_ >> 24) >= 1 && (version_ >> 24) <= 3)
+    c.fail("big-endian GGUF file (version " + std::to_string(version_ >> 24) +
+           "): only little-endian files are supported");
+  if (version_ != 2 && version_ != 3)
+    c.fail("unsupported GGUF version " + std::to_string(version_) + " (supported: 2 and 3)");
+
+  const auto n_tensors = c.read<uint64_t>("tensor count");
+  const auto n_kv = c.read<uint64_t>("metadata key count");
+  // A key needs at least its length and type; a tensor info at least 8+4+8+4+8 bytes.
+  if (n_kv > c.remaining() / 12)
+    c.fail("header claims " + std::to_string(n_kv) + " metadata keys, more than the " +
+           std::to_string(size) + "-byte file can hold (truncated or corrupt)");
+  if (n_tensors > c.remaining() / 32)
+    c.fail("header claims " + std::to_string(n_tensors) + " tensors, more than the " +
+           std::to_string(size) + "-byte file can hold (truncated or corrupt)");
+
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = c.read_string("name of metadata key " + std::to_string(i));
+    const auto t = c.read<uint32_t>("value type of '" + key + "'");
+    if (t > uint32_t(GGUFType::FLOAT64))
+      c.fail("metadata key '" + key + "' has unknown value type " + std::to_string(t));
+    GGUFValue v = read_value(c, GGUFType(t), key, 0);
+    if (kv_.count(key)) c.fail("duplicate metadata key '" + key + "'");
+    kv_.emplace(std::move(key), std::move(v));
   }
-  void* m = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);
-  if (m == MAP_FAILED) throw GGUFError(path + ": cannot map: " + std::strerror(map_errno));
-  map_ = static_cast<const uint8_t*>(m);
 
-  // The destructor does not run for a constructor that throws, so unmap here.
-  try {
-    Cursor c(map_, size_, path_);
-    if (size_ < 4 || std::memcmp(map_, kMagic, 4) != 0) {
-      char shown[5] = {};
-      for (size_t i = 0; i < 4 && i < size_; ++i)
-        shown[i] = map_[i] >= 0x20 && map_[i] < 0x7f ? char(map_[i]) : '?';
-      c.fail(std::string("not a GGUF file: magic is '") + shown + "', expected 'GGUF'");
-    }
-    c.read<uint32_t>("magic");
-    version_ = c.read<uint32_t>("version");
-    if ((version_ & 0xffff) == 0 && (version_ >> 24) >= 1 && (version_ >> 24) <= 3)
-      c.fail("big-endian GGUF file (version " + std::to_string(version_ >> 24) +
-             "): only little-endian files are supported");
-    if (version_ != 2 && version_ != 3)
-      c.fail("unsupported GGUF version " + std::to_string(version_) + " (supported: 2 and 3)");
+  if (const GGUFValue* a = find("general.alignment")) {
+    if (a->type != GGUFType::UINT32)
+      c.fail("general.alignment has type " + type_name(a->type) + ", expected uint32");
+    const uint64_t al = std::get<uint64_t>(a->v);
+    if (al == 0 || (al & (al - 1)) != 0)
+      c.fail("general.alignment is " + std::to_string(al) + ", not a power of two");
+    alignment_ = al;
+  }
 
-    const auto n_tensors = c.read<uint64_t>("tensor count");
-    const auto n_kv = c.read<uint64_t>("metadata key count");
-    // A key needs at least its length and type; a tensor info at least 8+4+8+4+8 bytes.
-    if (n_kv > c.remaining() / 12)
-      c.fail("header claims " + std::to_string(n_kv) + " metadata keys, more than the " +
-             std::to_string(size_) + "-byte file can hold (truncated or corrupt)");
-    if (n_tensors > c.remaining() / 32)
-      c.fail("header claims " + std::to_string(n_tensors) + " tensors, more than the " +
-             std::to_string(size_) + "-byte file can hold (truncated or corrupt)");
+  tensors_.reserve(size_t(n_tensors));
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    GGUFTensorInfo ti;
+    ti.name = c.read_string("name of tensor " + std::to_string(i));
+    const std::string tn = "tensor '" + ti.name + "'";
+    const auto n_dims = c.read<uint32_t>("dimension count of " + tn);
+    if (n_dims < 1 || n_dims > kMaxDims)
+      c.fail(tn + " has " + std::to_string(n_dims) + " dimensions (must be 1 to 4)");
+    for (uint32_t d = 0; d < n_dims; ++d) {
+      const auto n = c.read<uint64_t>("dimension " + std::to_string(d) + " of " + tn);
+      if (n == 0 || n > uint64_t(std::numeric_limits<int64_t>::max()))
+        c.fail(tn + " has dimension " + std::to_string(d) + " = " +
+               (n == 0 ? "0" : std::to_string(int64_t(n))) + " (must be positive)");
+      ti.ne.push_back(int64_t(n));
+    }
+    const auto type_id = c.read<uint32_t>("type of " + tn);
+    const auto dt = dtype_from_ggml(type_id);
+    if (!dt) {
+      const char* known = ggml_type_name(type_id);
+      c.fail(tn + " has type " + std::to_string(type_id) +
+             " which sinkserve does not support (" + supported_type_names() + ")" +
+             (known ? std::string("; it is ggml's ") + known + ": requantize the model to one of those"
+                    : std::string("; it is not a known ggml type")));
+    }
+    ti.type = *dt;
+    if (ti.ne[0] % dtype_block_values(ti.type) != 0)
+      c.fail(tn + " has rows of " + std::to_string(ti.ne[0]) + " values, not a multiple of the " +
+             std::string(dtype_name(ti.type)) + " block size " +
+             std::to_string(dtype_block_values(ti.type)));
+    const auto bytes = tensor_bytes(ti.type, ti.ne);
+    if (!bytes) c.fail(tn + " has shape " + shape_str(ti.ne) + " whose size overflows 64 bits");
+    ti.bytes = *bytes;
+    ti.offset = c.read<uint64_t>("data offset of " + tn);
+    if (ti.offset % alignment_ != 0)
+      c.fail(tn + " has data offset " + std::to_string(ti.offset) + ", not a multiple of the alignment " +
+             std::to_string(alignment_));
+    if (tensor_index_.count(ti.name)) c.fail("duplicate tensor name '" + ti.name + "'");
+    tensor_index_.emplace(ti.name, tensors_.size());
+    tensors_.push_back(std::move(ti));
+  }
 
-    for (uint64_t i = 0; i < n_kv; ++i) {
-      std::string key = c.read_string("name of metadata key " + std::to_string(i));
-      const auto t = c.read<uint32_t>("value type of '" + key + "'");
-      if (t > uint32_t(GGUFType::FLOAT64))
-        c.fail("metadata key '" + key + "' has unknown value type " + std::to_string(t));
-      GGUFValue v = read_value(c, GGUFType(t), key, 0);
-      if (kv_.count(key)) c.fail("duplicate metadata key '" + key + "'");
-      kv_.emplace(std::move(key), std::move(v));
-    }
-
-    if (const GGUFValue* a = find("general.alignment")) {
-      if (a->type != GGUFType::UINT32)
-        c.fail("general.alignment has type " + type_name(a->type) + ", expected uint32");
-      const uint64_t al = std::get<uint64_t>(a->v);
-      if (al == 0 || (al & (al - 1)) != 0)
-        c.fail("general.alignment is " + std::to_string(al) + ", not a power of two");
-      alignment_ = al;
-    }
-
-    tensors_.reserve(size_t(n_tensors));
-    for (uint64_t i = 0; i < n_tensors; ++i) {
-      GGUFTensorInfo ti;
-      ti.name = c.read_string("name of tensor " + std::to_string(i));
-      const std::string tn = "tensor '" + ti.name + "'";
-      const auto n_dims = c.read<uint32_t>("dimension count of " + tn);
-      if (n_dims < 1 || n_dims > kMaxDims)
-        c.fail(tn + " has " + std::to_string(n_dims) + " dimensions (must be 1 to 4)");
-      for (uint32_t d = 0; d < n_dims; ++d) {
-        const auto n = c.read<uint64_t>("dimension " + std::to_string(d) + " of " + tn);
-        if (n == 0 || n > uint64_t(std::numeric_limits<int64_t>::max()))
-          c.fail(tn + " has dimension " + std::to_string(d) + " = " +
-                 (n == 0 ? "0" : std::to_string(int64_t(n))) + " (must be positive)");
-        ti.ne.push_back(int64_t(n));
-      }
-      const auto type_id = c.read<uint32_t>("type of " + tn);
-      const auto dt = dtype_from_ggml(type_id);
-      if (!dt) {
-        const char* known = ggml_type_name(type_id);
-        c.fail(tn + " has type " + std::to_string(type_id) +
-               " which sinkserve does not support (" + supported_type_names() + ")" +
-               (known ? std::string("; it is ggml's ") + known + ": requantize the model to one of those"
-                      : std::string("; it is not a known ggml type")));
-      }
-      ti.type = *dt;
-      if (ti.ne[0] % dtype_block_values(ti.type) != 0)
-        c.fail(tn + " has rows of " + std::to_string(ti.ne[0]) + " values, not a multiple of the " +
-               std::string(dtype_name(ti.type)) + " block size " +
-               std::to_string(dtype_block_values(ti.type)));
-      const auto bytes = tensor_bytes(ti.type, ti.ne);
-      if (!bytes) c.fail(tn + " has shape " + shape_str(ti.ne) + " whose size overflows 64 bits");
-      ti.bytes = *bytes;
-      ti.offset = c.read<uint64_t>("data offset of " + tn);
-      if (ti.offset % alignment_ != 0)
-        c.fail(tn + " has data offset " + std::to_string(ti.offset) + ", not a multiple of the alignment " +
-               std::to_string(alignment_));
-      if (tensor_index_.count(ti.name)) c.fail("duplicate tensor name '" + ti.name + "'");
-      tensor_index_.emplace(ti.name, tensors_.size());
-      tensors_.push_back(std::move(ti));
-    }
-
-    const uint64_t data_start = (uint64_t(c.pos()) + alignment_ - 1) / alignment_ * alignment_;
-    const uint64_t data_size = data_start <= size_ ? size_ - data_start : 0;
-    if (!tensors_.empty() && data_start > size_)
-      c.fail("truncated file: the tensor data section would start at offset " +
-             std::to_string(data_start) + ", past the end of the " + std::to_string(size_) + "-byte file");
-    for (GGUFTensorInfo& ti : tensors_) {
-      if (ti.offset > data_size || ti.bytes > data_size - ti.offset)
-        c.fail("tensor '" + ti.name + "' data [" + std::to_string(ti.offset) + ", " +
-               std::to_string(ti.offset + ti.bytes) + ") of the data section lies outside it (" +
-               std::to_string(data_size) + " bytes): the file is truncated or the offset is corrupt");
-      ti.data = map_ + data_start + ti.offset;
-    }
-    std::vector<const GGUFTensorInfo*> by_offset;
-    for (const GGUFTensorInfo& ti : tensors_) by_offset.push_back(&ti);
-    std::sort(by_offset.begin(), by_offset.end(),
-              [](auto* a, auto* b) { return a->offset < b->offset; });
-    for (size_t i = 1; i < by_offset.size(); ++i) {
-      const GGUFTensorInfo& a = *by_offset[i - 1];
-      const GGUFTensorInfo& b = *by_offset[i];
-      if (a.offset + a.bytes > b.offset)
-        c.fail("tensors '" + a.name + "' and '" + b.name + "' overlap in the data section (offsets " +
-               std::to_string(a.offset) + "+" + std::to_string(a.bytes) + " and " +
-               std::to_string(b.offset) + ")");
-    }
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(map_), size_);
-    map_ = nullptr;
-    throw;
+  const uint64_t data_start = (uint64_t(c.pos()) + alignment_ - 1) / alignment_ * alignment_;
+  const uint64_t data_size = data_start <= size ? size - data_start : 0;
+  if (!tensors_.empty() && data_start > size)
+    c.fail("truncated file: the tensor data section would start at offset " +
+           std::to_string(data_start) + ", past the end of the " + std::to_string(size) + "-byte file");
+  for (GGUFTensorInfo& ti : tensors_) {
+    if (ti.offset > data_size || ti.bytes > data_size - ti.offset)
+      c.fail("tensor '" + ti.name + "' data [" + std::to_string(ti.offset) + ", " +
+             std::to_string(ti.offset + ti.bytes) + ") of the data section lies outside it (" +
+             std::to_string(data_size) + " bytes): the file is truncated or the offset is corrupt");
+    ti.data = map + data_start + ti.offset;
+    ti.source = 0;
+    ti.file_offset = data_start + ti.offset;
+  }
+  std::vector<const GGUFTensorInfo*> by_offset;
+  for (const GGUFTensorInfo& ti : tensors_) by_offset.push_back(&ti);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](auto* a, auto* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GGUFTensorInfo& a = *by_offset[i - 1];
+    const GGUFTensorInfo& b = *by_offset[i];
+    if (a.offset + a.bytes > b.offset)
+      c.fail("tensors '" + a.name + "' and '" + b.name + "' overlap in the data section (offsets " +
+             std::to_string(a.offset) + "+" + std::to_string(a.bytes) + " and " +
+             std::to_string(b.offset) + ")");
   }
 }
 
-GGUFFile::~GGUFFile() {
-  if (map_) ::munmap(const_cast<uint8_t*>(map_), size_);
+GGUFFile::GGUFFile(std::string path, ModelFormat format, std::map<std::string, GGUFValue> kv,
+                   std::vector<GGUFTensorInfo> tensors, std::vector<std::shared_ptr<const MappedFile>> sources,
+                   std::vector<std::vector<uint8_t>> owned)
+    : path_(std::move(path)), format_(format), sources_(std::move(sources)), owned_(std::move(owned)),
+      kv_(std::move(kv)), tensors_(std::move(tensors)) {
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    if (!tensor_index_.emplace(tensors_[i].name, i).second)
+      throw GGUFError(path_ + ": tensor '" + tensors_[i].name + "' appears twice");
+}
+
+GGUFFile::~GGUFFile() = default;
+
+size_t GGUFFile::file_size() const {
+  size_t n = 0;
+  for (const auto& s : sources_) n += s->size();
+  return n;
 }
 
 void GGUFFile::drop_resident_pages() const {
-  if (map_ && size_) madvise(const_cast<uint8_t*>(map_), size_, MADV_DONTNEED);
+  for (const auto& s : sources_) s->drop_resident_pages();
+}
+
+void GGUFFile::read(const GGUFTensorInfo& t, uint64_t offset, size_t n, void* dst) const {
+  if (offset > t.bytes || n > t.bytes - offset)
+    throw std::out_of_range("GGUFFile::read: bytes [" + std::to_string(offset) + ", " + std::to_string(offset + n) +
+                            ") of tensor '" + t.name + "' (" + std::to_string(t.bytes) + " bytes)");
+  if (t.source < 0) {
+    std::memcpy(dst, t.data + offset, n);
+    return;
+  }
+  sources_.at(size_t(t.source))->read(t.file_offset + offset, n, dst);
 }
 
 const GGUFValue* GGUFFile::find(const std::string& key) const {
@@ -416,8 +419,8 @@ const GGUFTensorInfo& GGUFFile::tensor(const std::string& name, const std::vecto
   const GGUFTensorInfo* t = find_tensor(name);
   if (!t) throw GGUFError(path_ + ": tensor '" + name + "' is missing");
   if (!expect_ne.empty() && t->ne != expect_ne)
-    throw GGUFError(path_ + ": tensor '" + name + "' has shape " + shape_str(t->ne) + ", expected " +
-                    shape_str(expect_ne));
+    throw GGUFError(path_ + ": tensor '" + name + "'" + (t->origin.empty() ? "" : " (" + t->origin + ")") +
+                    " has shape " + shape_str(t->ne) + ", expected " + shape_str(expect_ne));
   return *t;
 }
 

@@ -1,7 +1,6 @@
 #include "runtime/linear.h"
 
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 
 #include "runtime/gguf.h"
@@ -12,26 +11,32 @@ float* ShardLoader::vector(const std::string& name, int64_t n, bool optional) {
   if (optional && !f_.find_tensor(name)) return nullptr;
   const GGUFTensorInfo& t = f_.tensor(name, {n});
   if (t.type != DType::F32) throw GGUFError(f_.path() + ": tensor '" + name + "' must be F32");
+  std::vector<float> host(static_cast<size_t>(n));
+  f_.read(t, 0, size_t(n) * 4, host.data());
   auto* p = static_cast<float*>(be_.alloc(size_t(n) * 4));
   owned_.push_back(p);
-  be_.to_device(p, t.data, size_t(n) * 4);
+  be_.to_device(p, host.data(), size_t(n) * 4);
   bytes_ += n * 4;
   return p;
 }
 
-const float* ShardLoader::bias_rows(const RowSlice& p) {
+std::vector<float> ShardLoader::bias_rows(const RowSlice& p) {
   const GGUFTensorInfo& b = f_.tensor(p.bias_name, {p.rows_total});
   if (b.type != DType::F32) throw GGUFError(f_.path() + ": tensor '" + p.bias_name + "' must be F32");
+  std::vector<float> rows(static_cast<size_t>(p.rows));
+  f_.read(b, uint64_t(p.row0) * 4, rows.size() * 4, rows.data());
   bytes_ += p.rows * 4;
-  return reinterpret_cast<const float*>(b.data) + p.row0;
+  return rows;
 }
 
 Weight ShardLoader::slice(int64_t cols, const RowSlice& p) {
   const GGUFTensorInfo& t = f_.tensor(p.name, {cols, p.rows_total});
   const int64_t rb = dtype_row_bytes(t.type, cols);
-  const float* bias = p.bias_name.empty() ? nullptr : bias_rows(p);
+  const std::vector<float> bias = p.bias_name.empty() ? std::vector<float>() : bias_rows(p);
+  std::vector<uint8_t> data(size_t(p.rows * rb));
+  f_.read(t, uint64_t(p.row0 * rb), data.size(), data.data());
   bytes_ += p.rows * rb;
-  return be_.prepare_weight(t.type, t.data + p.row0 * rb, p.rows, cols, bias);
+  return be_.prepare_weight(t.type, data.data(), p.rows, cols, bias.empty() ? nullptr : bias.data());
 }
 
 Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
@@ -47,14 +52,15 @@ Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
   const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const RowSlice& p) { return !p.bias_name.empty(); });
   uint8_t* at = data.data();
   for (const RowSlice& p : parts) {
-    at = std::copy_n(f_.tensor(p.name).data + p.row0 * rb, size_t(p.rows * rb), at);
+    f_.read(f_.tensor(p.name), uint64_t(p.row0 * rb), size_t(p.rows * rb), at);
+    at += p.rows * rb;
     if (!any_bias) continue;
     if (p.bias_name.empty()) {  // a part without bias among parts with one adds zeros
       bias.insert(bias.end(), size_t(p.rows), 0.0f);
       continue;
     }
-    const float* b = bias_rows(p);
-    bias.insert(bias.end(), b, b + p.rows);
+    const std::vector<float> b = bias_rows(p);
+    bias.insert(bias.end(), b.begin(), b.end());
   }
   bytes_ += rows * rb;
   return be_.prepare_weight(type, data.data(), rows, cols, bias.empty() ? nullptr : bias.data());
@@ -63,24 +69,27 @@ Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
 Weight ShardLoader::row_parallel(const std::string& name, const std::string& bias_name,
                                  int64_t cols_total, int64_t rows, int64_t col0, int64_t cols) {
   const GGUFTensorInfo& t = f_.tensor(name, {cols_total, rows});
-  const float* bias = nullptr;
+  std::vector<float> bias;
   if (!bias_name.empty() && rank_ == 0) bias = bias_rows({"", bias_name, rows, 0, rows});
+  const float* b = bias.empty() ? nullptr : bias.data();
   if (cols == cols_total) {
+    std::vector<uint8_t> data(size_t(t.bytes));
+    f_.read(t, 0, data.size(), data.data());
     bytes_ += int64_t(t.bytes);
-    return be_.prepare_weight(t.type, t.data, rows, cols, bias);
+    return be_.prepare_weight(t.type, data.data(), rows, cols, b);
   }
   const int64_t bv = dtype_block_values(t.type);
   if (col0 % bv || cols % bv)
     throw std::runtime_error(f_.path() + ": cannot shard '" + name + "': " + std::to_string(cols) +
                              "-column slices do not align to " + std::string(dtype_name(t.type)) +
                              " blocks");
-  // Strided in the file, so this rank copies its columns out.
+  // Strided in the file: this rank reads its part of every row, and no more.
   const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
                 ob = dtype_row_bytes(t.type, col0);
   std::vector<uint8_t> buf(size_t(rows * sb));
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(&buf[size_t(i * sb)], t.data + i * rb + ob, size_t(sb));
+  for (int64_t i = 0; i < rows; ++i) f_.read(t, uint64_t(i * rb + ob), size_t(sb), &buf[size_t(i * sb)]);
   bytes_ += rows * sb;
-  return be_.prepare_weight(t.type, buf.data(), rows, cols, bias);
+  return be_.prepare_weight(t.type, buf.data(), rows, cols, b);
 }
 
 }  // namespace sinkserve

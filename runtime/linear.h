@@ -1,4 +1,5 @@
-// Tensor-parallel loading of linear layers from a GGUF file, named as vLLM names them. A weight is
+// Tensor-parallel loading of linear layers from a GGUF file, named as vLLM names them. Every byte
+// is read from the file (GGUFFile::read), so a rank brings into memory only its own slices. A weight is
 // [rows = output features][cols = input features]; R ranks split it Megatron-style:
 //   column-parallel: each rank holds a slice of the rows (outputs); its bias shards with them;
 //   row-parallel:    each rank holds a slice of the columns (inputs) and computes a partial sum
@@ -46,7 +47,7 @@ class ShardLoader {
                       int64_t rows, int64_t col0, int64_t cols);
 
  private:
-  const float* bias_rows(const RowSlice& p);
+  std::vector<float> bias_rows(const RowSlice& p);
 
   const GGUFFile& f_;
   Backend& be_;

@@ -91,8 +91,12 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
     alibi_ = alibi_slopes(cfg_.n_heads, cfg_.alibi_bias_max, r * shard_.n_heads, shard_.n_heads);
 
   ShardLoader ld(f, backend_, r, R, owned_);
-  tok_embd_ = backend_.prepare_weight(f.tensor("token_embd.weight", {dim, cfg_.vocab}).type,
-                                      f.tensor("token_embd.weight").data, cfg_.vocab, dim, nullptr);
+  {
+    const GGUFTensorInfo& embd = f.tensor("token_embd.weight", {dim, cfg_.vocab});
+    std::vector<uint8_t> table(size_t(embd.bytes));
+    f.read(embd, 0, table.size(), table.data());
+    tok_embd_ = backend_.prepare_weight(embd.type, table.data(), cfg_.vocab, dim, nullptr);
+  }
   layers_.reserve(size_t(cfg_.n_layers));
   for (int l = 0; l < cfg_.n_layers; ++l) layers_.push_back(load_layer(ld, l, kv_begin));
   const bool layer_norm = cfg_.spec->norm == NormKind::Layer;
@@ -141,7 +145,22 @@ LayerWeights LlamaModel::load_layer(ShardLoader& ld, int l, int kv_begin) {
   if (have & bit(AttnQkv)) {
     const std::string w = name(AttnQkv), b = name(AttnQkvB);
     const int64_t total = q_dim + 2 * kv_dim;
-    qkv = {{w, b, total, q0, q_rows}, {w, b, total, q_dim + kv0, kv_rows}, {w, b, total, q_dim + kv_dim + kv0, kv_rows}};
+    if (cfg_.qkv_layout == QkvLayout::Blocked) {
+      qkv = {{w, b, total, q0, q_rows}, {w, b, total, q_dim + kv0, kv_rows}, {w, b, total, q_dim + kv_dim + kv0, kv_rows}};
+    } else {
+      // Group g holds its query heads, its key head and its value head: this rank's query heads,
+      // then their key and value heads, become row ranges of those groups, stacked q | k | v.
+      const int64_t per_kv = cfg_.n_heads / cfg_.n_kv_heads, group = (per_kv + 2) * hd;
+      const int64_t h0 = r * shard_.n_heads, h1 = h0 + shard_.n_heads;
+      for (int64_t h = h0; h < h1;) {
+        const int64_t g = h / per_kv, end = std::min(h1, (g + 1) * per_kv);
+        qkv.push_back({w, b, total, g * group + (h - g * per_kv) * hd, (end - h) * hd});
+        h = end;
+      }
+      for (int64_t k = 0; k < 2; ++k)
+        for (int64_t g = kv_begin; g < kv_begin + shard_.n_kv; ++g)
+          qkv.push_back({w, b, total, g * group + (per_kv + k) * hd, hd});
+    }
   } else {
     qkv = {{name(AttnQ), name(AttnQB), q_dim, q0, q_rows},
            {name(AttnK), name(AttnKB), kv_dim, kv0, kv_rows},

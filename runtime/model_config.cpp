@@ -53,7 +53,9 @@ void read_rope(const GGUFFile& f, const Reader& r, ModelConfig& c) {
     r.fail(a + ".rope.dimension_count is " + std::to_string(n_rot) + ": it must be even and at most the head "
            "dimension " + std::to_string(c.head_dim));
   c.rope.n_rot = n_rot;
-  c.rope.neox = c.spec->rope_neox;
+  // The rotation follows the rows as stored, which differ by format for families whose GGUF
+  // converter permutes q/k (runtime/arch.h).
+  c.rope.neox = f.format() == ModelFormat::HfCheckpoint ? c.spec->hf->rope_neox : c.spec->rope_neox;
   const std::string base_key = a + ".rope.freq_base";
   c.rope.freq_base = float(r.positive_float(base_key, f.find_float(base_key).value_or(10000.0), 1e12));
   const std::string type_key = a + ".rope.scaling.type";
@@ -90,6 +92,7 @@ ModelConfig read_model_config(const GGUFFile& f) {
                     supported_archs() + ")");
   const ArchSpec& spec = *c.spec;
   c.name = f.find_string("general.name").value_or("");
+  if (f.format() == ModelFormat::HfCheckpoint) c.qkv_layout = spec.hf->qkv;
   const Reader r{f, c.arch};
   const std::string& a = c.arch;
 

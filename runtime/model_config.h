@@ -25,6 +25,7 @@ struct ModelConfig {
   int vocab = 0;
   float norm_eps = 1e-5f;
   RopeParams rope;  // rope.n_rot = 0 for ALiBi models
+  QkvLayout qkv_layout = QkvLayout::Blocked;  // rows of a fused attn_qkv, by the file's format
   bool parallel_residual = false;
   float clamp_kqv = 0;       // MPT: q, k, v clamped to [-c, c]; 0 = none
   float alibi_bias_max = 0;  // ALiBi models: the slopes' max_alibi_bias

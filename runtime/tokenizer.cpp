@@ -90,12 +90,13 @@ std::vector<int32_t> VocabTokenizer::encode_ids(std::string_view text, bool add_
   std::vector<Fragment> fragments;
   v_.partition(text, parse_special, fragments);
   bool after_special = true;
-  for (const Fragment& fr : fragments) {
+  for (size_t i = 0; i < fragments.size(); ++i) {
+    const Fragment& fr = fragments[i];
     if (fr.token >= 0) {
       out.push_back(fr.token);
       after_special = true;
     } else {
-      encode_text(fr.text, after_special, out);
+      encode_text(fr.text, after_special, i == 0, out);
       after_special = false;
     }
   }
@@ -182,7 +183,11 @@ void Vocab::partition(std::string_view s, bool parse_special, std::vector<Fragme
 
 std::unique_ptr<Tokenizer> load_tokenizer(const GGUFFile& f, const TokenizerOptions& opt) {
   const std::optional<std::string> model = f.find_string("tokenizer.ggml.model");
+  if (!model && f.format() == ModelFormat::HfCheckpoint)
+    throw GGUFError(f.path() + ": no tokenizer.json (sinkserve reads a checkpoint's tokenizer from it)");
   if (!model) throw GGUFError(f.path() + ": metadata key 'tokenizer.ggml.model' is missing (no tokenizer)");
+  // A tokenizer.json's BPE merges by rank whatever its vocabulary (tokenizer_json.cpp).
+  if (f.find("tokenizer.hf.merges")) return tok::make_bpe_tokenizer(f, opt);
   if (*model == "llama") return tok::make_spm_tokenizer(f);
   if (*model == "gpt2") return tok::make_bpe_tokenizer(f, opt);
   throw GGUFError(f.path() + ": tokenizer model '" + *model + "' is not supported (supported: llama, gpt2)");

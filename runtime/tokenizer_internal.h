@@ -210,8 +210,10 @@ class VocabTokenizer : public Tokenizer {
   int32_t find(std::string_view text) const override { return v_.find(text); }
 
  protected:
-  // after_special: the text starts the input or follows a special token.
-  virtual void encode_text(std::string_view text, bool after_special, std::vector<int32_t>& out) const = 0;
+  // after_special: the text starts the input or follows a special token; at_start: it starts
+  // the input.
+  virtual void encode_text(std::string_view text, bool after_special, bool at_start,
+                           std::vector<int32_t>& out) const = 0;
 
   Vocab v_;
   std::vector<std::string> pieces_;

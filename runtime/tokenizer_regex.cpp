@@ -148,19 +148,26 @@ class PatternCompiler {
     switch (c) {
       case '(': {
         Node group{Node::kSeq};
+        bool icase = false;
         if (eat('?')) {
           if (eat('=') || eat('!')) {
             group.kind = Node::kLookahead;
             group.negate = cps_[pos_ - 1] == '!';
+          } else if (peek() == 'i' && peek(1) == ':') {
+            pos_ += 2;
+            icase = true;
           } else if (!eat(':')) {
-            fail("only (?:...), (?=...) and (?!...) groups are supported");
+            fail("only (?:...), (?i:...), (?=...) and (?!...) groups are supported");
           }
         }
+        icase_ += icase;
         group.kids.push_back(alternation());
+        icase_ -= icase;
         if (!eat(')')) fail("missing ')'");
         return group;
       }
       case '[':
+        if (icase_) fail("character classes inside (?i:...) are not supported");
         return set_node(char_class());
       case '\\':
         return escape_outside_class();
@@ -179,7 +186,15 @@ class PatternCompiler {
     }
   }
 
-  static Node char_node(uint32_t c) {
+  // A literal; inside (?i:...) an ASCII letter matches either case (Llama-3's (?i:'s|'t|...)).
+  Node char_node(uint32_t c) {
+    const uint32_t lower = c | 0x20;
+    if (icase_ && lower >= 'a' && lower <= 'z') {
+      SplitPattern::Set s;
+      s.ranges = {{lower & ~0x20u, lower & ~0x20u}, {lower, lower}};
+      return set_node(std::move(s));
+    }
+    if (icase_ && c >= 0x80) fail("case-insensitive matching of non-ASCII characters is not supported");
     Node n{Node::kChar};
     n.value = c;
     return n;
@@ -374,6 +389,7 @@ class PatternCompiler {
   std::string_view src_;
   SplitPattern& out_;
   std::vector<uint32_t> cps_;
+  int icase_ = 0;  // depth of (?i:...) groups around the current position
   size_t pos_ = 0;
 };
 

@@ -52,7 +52,8 @@ class SpmTokenizer final : public VocabTokenizer {
     }
   }
 
-  void encode_text(std::string_view text, bool after_special, std::vector<int32_t>& out) const override {
+  void encode_text(std::string_view text, bool after_special, bool /*at_start*/,
+                   std::vector<int32_t>& out) const override {
     // As SentencePiece sees it, every run of text after a special token starts a new sentence.
     std::string escaped;
     if (add_space_prefix_ && after_special) escaped += kSpace;

@@ -1,4 +1,5 @@
-// A single-rank model + cache + lockstep driver for tests, on the CPU backend unless given one.
+// A single-rank model + cache + lockstep driver for tests, on the CPU backend unless given one;
+// the model is a GGUF file or a checkpoint directory.
 #pragma once
 #include <memory>
 #include <string>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "runtime/gguf.h"
+#include "runtime/hf_checkpoint.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
 #include "runtime/stream.h"
@@ -24,7 +26,7 @@ struct Rig {
   std::unique_ptr<Lockstep> ls;
 
   Rig(const std::string& path, const CacheConfig& cfg, std::unique_ptr<Backend> b, int slots = 1)
-      : file(std::make_unique<GGUFFile>(path)),
+      : file(open_model(path)),
         backend(std::move(b)),
         comm(make_single_communicator()),
         model(std::make_unique<LlamaModel>(*file, *backend, *comm)),

@@ -1,7 +1,8 @@
 // Tensor parallelism end to end: the model sharded over this job's ranks must stream the same
 // greedy tokens as one unsharded rank, with the same logits and perplexity, while the sink cache
 // evicts. Rank 0 also runs the unsharded model (a single-rank communicator) in-process as the
-// reference. Usage: test_tp_model MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS [KV_TYPE]
+// reference. MODEL is a GGUF file or a checkpoint directory.
+// Usage: test_tp_model MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS [KV_TYPE]
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,7 +13,7 @@
 
 #include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
-#include "runtime/gguf.h"
+#include "runtime/hf_checkpoint.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
 #include "runtime/sampler.h"
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
   const int greedy_n = std::atoi(argv[5]), ppl_n = std::atoi(argv[6]);
   auto comm = make_communicator("auto");
   return run_ranked("test_tp_model", *comm, [&]() -> int {
-    GGUFFile f(model_path);
+    const auto opened = open_model(model_path);
+    const GGUFFile& f = *opened;
     Shard tp(f, *comm, cc);
     if (comm->rank() != 0) {
       tp.ls->follow();  // greedy stream

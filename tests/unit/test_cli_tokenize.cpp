@@ -1,5 +1,6 @@
-// `sinkserve tokenize`: every reference vector through the command line, its output forms, and
-// its errors; and --allow-unknown-pretokenizer on a command that runs a model.
+// `sinkserve tokenize`: every reference vector through the command line (GPT-2's also from the
+// tokenizer.json of a checkpoint directory), its output forms, and its errors; and
+// --allow-unknown-pretokenizer on a command that runs a model.
 #include <algorithm>
 #include <filesystem>
 #include <map>
@@ -67,14 +68,18 @@ std::string write_unknown_pre_vocab() {
 // threads, each with its own folder, since loading a large vocabulary dominates.
 TEST(CliTokenize, EveryReferenceVectorGivesTheExactIds) {
   struct Case {
-    std::string vocab, text, want;
+    std::string model, text, want;
   };
   std::vector<Case> cases;
   const std::vector<std::string> vocabs = sinkserve::test::vocabularies_with_vectors();
   for (const std::string& v : sinkserve::test::kVocabulariesWithVectors)
     EXPECT_NE(std::find(vocabs.begin(), vocabs.end(), v), vocabs.end()) << v << " has no vectors";
   for (const std::string& v : vocabs)
-    for (const auto& [text, ids] : sinkserve::test::read_vectors(v)) cases.push_back({v, text, ids_line(ids)});
+    for (const auto& [text, ids] : sinkserve::test::read_vectors(v))
+      cases.push_back({sinkserve::test::fixture("tokenizers/" + v), text, ids_line(ids)});
+  // A Hugging Face checkpoint directory: GPT-2's tokenizer.json gives GPT-2's vectors.
+  for (const auto& [text, ids] : sinkserve::test::read_vectors("ggml-vocab-gpt-2.gguf"))
+    cases.push_back({sinkserve::test::fixture("models/hf-fake-gpt2"), text, ids_line(ids)});
   ASSERT_FALSE(cases.empty());
 
   const unsigned n_threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
@@ -88,10 +93,9 @@ TEST(CliTokenize, EveryReferenceVectorGivesTheExactIds) {
         const Case& c = cases[i];
         sinkserve::test::write_bytes(d / "text.txt", c.text);
         const CliResult r = sinkserve::test::run_sinkserve(
-            d, "tokenize --ids --no-bos --model " + quoted(sinkserve::test::fixture("tokenizers/" + c.vocab)) +
-                   " --file " + quoted((d / "text.txt").string()));
+            d, "tokenize --ids --no-bos --model " + quoted(c.model) + " --file " + quoted((d / "text.txt").string()));
         if (r.code != 0 || r.out != c.want)
-          failures[t].push_back(c.vocab + " on '" + visible_text(c.text) + "': exit " + std::to_string(r.code) +
+          failures[t].push_back(c.model + " on '" + visible_text(c.text) + "': exit " + std::to_string(r.code) +
                                 ", got '" + r.out + "' want '" + c.want + "' " + r.err);
       }
     });
@@ -133,6 +137,22 @@ TEST(CliTokenize, BosAndSpecialTokens) {
   EXPECT_EQ(plain.code, 0);
   EXPECT_EQ(plain.out.find("128009"), std::string::npos) << plain.out;
   EXPECT_EQ(run("tokenize --ids --text '' --model " + vocab_path("llama-spm")).out, "1\n");
+}
+
+// A checkpoint directory's tokenizer.json: BOS from its TemplateProcessing, the same ids as the
+// GGUF of the same model; a directory without one is named.
+TEST(CliTokenize, CheckpointDirectories) {
+  const std::string hf = quoted(sinkserve::test::fixture("models/gutenberg-1m-hf"));
+  const std::string gguf = quoted(sinkserve::test::fixture("models/gutenberg-1m.gguf"));
+  const std::string text = " --text 'It is a truth universally acknowledged, that a single man'";
+  const CliResult a = run("tokenize --model " + hf + text), b = run("tokenize --model " + gguf + text);
+  EXPECT_EQ(a.code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(a.out.rfind("1 '<s>'\n", 0), 0u) << a.out;
+  fs::create_directories(dir() / "empty_checkpoint");
+  const CliResult r = run("tokenize --text hi --model " + quoted((dir() / "empty_checkpoint").string()));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("empty_checkpoint: no tokenizer.json"), std::string::npos) << r.err;
 }
 
 TEST(CliTokenize, UnknownPreTokenizer) {

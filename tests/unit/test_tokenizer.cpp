@@ -470,6 +470,8 @@ TEST(SplitPattern, MatchesAndTheTextBetweenThemBecomePieces) {
   EXPECT_EQ(split_words(R"(\s+$)", "a  b  "), (Words{"a  b", "  "}));
   // A malformed byte is no letter, number or space: only negated classes take it, bytes intact.
   EXPECT_EQ(split_words(R"([^\p{L}]+)", "a\xFF\xFE" "b"), (Words{"a", "\xFF\xFE", "b"}));
+  // (?i:...) folds ASCII letters, as Llama-3's tokenizer.json writes its contractions.
+  EXPECT_EQ(split_words(R"((?i:'s|'ll)|\p{L}+)", "it'S he'Ll"), (Words{"it", "'S", " ", "he", "'Ll"}));
 }
 
 // Searching start after start through text that never matches must not rescan it each time:
@@ -486,7 +488,10 @@ TEST(SplitPattern, UnsupportedOrEmptyMatchingPatternsAreRefusedWithTheReason) {
   for (const auto& [pattern, why] : std::vector<std::pair<std::string, std::string>>{
            {"a*", "can match empty text"},
            {"(a|)+", "can match empty text"},
-           {"(?i:a)", "only (?:...)"},
+           {"(?=a)", "can match empty text"},
+           {"(?<a>b)", "only (?:...)"},
+           {"(?i:[a])", "character classes inside (?i:...)"},
+           {"(?i:\xC3\xA9)", "non-ASCII"},
            {"a+?", "lazy"},
            {"[a-", "missing ']'"},
            {"[z-a]", "range out of order"},
