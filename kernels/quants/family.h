@@ -141,6 +141,99 @@ inline __m256i bits_to_bytes(uint32_t bits, char value) {
 #endif
 }
 
+// The F16 field at p of 8 consecutive blocks, `stride` bytes apart, as F32.
+inline __m256 f16x8(const void* p, size_t stride) {
+  const auto* c = static_cast<const uint8_t*>(p);
+  int16_t h[8];
+  for (int j = 0; j < 8; ++j) std::memcpy(&h[j], c + j * stride, 2);
+  return _mm256_cvtph_ps(_mm_set_epi16(h[7], h[6], h[5], h[4], h[3], h[2], h[1], h[0]));
+}
+
+// The dot product of the 32-value types against Q8_32 activations, written once. C describes a
+// type: Block; codes(block), its 32 codes as bytes (kSigned: signed, else unsigned, small enough
+// for vpmaddubsw's int16 pairs); and, with kOffset, what each code's value adds besides d * code
+// (Q4_0's -8 d, Q4_1's m), for 8 blocks (offsets) or one (offset). Per block an integer dot
+// product of 32 codes; the F32 work that goes with it (scales, offsets times the activations'
+// block sums) runs 8 blocks to a register. A block's FMA waits for the previous one into the same
+// accumulator (4 cycles), so blocks rotate over kChains accumulators per token: 4 chains in all.
+template <class C>
+struct Dot32 {
+  using B = typename C::Block;
+  template <int NT>
+  static constexpr int kChains = NT >= 4 ? 1 : 4 / NT;
+
+  // acc[t * kChains<NT>] for token t.
+  template <int NT>
+  static void block(const B& b, const uint8_t* const* x, const float* scale, __m256* acc) {
+    const __m256i w = C::codes(b);
+    if constexpr (C::kSigned) {
+      const __m256i aw = _mm256_sign_epi8(w, w);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        const __m256i p = dot_us(aw, _mm256_sign_epi8(load256(x[t]), w));
+        __m256& a = acc[t * kChains<NT>];
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale[t]), a);
+      }
+    } else {
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) {
+        __m256& a = acc[t * kChains<NT>];
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_us(w, load256(x[t]))), _mm256_set1_ps(scale[t]), a);
+      }
+    }
+  }
+
+  template <int NT>
+  static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
+    const auto* b = reinterpret_cast<const B*>(row);
+    const int64_t nb = cols / 32;
+    constexpr int chains = kChains<NT>;
+    const float *dx[NT], *sx[NT];
+    __m256 acc[NT * chains], corr[NT];
+    float tail_corr[NT];
+    for (int t = 0; t < NT; ++t) {
+      dx[t] = q8_32_scales(xq + t * xs, cols);
+      sx[t] = q8_32_sums(xq + t * xs, cols);
+      corr[t] = _mm256_setzero_ps();
+      tail_corr[t] = 0;
+    }
+    for (int c = 0; c < NT * chains; ++c) acc[c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) {
+      const __m256 dw = f16x8(&b[i].d, sizeof(B));
+      alignas(32) float scale[8][NT];
+      for (int t = 0; t < NT; ++t) {
+        alignas(32) float s[8];
+        _mm256_store_ps(s, _mm256_mul_ps(dw, _mm256_loadu_ps(dx[t] + i)));
+        for (int j = 0; j < 8; ++j) scale[j][t] = s[j];
+        if constexpr (C::kOffset) corr[t] = _mm256_fmadd_ps(C::offsets(b + i, dw), _mm256_loadu_ps(sx[t] + i), corr[t]);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* x[NT];
+        for (int t = 0; t < NT; ++t) x[t] = xq + t * xs + 32 * (i + j);
+        block<NT>(b[i + j], x, scale[j], acc + j % chains);
+      }
+    }
+    for (; i < nb; ++i) {
+      const float dw = fp16(b[i].d);
+      const uint8_t* x[NT];
+      float scale[NT];
+      for (int t = 0; t < NT; ++t) {
+        x[t] = xq + t * xs + 32 * i;
+        scale[t] = dw * dx[t][i];
+        if constexpr (C::kOffset) tail_corr[t] += C::offset(b[i], dw) * sx[t][i];
+      }
+      block<NT>(b[i], x, scale, acc);
+    }
+    for (int t = 0; t < NT; ++t) {
+      __m256 sum = corr[t];
+      for (int c = 0; c < chains; ++c) sum = _mm256_add_ps(sum, acc[t * chains + c]);
+      out[t] = hsum(sum) + tail_corr[t];
+    }
+  }
+};
+
 // Dequantization into the GEMM's F32 panels: out[i] = d * code[i] + m for the 16 codes of a
 // 128-bit register (signed or unsigned bytes), or the 32 of a 256-bit one. One rounding (FMA)
 // where the reference rounds d * code and the sum separately.

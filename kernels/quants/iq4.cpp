@@ -82,36 +82,28 @@ void decode_xs(const void* src, float* dst, int64_t n) {
 #endif
 }
 
+#if defined(__AVX2__)
+struct CodesNl {
+  using Block = BlockIQ4_NL;
+  static constexpr bool kSigned = true, kOffset = false;
+  static __m256i codes(const Block& b) { return grid_values(b.qs); }
+};
+using DotNl = Dot32<CodesNl>;
+#else
 struct DotNl {
   template <int NT>
   static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
     const auto* b = reinterpret_cast<const BlockIQ4_NL*>(row);
-    const int64_t nb = cols / 32;
-#if defined(__AVX2__)
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; ++i) {
-      const __m256i w = grid_values(b[i].qs);
-      const float dw = fp16(b[i].d);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) {
-        const uint8_t* x = xq + t * xs;
-        const __m256i p = dot_ss(w, load256(x + 32 * i));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * q8_32_scales(x, cols)[i]), acc[t]);
-      }
-    }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
-#else
     for (int t = 0; t < NT; ++t) {
       const uint8_t* x = xq + t * xs;
       float sum = 0;
-      for (int64_t i = 0; i < nb; ++i)
+      for (int64_t i = 0; i < cols / 32; ++i)
         sum += fp16(b[i].d) * q8_32_scales(x, cols)[i] * float(dot32(b[i].qs, reinterpret_cast<const int8_t*>(x) + 32 * i));
       out[t] = sum;
     }
-#endif
   }
 };
+#endif
 
 struct DotXs {
   template <int NT>

@@ -67,37 +67,31 @@ void decode(const void* src, float* dst, int64_t n) {
 #endif
 }
 
+#if defined(__AVX2__)
+template <class B>
+struct Codes {
+  using Block = B;
+  static constexpr bool kSigned = false, kOffset = true;
+  static __m256i codes(const B& b) { return _mm256_or_si256(nibbles(b.qs), bits_to_bytes(high_bits(b), 0x10)); }
+  static float offset(const B& b, float d) { return block_offset(b, d); }
+  static __m256 offsets(const B* b, __m256 d) {
+    if constexpr (kMin<B>) return f16x8(&b->m, sizeof(B));
+    else return _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+  }
+};
+template <class B>
+using Dot = Dot32<Codes<B>>;
+#else
 template <class B>
 struct Dot {
   template <int NT>
   static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
     const auto* blocks = reinterpret_cast<const B*>(row);
-    const int64_t nb = cols / 32;
-    float corr[NT];
-    for (int t = 0; t < NT; ++t) corr[t] = 0;
-#if defined(__AVX2__)
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; ++i) {
-      const B& b = blocks[i];
-      const __m256i w = _mm256_or_si256(nibbles(b.qs), bits_to_bytes(high_bits(b), 0x10));
-      const float dw = fp16(b.d);
-      const float off = block_offset(b, dw);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) {
-        const uint8_t* x = xq + t * xs;
-        const __m256i p = dot_us(w, load256(x + 32 * i));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * q8_32_scales(x, cols)[i]), acc[t]);
-        corr[t] += off * q8_32_sums(x, cols)[i];
-      }
-    }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]) + corr[t];
-#else
     for (int t = 0; t < NT; ++t) {
       const uint8_t* x = xq + t * xs;
       const auto* xv = reinterpret_cast<const int8_t*>(x);
-      float sum = 0;
-      for (int64_t i = 0; i < nb; ++i) {
+      float sum = 0, corr = 0;
+      for (int64_t i = 0; i < cols / 32; ++i) {
         const B& b = blocks[i];
         const uint32_t h = high_bits(b);
         int32_t s = 0;
@@ -107,13 +101,13 @@ struct Dot {
         }
         const float dw = fp16(b.d);
         sum += dw * q8_32_scales(x, cols)[i] * float(s);
-        corr[t] += block_offset(b, dw) * q8_32_sums(x, cols)[i];
+        corr += block_offset(b, dw) * q8_32_sums(x, cols)[i];
       }
-      out[t] = sum + corr[t];
+      out[t] = sum + corr;
     }
-#endif
   }
 };
+#endif
 
 }  // namespace
 

@@ -31,41 +31,32 @@ void decode(const void* src, float* dst, int64_t n) {
 #endif
 }
 
+#if defined(__AVX2__)
+struct Codes {
+  using Block = BlockQ8_0;
+  static constexpr bool kSigned = true, kOffset = false;
+  static __m256i codes(const Block& b) { return load256(b.qs); }
+};
+using Dot = Dot32<Codes>;
+#else
 struct Dot {
   template <int NT>
   static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
     const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-    const int64_t nb = cols / 32;
-#if defined(__AVX2__)
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; ++i) {
-      const __m256i w = load256(b[i].qs);
-      const __m256i aw = _mm256_sign_epi8(w, w);
-      const float dw = fp16(b[i].d);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) {
-        const uint8_t* x = xq + t * xs;
-        const __m256i p = dot_us(aw, _mm256_sign_epi8(load256(x + 32 * i), w));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * q8_32_scales(x, cols)[i]), acc[t]);
-      }
-    }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
-#else
     for (int t = 0; t < NT; ++t) {
       const uint8_t* x = xq + t * xs;
       const auto* xv = reinterpret_cast<const int8_t*>(x);
       float sum = 0;
-      for (int64_t i = 0; i < nb; ++i) {
+      for (int64_t i = 0; i < cols / 32; ++i) {
         int32_t s = 0;
         for (int j = 0; j < 32; ++j) s += int32_t(b[i].qs[j]) * xv[32 * i + j];
         sum += fp16(b[i].d) * q8_32_scales(x, cols)[i] * float(s);
       }
       out[t] = sum;
     }
-#endif
   }
 };
+#endif
 
 }  // namespace
 
