@@ -59,7 +59,7 @@ int run(int argc, char** argv) {
         "chat template: raw, llama-2, chatml, llama-3, vicuna, zephyr (default: detected from the "
         "GGUF's tokenizer.chat_template, raw when absent)",
         &template_name);
-  p.add("--model-id", "NAME", "model id of the API (default: the file name without .gguf)", &model_id);
+  p.add("--model-id", "NAME", "model id of the API (default: the file or directory name without .gguf)", &model_id);
   p.add("--max-body", "BYTES", "largest request body accepted, else 413 (default 1 MiB)", &max_body);
   p.add("--max-connections", "N", "open connections beyond this get 503 (default 256)", &so.max_connections);
   p.add("--client-buffer", "BYTES",
@@ -108,7 +108,10 @@ int run(int argc, char** argv) {
   so.max_body = size_t(max_body);
   so.max_pending_bytes = size_t(client_buffer);
   if (!template_name.empty()) sched_opt.chat_template = parse_template_option(template_name);
-  so.model_id = model_id.empty() ? std::filesystem::path(eo.model).stem().string() : model_id;
+  // "models/tl.gguf" and a checkpoint directory "models/tl/" both serve as "tl".
+  std::filesystem::path model_path = std::filesystem::path(eo.model).lexically_normal();
+  if (!model_path.has_filename()) model_path = model_path.parent_path();
+  so.model_id = model_id.empty() ? model_path.stem().string() : model_id;
 
   // mpirun forwards SIGINT/SIGTERM to every rank; rank 0 alone decides when the job ends, after
   // its in-flight requests are answered, and then releases the other ranks.

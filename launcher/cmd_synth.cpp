@@ -183,7 +183,8 @@ int run(int argc, char** argv) {
   if (format != "gguf" && format != "hf") throw UsageError("--format must be gguf or hf, got '" + format + "'");
   const bool hf = format == "hf";
   if (hf && !spec->hf) throw UsageError("--format hf: sinkserve has no checkpoint layout for " + arch);
-  if (hf && type == DType::Q8_0) throw UsageError("--format hf: safetensors checkpoints hold F32, F16 or BF16");
+  if (hf && type != DType::F32 && type != DType::F16 && type != DType::BF16)
+    throw UsageError("--format hf: safetensors checkpoints hold F32, F16 or BF16 weights, not " + type_name);
   if (shard_mb <= 0) throw UsageError("--shard-mb must be positive");
   for (auto [name, v] : {std::pair{"--dim", dim}, {"--layers", layers}, {"--heads", heads},
                          {"--kv-heads", kv_heads}, {"--ffn", ffn}, {"--vocab", vocab}})

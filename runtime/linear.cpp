@@ -29,14 +29,29 @@ std::vector<float> ShardLoader::bias_rows(const RowSlice& p) {
   return rows;
 }
 
+uint8_t* ShardLoader::staging(size_t bytes) {
+  if (bytes > staging_bytes_) {
+    staging_.reset(new uint8_t[bytes]);
+    staging_bytes_ = bytes;
+  }
+  return staging_.get();
+}
+
 Weight ShardLoader::slice(int64_t cols, const RowSlice& p) {
   const GGUFTensorInfo& t = f_.tensor(p.name, {cols, p.rows_total});
   const int64_t rb = dtype_row_bytes(t.type, cols);
   const std::vector<float> bias = p.bias_name.empty() ? std::vector<float>() : bias_rows(p);
-  std::vector<uint8_t> data(size_t(p.rows * rb));
-  f_.read(t, uint64_t(p.row0 * rb), data.size(), data.data());
+  uint8_t* data = staging(size_t(p.rows * rb));
+  f_.read(t, uint64_t(p.row0 * rb), size_t(p.rows * rb), data);
   bytes_ += p.rows * rb;
-  return be_.prepare_weight(t.type, data.data(), p.rows, cols, bias.empty() ? nullptr : bias.data());
+  return be_.prepare_weight(t.type, data, p.rows, cols, bias.empty() ? nullptr : bias.data());
+}
+
+Weight ShardLoader::whole(const std::string& name, int64_t rows, int64_t cols) {
+  const GGUFTensorInfo& t = f_.tensor(name, {cols, rows});
+  uint8_t* data = staging(size_t(t.bytes));
+  f_.read(t, 0, size_t(t.bytes), data);
+  return be_.prepare_weight(t.type, data, rows, cols, nullptr);
 }
 
 Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
@@ -47,10 +62,10 @@ Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
     rows += p.rows;
   }
   const int64_t rb = dtype_row_bytes(type, cols);
-  std::vector<uint8_t> data(size_t(rows * rb));
+  uint8_t* data = staging(size_t(rows * rb));
   std::vector<float> bias;
   const bool any_bias = std::any_of(parts.begin(), parts.end(), [](const RowSlice& p) { return !p.bias_name.empty(); });
-  uint8_t* at = data.data();
+  uint8_t* at = data;
   for (const RowSlice& p : parts) {
     f_.read(f_.tensor(p.name), uint64_t(p.row0 * rb), size_t(p.rows * rb), at);
     at += p.rows * rb;
@@ -63,7 +78,7 @@ Weight ShardLoader::stacked(int64_t cols, const std::vector<RowSlice>& parts) {
     bias.insert(bias.end(), b.begin(), b.end());
   }
   bytes_ += rows * rb;
-  return be_.prepare_weight(type, data.data(), rows, cols, bias.empty() ? nullptr : bias.data());
+  return be_.prepare_weight(type, data, rows, cols, bias.empty() ? nullptr : bias.data());
 }
 
 Weight ShardLoader::row_parallel(const std::string& name, const std::string& bias_name,
@@ -73,10 +88,10 @@ Weight ShardLoader::row_parallel(const std::string& name, const std::string& bia
   if (!bias_name.empty() && rank_ == 0) bias = bias_rows({"", bias_name, rows, 0, rows});
   const float* b = bias.empty() ? nullptr : bias.data();
   if (cols == cols_total) {
-    std::vector<uint8_t> data(size_t(t.bytes));
-    f_.read(t, 0, data.size(), data.data());
+    uint8_t* data = staging(size_t(t.bytes));
+    f_.read(t, 0, size_t(t.bytes), data);
     bytes_ += int64_t(t.bytes);
-    return be_.prepare_weight(t.type, data.data(), rows, cols, b);
+    return be_.prepare_weight(t.type, data, rows, cols, b);
   }
   const int64_t bv = dtype_block_values(t.type);
   if (col0 % bv || cols % bv)
@@ -86,10 +101,10 @@ Weight ShardLoader::row_parallel(const std::string& name, const std::string& bia
   // Strided in the file: this rank reads its part of every row, and no more.
   const int64_t rb = dtype_row_bytes(t.type, cols_total), sb = dtype_row_bytes(t.type, cols),
                 ob = dtype_row_bytes(t.type, col0);
-  std::vector<uint8_t> buf(size_t(rows * sb));
-  for (int64_t i = 0; i < rows; ++i) f_.read(t, uint64_t(i * rb + ob), size_t(sb), &buf[size_t(i * sb)]);
+  uint8_t* buf = staging(size_t(rows * sb));
+  for (int64_t i = 0; i < rows; ++i) f_.read(t, uint64_t(i * rb + ob), size_t(sb), buf + i * sb);
   bytes_ += rows * sb;
-  return be_.prepare_weight(t.type, buf.data(), rows, cols, b);
+  return be_.prepare_weight(t.type, buf, rows, cols, b);
 }
 
 }  // namespace sinkserve

@@ -8,6 +8,7 @@
 //                    tensor whose rows are q|k|v; KV heads that cannot be split are replicated.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,15 +46,22 @@ class ShardLoader {
   // named) only on rank 0, so that the all-reduce adds it once.
   Weight row_parallel(const std::string& name, const std::string& bias_name, int64_t cols_total,
                       int64_t rows, int64_t col0, int64_t cols);
+  // A whole [rows][cols] matrix on every rank (the embedding table tokens are looked up in).
+  Weight whole(const std::string& name, int64_t rows, int64_t cols);
 
  private:
   std::vector<float> bias_rows(const RowSlice& p);
+  // Host memory the slices are read into before the backend copies them, reused from tensor to
+  // tensor: fresh buffers would each be faulted in and zeroed, a good part of the load time.
+  uint8_t* staging(size_t bytes);
 
   const GGUFFile& f_;
   Backend& be_;
   int rank_, ranks_;
   int64_t bytes_ = 0;
   std::vector<void*>& owned_;
+  std::unique_ptr<uint8_t[]> staging_;
+  size_t staging_bytes_ = 0;
 };
 
 }  // namespace sinkserve

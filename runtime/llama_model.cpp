@@ -91,12 +91,7 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
     alibi_ = alibi_slopes(cfg_.n_heads, cfg_.alibi_bias_max, r * shard_.n_heads, shard_.n_heads);
 
   ShardLoader ld(f, backend_, r, R, owned_);
-  {
-    const GGUFTensorInfo& embd = f.tensor("token_embd.weight", {dim, cfg_.vocab});
-    std::vector<uint8_t> table(size_t(embd.bytes));
-    f.read(embd, 0, table.size(), table.data());
-    tok_embd_ = backend_.prepare_weight(embd.type, table.data(), cfg_.vocab, dim, nullptr);
-  }
+  tok_embd_ = ld.whole("token_embd.weight", cfg_.vocab, dim);
   layers_.reserve(size_t(cfg_.n_layers));
   for (int l = 0; l < cfg_.n_layers; ++l) layers_.push_back(load_layer(ld, l, kv_begin));
   const bool layer_norm = cfg_.spec->norm == NormKind::Layer;

@@ -1,6 +1,7 @@
 #include "runtime/tokenizer_json.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -414,17 +415,20 @@ class Reader {
         bos_ = (**j)["bos_token_id"].get<int32_t>();
     if (eos_ < 0 && !stops.empty()) eos_ = int32_t(stops[0]);
     const int64_t n = int64_t(text_.size());
+    const std::string gen_path = (dir_ / (gen ? "generation_config.json" : "config.json")).string();
     for (int64_t id : stops) {
-      if (id < 0 || id >= n) fail("eos_token_id " + std::to_string(id) + " of generation_config.json is not a token");
+      if (id < 0 || id >= n)
+        throw GGUFError(gen_path + ": eos_token_id " + std::to_string(id) + " is not a token of tokenizer.json");
       if (id == eos_ || id == eot_ || id == eom_) continue;
       if (text_[size_t(id)] == "<|eom_id|>" && eom_ < 0) eom_ = int32_t(id);
       else if (eot_ < 0) eot_ = int32_t(id);
       else
         std::fprintf(stderr, "sinkserve: warning: %s: eos_token_id %lld ('%s') will not stop generation: sinkserve "
                      "stops at one end-of-text, one end-of-turn and one end-of-message token\n",
-                     (dir_ / "generation_config.json").string().c_str(), (long long)id, text_[size_t(id)].c_str());
+                     gen_path.c_str(), (long long)id, text_[size_t(id)].c_str());
     }
-    if (bos_ >= n || eos_ >= n) fail("bos or eos token id lies outside the vocabulary");
+    if (bos_ >= n || eos_ >= n)
+      throw GGUFError(gen_path + ": bos_token_id or eos_token_id lies outside the vocabulary of tokenizer.json");
   }
 
   fs::path dir_;

@@ -354,6 +354,32 @@ TEST(HfTokenizer, ConvertedLlama2VocabularyGivesItsVectors) {
   }
 }
 
+// tokenizer_config.json and generation_config.json: add_bos_token over the template, the chat
+// template into the GGUF key the engine reads, and a list of stop ids as end of text and of turn.
+TEST(HfTokenizer, CompanionFilesGiveBosStopsAndTemplate) {
+  const fs::path d = copy_of("gutenberg-1m-hf", "companions");
+  json tc = read_json(d / "tokenizer_config.json");
+  tc["add_bos_token"] = false;
+  tc["chat_template"] = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}";
+  tc.erase("eos_token");
+  write_json(d / "tokenizer_config.json", tc);
+  json gen = read_json(d / "generation_config.json");
+  gen["eos_token_id"] = {2, 100};
+  write_json(d / "generation_config.json", gen);
+  const auto f = open_model(d.string());
+  const auto tok = load_tokenizer(*f);
+  EXPECT_EQ(tok->encode("It is", true).front(), tok->encode("It is", false).front()) << "no BOS";
+  EXPECT_EQ(tok->eos(), 2);
+  EXPECT_EQ(tok->eot(), 100);
+  EXPECT_TRUE(tok->ends_generation(100));
+  EXPECT_EQ(f->get_string("tokenizer.chat_template"), tc["chat_template"].get<std::string>());
+  EXPECT_EQ(f->find_bool("tokenizer.ggml.add_bos_token"), false);
+
+  gen["eos_token_id"] = {2, 600};
+  write_json(d / "generation_config.json", gen);
+  EXPECT_OPEN_ERROR(d, "generation_config.json", "eos_token_id 600 is not a token");
+}
+
 // A family sinkserve does not run still tokenizes; running it is refused by name.
 TEST(HfTokenizer, VocabularyOfAnUnsupportedFamily) {
   EXPECT_EQ(open_error(model("hf-fake-gpt2"), ModelParts::Vocabulary), "");
