@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/block_split.h"
 #include "runtime/gguf.h"
 
 namespace sinkserve {
@@ -67,9 +69,8 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
   const int R = comm.size(), r = comm.rank();
   const int dim = cfg_.dim;
   if (cfg_.n_heads % R) throw std::runtime_error(shard_error(f, "attention heads", cfg_.n_heads, R));
-  if (cfg_.ffn % R) throw std::runtime_error(shard_error(f, "feed-forward width", cfg_.ffn, R));
   shard_.n_heads = cfg_.n_heads / R;
-  shard_.ffn = cfg_.ffn / R;
+  split_ffn(f, R, r);
   // KV heads are split like the query heads when they divide; otherwise every rank keeps the one
   // KV head its query heads share (replication), which needs ranks to be a multiple of KV heads.
   int kv_begin;
@@ -110,6 +111,27 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
   // The backends copy what they compute with (CPU: into huge pages; CUDA: to the device), so the
   // mapped file no longer needs to occupy this rank's memory.
   f.drop_resident_pages();
+}
+
+void LlamaModel::split_ffn(const GGUFFile& f, int R, int r) {
+  // Each rank's ffn_down columns must be whole blocks of its type (K-quants: 256 values), so the
+  // width splits on the largest block any layer's ffn_down uses - unevenly when the blocks do not
+  // divide by the ranks (11008 over 2 ranks: 5632 + 5376). The all-reduce sums the same terms.
+  int64_t block = 1;
+  DType block_type = DType::F32;
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    if (const GGUFTensorInfo* t = f.find_tensor("blk." + std::to_string(l) + ".ffn_down.weight"))
+      if (dtype_block_values(t->type) > block) {
+        block = dtype_block_values(t->type);
+        block_type = t->type;
+      }
+  if (cfg_.ffn % block || cfg_.ffn / block < R)
+    throw std::runtime_error(f.path() + ": cannot shard the feed-forward width " + std::to_string(cfg_.ffn) +
+                             " over " + std::to_string(R) + " ranks in whole " + std::string(dtype_name(block_type)) +
+                             " blocks of " + std::to_string(block) + " values");
+  const std::vector<int64_t> sizes = block_aligned_split(cfg_.ffn, block, R);
+  shard_.ffn = int(sizes[size_t(r)]);
+  ffn_begin_ = std::accumulate(sizes.begin(), sizes.begin() + r, int64_t(0));
 }
 
 LayerWeights LlamaModel::load_layer(ShardLoader& ld, int l, int kv_begin) {
@@ -169,7 +191,7 @@ LayerWeights LlamaModel::load_layer(ShardLoader& ld, int l, int kv_begin) {
   }
   L.wo = ld.row_parallel(name(AttnOut), name(AttnOutB), q_dim, dim, q0, q_rows);
   // Column-parallel gate|up (or up alone), row-parallel down.
-  const int64_t f0 = r * shard_.ffn, f_rows = shard_.ffn;
+  const int64_t f0 = ffn_begin_, f_rows = shard_.ffn;
   const RowSlice up{name(FfnUp), name(FfnUpB), cfg_.ffn, f0, f_rows};
   if (cfg_.spec->gated) {
     const std::vector<RowSlice> gate_up = {{name(FfnGate), "", cfg_.ffn, f0, f_rows}, up};

@@ -57,6 +57,7 @@ class LlamaModel {
   void ensure_scratch(int64_t n_tok, int64_t n_out);
   // Loads layer l's tensors, after checking that the layer has exactly the tensors its family
   // allows; kv_begin is this rank's first KV head.
+  void split_ffn(const GGUFFile& f, int R, int r);
   LayerWeights load_layer(ShardLoader& ld, int l, int kv_begin);
   // The backend operations of a step planned in the scratch (T tokens, O logit rows), from the
   // embedding to this rank's logits; `shifted`: some query sees its sinks from another position.
@@ -69,6 +70,7 @@ class LlamaModel {
   Communicator& comm_;
   ShardShape shard_;
   int vocab_local_ = 0, vocab_begin_ = 0;
+  int64_t ffn_begin_ = 0;  // this rank's first FFN unit
   int64_t weight_bytes_ = 0, streamed_bytes_ = 0;
   std::vector<void*> owned_;  // norm weights and biases, in backend memory
   std::vector<LayerWeights> layers_;
