@@ -3,6 +3,7 @@
 // evicts. Rank 0 also runs the unsharded model (a single-rank communicator) in-process as the
 // reference. MODEL is a GGUF file or a checkpoint directory.
 // Usage: test_tp_model MODEL TEXT SINK WINDOW GREEDY_TOKENS PPL_TOKENS [KV_TYPE]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -93,11 +94,20 @@ int main(int argc, char** argv) {
     // each rank keeps of its group.
     const ModelConfig& mc = ref.model->config();
     const int R = comm->size();
-    double vectors = 0;
-    for (const GGUFTensorInfo& t : f.tensors())
+    double vectors = 0, ffn_bytes = 0;
+    int64_t ffn_block = 1;
+    for (const GGUFTensorInfo& t : f.tensors()) {
       if (t.ne.size() == 1) vectors += double(t.bytes);
+      else if (t.name.find(".ffn_") != std::string::npos) ffn_bytes += double(t.bytes);
+      if (t.name.find(".ffn_down.weight") != std::string::npos)
+        ffn_block = std::max(ffn_block, dtype_block_values(t.type));
+    }
+    // The FFN splits on whole blocks of ffn_down's type; when they do not divide by the ranks,
+    // rank 0 is one of those holding a block more.
+    const int64_t ffn_blocks = mc.ffn / ffn_block;
+    const double ffn_share = double((ffn_blocks + R - 1) / R * ffn_block) / mc.ffn;
     const double kv_rows = mc.n_kv_heads < R ? 2.0 * mc.n_layers * mc.head_dim * (1.0 - double(mc.n_kv_heads) / R) : 0;
-    const double expected = (double(ref.model->streamed_bytes()) - vectors) / R + vectors +
+    const double expected = (double(ref.model->streamed_bytes()) - vectors - ffn_bytes) / R + ffn_bytes * ffn_share + vectors +
                             kv_rows * double(dtype_row_bytes(f.tensor("token_embd.weight").type, mc.dim));
     const double share = double(tp.model->streamed_bytes()) / expected;
     if (std::fabs(share - 1.0) > 0.10)

@@ -16,6 +16,7 @@
 #include "runtime/gguf.h"
 #include "runtime/quantize.h"
 #include "tests/fixtures.h"
+#include "tests/padded_model.h"
 
 using namespace sinkserve;
 namespace fs = std::filesystem;
@@ -29,50 +30,11 @@ fs::path dir() {
 
 test::CliResult run(const std::string& args) { return test::run_sinkserve(dir(), args); }
 
-// Copies the F32 matrix [rows][cols] into the top-left corner of a zero [rows2][cols2] one,
-// times `scale`.
-std::vector<float> pad(const GGUFTensorInfo& t, int64_t cols2, int64_t rows2, float scale = 1.0f) {
-  const int64_t cols = t.ne[0], rows = t.ne.size() > 1 ? t.ne[1] : 1;
-  EXPECT_EQ(t.type, DType::F32) << t.name;
-  std::vector<float> out(static_cast<size_t>(cols2 * rows2), 0.0f);
-  const auto* src = reinterpret_cast<const float*>(t.data);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) out[size_t(r * cols2 + c)] = scale * src[r * cols + c];
-  return out;
-}
-
-// gutenberg-1m at dim 256, ffn 512, 16 heads / 8 KV heads of 16, the same function: the extra
-// residual dimensions stay zero (zero embedding columns and output rows), the extra heads
-// produce zero (zero q/k/v rows, zero attn_output columns), the extra FFN units give silu(0) * 0.
-// RMSNorm then averages over twice the width: norm weights / sqrt(2) and eps / 2 restore it.
+// gutenberg-1m at dim 256, ffn 512, 16 heads / 8 KV heads of 16: the same function
+// (tests/padded_model.h).
 std::string padded_model() {
-  const GGUFFile f(test::fixture("models/gutenberg-1m.gguf"));
-  EXPECT_EQ(f.get_int("llama.embedding_length"), 128);
-  EXPECT_EQ(f.get_int("llama.feed_forward_length"), 344);
-  GGUFWriter w;
-  for (const auto& [k, v] : f.metadata()) w.set(k, v);
-  w.set_u32("llama.embedding_length", 256);
-  w.set_u32("llama.feed_forward_length", 512);
-  w.set_u32("llama.attention.head_count", 16);
-  w.set_u32("llama.attention.head_count_kv", 8);
-  w.set_f32("llama.attention.layer_norm_rms_epsilon", float(f.get_float("llama.attention.layer_norm_rms_epsilon") / 2));
-  auto add = [&](const std::string& name, const std::vector<int64_t>& ne, const std::vector<float>& v) {
-    w.add_tensor(name, DType::F32, ne, v.data(), v.size() * 4);
-  };
-  const float norm_scale = 1.0f / std::sqrt(2.0f);
-  for (const GGUFTensorInfo& t : f.tensors()) {
-    const std::string& n = t.name;
-    auto ends = [&](const char* s) { return n.size() >= std::strlen(s) && n.compare(n.size() - std::strlen(s), std::string::npos, s) == 0; };
-    if (ends("norm.weight")) add(n, {256}, pad(t, 256, 1, norm_scale));
-    else if (n == "token_embd.weight") add(n, {256, 512}, pad(t, 256, 512));
-    else if (ends("attn_q.weight") || ends("attn_output.weight")) add(n, {256, 256}, pad(t, 256, 256));
-    else if (ends("attn_k.weight") || ends("attn_v.weight")) add(n, {256, 128}, pad(t, 256, 128));
-    else if (ends("ffn_gate.weight") || ends("ffn_up.weight")) add(n, {256, 512}, pad(t, 256, 512));
-    else if (ends("ffn_down.weight")) add(n, {512, 256}, pad(t, 512, 256));
-    else ADD_FAILURE() << "unexpected tensor " << n;
-  }
   const std::string p = (dir() / "padded-f32.gguf").string();
-  w.write(p);
+  test::write_padded_gutenberg(test::fixture("models/gutenberg-1m.gguf"), p, 256, 512);
   return p;
 }
 
