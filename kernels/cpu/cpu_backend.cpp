@@ -273,8 +273,10 @@ class CpuBackend final : public Backend {
       std::memcpy(dst + i * width, src + rows[i] * width, size_t(width) * sizeof(float));
   }
 
-  // Two passes per (token, head): scores for every visible key, then a max-subtracted softmax and
-  // the weighted sum of values. The score row (at most sink_rows + ring_size floats) stays in L1.
+  // Two passes per (token, KV head): scores of its query heads for every visible key, then a
+  // max-subtracted softmax per head and the weighted sums of values. Each K and V row is read and
+  // converted to F32 once for all the query heads sharing it (8 under Llama-style GQA), not once
+  // per head: at long windows the rows are most of what a step reads.
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv_heads,
                  int head_dim, DType kv_type, const void* k, const void* v, const AttnSpan* spans,
                  const float* alibi_slopes, float* out) override {
@@ -299,36 +301,60 @@ class CpuBackend final : public Backend {
     const auto* k_rows = static_cast<const uint8_t*>(k);
     const auto* v_rows = static_cast<const uint8_t*>(v);
     const float scale = 1.0f / std::sqrt(float(head_dim));
-    pool_.parallel_for(n_tok * n_heads, [&](int64_t b, int64_t e) {
-      // Grow-only per thread: a decoding step hands each thread one head at a time.
-      thread_local std::vector<float> scores;
-      if (scores.size() < size_t(max_keys)) scores.resize(size_t(max_keys));
+    // A group is split into runs of query heads only when whole groups would leave threads idle
+    // (one decoding token over few KV heads, e.g. MQA).
+    int run = group;
+    while (run % 2 == 0 && n_tok * n_kv_heads * (group / run) < 2 * int64_t(pool_.size())) run /= 2;
+    const int runs = group / run;
+    const bool f32 = kv_type == DType::F32;
+    pool_.parallel_for(n_tok * n_kv_heads * runs, [&](int64_t b, int64_t e) {
+      // Grow-only per thread: scores[g * max_keys + j] of the run's heads, their maxima and sums,
+      // and one converted row.
+      thread_local std::vector<float> scores, stats, row;
+      if (scores.size() < size_t(run * max_keys)) scores.resize(size_t(run * max_keys));
+      if (stats.size() < size_t(2 * run)) stats.resize(size_t(2 * run));
+      if (row.size() < size_t(head_dim)) row.resize(size_t(head_dim));
+      float* mx = stats.data();
+      float* sum = stats.data() + run;
       for (int64_t idx = b; idx < e; ++idx) {
-        const int64_t t = idx / n_heads;
-        const int h = int(idx % n_heads);
+        const int64_t t = idx / (int64_t(n_kv_heads) * runs);
+        const int kvh = int(idx / runs % n_kv_heads);
+        const int h0 = kvh * group + int(idx % runs) * run;
         const AttnSpan& s = spans[t];
-        const int64_t kv_off = int64_t(h / group) * head_dim;
-        const float* qs = q_sink + t * q_row + int64_t(h) * head_dim;
-        const float* qw = q_win + t * q_row + int64_t(h) * head_dim;
-        float* o = out + t * q_row + int64_t(h) * head_dim;
+        const int64_t kv_off = int64_t(kvh) * head_dim;
+        const float* qs = q_sink + t * q_row + int64_t(h0) * head_dim;
+        const float* qw = q_win + t * q_row + int64_t(h0) * head_dim;
+        float* o = out + t * q_row + int64_t(h0) * head_dim;
         const int64_t n = int64_t(s.n_sink) + s.n_win;
         auto key_row = [&](int64_t j) {
           return j < s.n_sink ? s.row0 + j : s.row0 + s.sink_rows + (s.win_begin + (j - s.n_sink)) % s.ring_size;
         };
-        const float slope = alibi_slopes ? alibi_slopes[h] : 0.0f;
-        float mx = -INFINITY;
+        auto values = [&](const uint8_t* rows, int64_t j) -> const float* {
+          const uint8_t* r = rows + size_t(key_row(j)) * row_bytes;
+          if (f32) return reinterpret_cast<const float*>(r) + kv_off;
+          kern_.kv_row(kv_type, r, kv_off, head_dim, row.data());
+          return row.data();
+        };
+        std::fill(mx, mx + run, -INFINITY);
         for (int64_t j = 0; j < n; ++j) {
+          const float* kf = values(k_rows, j);
           const float* q = j < s.n_sink ? qs : qw;
-          scores[j] = kern_.dot_kv(kv_type, q, k_rows + size_t(key_row(j)) * row_bytes, kv_off, head_dim) * scale -
-                      slope * float(n - 1 - j);
-          mx = std::max(mx, scores[j]);
+          for (int g = 0; g < run; ++g) {
+            const float slope = alibi_slopes ? alibi_slopes[h0 + g] : 0.0f;
+            const float v = kern_.dot(q + int64_t(g) * head_dim, kf, head_dim) * scale - slope * float(n - 1 - j);
+            scores[size_t(g * max_keys + j)] = v;
+            mx[g] = std::max(mx[g], v);
+          }
         }
-        std::memset(o, 0, size_t(head_dim) * sizeof(float));
+        std::memset(o, 0, size_t(run) * size_t(head_dim) * sizeof(float));
         if (n == 0) continue;
-        const float sum = kern_.exp_sum(scores.data(), n, mx);
-        for (int64_t j = 0; j < n; ++j)
-          kern_.axpy_kv(kv_type, scores[j], v_rows + size_t(key_row(j)) * row_bytes, kv_off, o, head_dim);
-        kern_.scale(o, 1.0f / sum, head_dim);
+        for (int g = 0; g < run; ++g) sum[g] = kern_.exp_sum(scores.data() + size_t(g * max_keys), n, mx[g]);
+        for (int64_t j = 0; j < n; ++j) {
+          const float* vf = values(v_rows, j);
+          for (int g = 0; g < run; ++g)
+            kern_.axpy(scores[size_t(g * max_keys + j)], vf, o + int64_t(g) * head_dim, head_dim);
+        }
+        for (int g = 0; g < run; ++g) kern_.scale(o + int64_t(g) * head_dim, 1.0f / sum[g], head_dim);
       }
     });
   }

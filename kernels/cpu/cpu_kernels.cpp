@@ -104,14 +104,8 @@ void add(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t i = 0; i < n; ++i) acc += q[i] * kv_value(t, row, off + i);
-  return acc;
-}
-
-void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * kv_value(t, row, off + i);
+void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = kv_value(t, row, off + i);
 }
 
 }  // namespace
@@ -148,7 +142,7 @@ const Kernels& scalar_kernels() {
   static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
                          dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate_scalar, add,
-                         dot_kv, axpy_kv};
+                         kv_row};
   return k;
 }
 

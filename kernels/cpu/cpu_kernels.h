@@ -83,10 +83,9 @@ struct Kernels {
   void (*activate)(Activation act, float* out, const float* gate, const float* up, int64_t n);
   void (*add)(float* x, const float* y, int64_t n);
 
-  // Attention over a KV cache row stored as t (kv_type_supported): the values [off, off + n) of
-  // `row` (its first byte) against q, and y += a * those values. F32 accumulation.
-  float (*dot_kv)(DType t, const float* q, const void* row, int64_t off, int64_t n);
-  void (*axpy_kv)(DType t, float a, const void* row, int64_t off, float* y, int64_t n);
+  // The values [off, off + n) of a KV cache row stored as t (kv_type_supported; `row` is its first
+  // byte) as F32 into dst: attention converts each row once for all the query heads reading it.
+  void (*kv_row)(DType t, const void* row, int64_t off, int64_t n, float* dst);
 };
 
 // Throws std::runtime_error naming the instruction set when it is not supported.

@@ -370,31 +370,13 @@ inline bool kv_whole8(DType t, int64_t e, int64_t left) {
   return left >= 8 && (t != DType::Q8_0 || e % kQ8Block <= kQ8Block - 8);
 }
 
-float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
-  if (t == DType::F32) return dot(q, static_cast<const float*>(row) + off, n);
-  __m256 acc = _mm256_setzero_ps();
-  float tail = 0.0f;
+void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
   for (int64_t i = 0; i < n;) {
     if (kv_whole8(t, off + i, n - i)) {
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load_kv8(t, row, off + i), acc);
+      _mm256_storeu_ps(dst + i, load_kv8(t, row, off + i));
       i += 8;
     } else {
-      tail += q[i] * kv_value(t, row, off + i);
-      ++i;
-    }
-  }
-  return hsum(acc) + tail;
-}
-
-void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
-  if (t == DType::F32) return axpy(a, static_cast<const float*>(row) + off, y, n);
-  const __m256 va = _mm256_set1_ps(a);
-  for (int64_t i = 0; i < n;) {
-    if (kv_whole8(t, off + i, n - i)) {
-      _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load_kv8(t, row, off + i), _mm256_loadu_ps(y + i)));
-      i += 8;
-    } else {
-      y[i] += a * kv_value(t, row, off + i);
+      dst[i] = kv_value(t, row, off + i);
       ++i;
     }
   }
@@ -406,7 +388,7 @@ const Kernels& avx2_kernels() {
   static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
                          dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
-                         dot_kv, axpy_kv};
+                         kv_row};
   return k;
 }
 

@@ -473,24 +473,10 @@ inline int64_t kv_piece(DType t, int64_t e, int64_t left) {
   return n;
 }
 
-float dot_kv(DType t, const float* q, const void* row, int64_t off, int64_t n) {
-  if (t == DType::F32) return dot(q, static_cast<const float*>(row) + off, n);
-  __m512 acc = _mm512_setzero_ps();
+void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
   for (int64_t i = 0; i < n;) {
     const int64_t len = kv_piece(t, off + i, n - i);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(len), q + i), load_kv(t, row, off + i, len), acc);
-    i += len;
-  }
-  return _mm512_reduce_add_ps(acc);
-}
-
-void axpy_kv(DType t, float a, const void* row, int64_t off, float* y, int64_t n) {
-  if (t == DType::F32) return axpy(a, static_cast<const float*>(row) + off, y, n);
-  const __m512 va = _mm512_set1_ps(a);
-  for (int64_t i = 0; i < n;) {
-    const int64_t len = kv_piece(t, off + i, n - i);
-    const __mmask16 m = tail_mask(len);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load_kv(t, row, off + i, len), _mm512_maskz_loadu_ps(m, y + i)));
+    _mm512_mask_storeu_ps(dst + i, tail_mask(len), load_kv(t, row, off + i, len));
     i += len;
   }
 }
@@ -501,7 +487,7 @@ const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                                  pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
                                  dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
-                                 dot_kv, axpy_kv};
+                                 kv_row};
   static const Kernels without_bf16 = [] {
     Kernels k = with_bf16;
     k.pack_panel_bf16 = nullptr;

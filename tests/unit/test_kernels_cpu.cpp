@@ -470,22 +470,26 @@ void reference_attention(const float* q_win, const float* q_sink, int64_t n_tok,
 }
 
 TEST_P(CpuBackendTest, AttentionMatchesNaiveReferenceWithSinksWrappedRingsAndGqa) {
+  // 6 heads over 2 KV heads, 5 tokens; and one decoding token of 8 heads sharing one KV head (MQA),
+  // where the backend splits the group across threads.
+  struct Shape { int n_heads, n_kv, n_tok; };
+  for (const Shape sh : {Shape{6, 2, 5}, Shape{8, 1, 1}})
   for (int hd : {40, 64}) {
-    const int n_heads = 6, n_kv = 2;
+    const int n_heads = sh.n_heads, n_kv = sh.n_kv;
     const int sink_rows = 4, ring = 10, slot_rows = sink_rows + ring, n_slots = 2;
     const std::vector<float> k = random_floats(size_t(n_slots * slot_rows * n_kv * hd), 1, -2.0f, 2.0f);
     const std::vector<float> v = random_floats(k.size(), 2);
     const std::vector<AttnSpan> spans = {
+        {slot_rows, sink_rows, 4, ring, 3, ring},     // full ring starting mid-way
         {0, sink_rows, 1, ring, 0, 1},                // first token of a stream
         {slot_rows, sink_rows, 2, ring, 7, 6},        // n_sink < sink_rows, ring wraps 7..9,0..2
-        {slot_rows, sink_rows, 4, ring, 3, ring},     // full ring starting mid-way
         {0, sink_rows, 0, ring, 9, 3},                // window only, wrapping from the last row
         {slot_rows, sink_rows, 4, ring, 0, 0},        // sinks only
     };
-    const int64_t n_tok = int64_t(spans.size());
+    const int64_t n_tok = sh.n_tok;
     const std::vector<float> qw = random_floats(size_t(n_tok * n_heads * hd), 3, -2.0f, 2.0f);
     const std::vector<float> qs = random_floats(qw.size(), 4, -2.0f, 2.0f);
-    const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.7f, 0.35f, 0.03f};
+    const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.7f, 0.35f, 0.03f, 0.9f, 0.01f};
     for (const float* alibi : {static_cast<const float*>(nullptr), slopes.data()}) {
       std::vector<float> out(qw.size(), NAN);
       be->attention(qw.data(), qs.data(), n_tok, n_heads, n_kv, hd, DType::F32, k.data(), v.data(), spans.data(),
