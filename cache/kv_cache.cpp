@@ -181,9 +181,11 @@ void KVCache::commit(int slot, int n) { slots_.at(size_t(slot)).n += n; }
 
 int64_t KVCache::stream_tokens(int slot) const { return slots_.at(size_t(slot)).n; }
 
-int64_t KVCache::cached_tokens(int slot) const {
-  const int64_t n = stream_tokens(slot), S = cfg_.sink;
-  return std::min<int64_t>(n, S) + std::min<int64_t>(std::max<int64_t>(n - S, 0), cfg_.window);
+int64_t KVCache::cached_tokens(int slot) const { return cached_tokens_for(cfg_, stream_tokens(slot)); }
+
+int64_t KVCache::cached_tokens_for(const CacheConfig& cfg, int64_t n) {
+  const int64_t S = cfg.sink;
+  return std::min<int64_t>(n, S) + std::min<int64_t>(std::max<int64_t>(n - S, 0), cfg.window);
 }
 
 int64_t KVCache::live_bytes(int slot) const {

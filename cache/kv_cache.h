@@ -90,6 +90,9 @@ class KVCache {
 
   int64_t stream_tokens(int slot) const;   // tokens ever appended since reset
   int64_t cached_tokens(int slot) const;   // tokens a next query would see (excluding itself)
+  // The same for a stream of n tokens under cfg: the rows it holds, constant once n passes
+  // sink + window.
+  static int64_t cached_tokens_for(const CacheConfig& cfg, int64_t n);
   // Bytes of K/V memory holding live tokens of this slot, and of the whole pool as allocated.
   int64_t live_bytes(int slot) const;
   int64_t pool_bytes() const;

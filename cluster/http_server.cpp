@@ -403,7 +403,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
             {"owned_by", "sinkserve"}};
   }
   static json session_json(const SessionInfo& s) {
-    return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"messages", s.messages},
+    return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"cache_rows", s.cache_rows},
+            {"messages", s.messages},
             {"last_used_at", s.last_use_unix}, {"busy", s.busy}};
   }
   void session_not_found(const std::string& route, const std::string& id) {

@@ -166,7 +166,7 @@ std::vector<SessionInfo> Scheduler::sessions() const {
   out.reserve(sessions_.size());
   for (const auto& [id, s] : sessions_) {
     if (s.doomed) continue;
-    out.push_back({id, s.tokens, int64_t(s.history.size()),
+    out.push_back({id, s.tokens, KVCache::cached_tokens_for(ls_.cache().config(), s.tokens), int64_t(s.history.size()),
                    std::chrono::duration<double>(s.last_use_wall.time_since_epoch()).count(),
                    s.busy});
   }

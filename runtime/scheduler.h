@@ -90,7 +90,8 @@ struct SchedulerOptions {
 
 struct SessionInfo {
   std::string id;
-  int64_t tokens = 0;  // tokens streamed through its slot
+  int64_t tokens = 0;      // tokens streamed through its slot
+  int64_t cache_rows = 0;  // of which the cache holds (sinks + window): constant past the window
   int64_t messages = 0;
   double last_use_unix = 0;  // seconds since the epoch
   bool busy = false;

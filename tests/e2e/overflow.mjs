@@ -94,3 +94,25 @@ async function expect400(promise, pattern) {
   console.log(`recompute, window 60: ${r.usage.completion_tokens} tokens equal to generate's`);
   await srv.stop();
 }
+
+{
+  // A sink-cache session streamed far past its window: /v1/sessions reports every token streamed,
+  // and the cache rows stay at sink + window.
+  const srv = await startServer(["--window", "60", "--sessions", "2"]);
+  const client = clientOf(srv);
+  const rows = [];
+  let messages = [];
+  for (let round = 0; round < 3; ++round) {
+    messages.push({ role: "user", content: `Round ${round}: tell me about the cat.` });
+    const r = await client.chat.completions.create({ model, messages, max_tokens: 50, ignore_eos: true, temperature: 0,
+                                                      session: "long" });
+    assert.equal(r.usage.completion_tokens, 50);
+    messages.push({ role: "assistant", content: r.choices[0].message.content });
+    const s = await (await fetch(`${srv.base}/v1/sessions/long`)).json();
+    rows.push([s.tokens, s.cache_rows]);
+    assert.equal(s.cache_rows, Math.min(s.tokens, 4 + 60), `round ${round}: ${JSON.stringify(s)}`);
+  }
+  assert.ok(rows[2][0] > 2 * (4 + 60), `the session streamed only ${rows[2][0]} tokens`);
+  console.log(`sink session past its window: (tokens, cache rows) per round ${JSON.stringify(rows)}`);
+  await srv.stop();
+}
