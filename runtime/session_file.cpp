@@ -16,6 +16,7 @@
 #include <variant>
 
 #include "runtime/gguf.h"
+#include "runtime/model_config.h"
 
 namespace sinkserve {
 
@@ -196,7 +197,7 @@ std::string encode_session(const SessionSnapshot& s) {
   const SessionTarget& t = s.target;
   w.str(t.arch);
   w.le<uint64_t>(t.model_fingerprint);
-  for (int v : {t.n_layers, t.n_kv_heads, t.head_dim, t.vocab}) w.le<uint32_t>(uint32_t(v));
+  for (int v : {t.n_layers, t.n_heads, t.n_kv_heads, t.head_dim, t.vocab}) w.le<uint32_t>(uint32_t(v));
   w.str(policy_name(t.policy));
   w.le<uint32_t>(uint32_t(t.sink));
   w.le<uint32_t>(uint32_t(t.window));
@@ -245,7 +246,7 @@ SessionSnapshot decode_session(std::string_view b, const std::string& source) {
   uint32_t stored = 0;
   for (size_t i = 0; i < kChecksum; ++i) stored |= uint32_t(static_cast<unsigned char>(b[body + i])) << (8 * i);
   if (const uint32_t computed = crc32c(b.data(), body); computed != stored)
-    r.fail("is corrupt: checksum " + hex(computed).substr(10) + " over its contents, the file records " +
+    r.fail("is corrupt: checksum 0x" + hex(computed).substr(10) + " over its contents, the file records 0x" +
            hex(stored).substr(10));
   // Checksummed from here on: what follows catches files written wrong, not damage.
   SessionSnapshot s;
@@ -254,7 +255,8 @@ SessionSnapshot decode_session(std::string_view b, const std::string& source) {
   t.arch = r.str("architecture", 256);
   t.model_fingerprint = r.le<uint64_t>("model fingerprint");
   t.n_layers = r.positive("layer count", 1 << 16);
-  t.n_kv_heads = r.positive("KV head count", 1 << 16);
+  t.n_heads = r.positive("attention head count", 1 << 16);
+  t.n_kv_heads = r.positive("KV head count", t.n_heads);
   t.head_dim = r.positive("head dimension", 1 << 16);
   t.vocab = r.positive("vocabulary size", int64_t(1) << 30);
   const std::string policy = r.str("cache policy", 64);
@@ -319,6 +321,7 @@ void check_session_target(const SessionSnapshot& s, const SessionTarget& here, c
   differ("architecture", f.arch, here.arch);
   differ("model fingerprint", hex(f.model_fingerprint), hex(here.model_fingerprint));
   differ("layers", std::to_string(f.n_layers), std::to_string(here.n_layers));
+  differ("attention heads", std::to_string(f.n_heads), std::to_string(here.n_heads));
   differ("KV heads", std::to_string(f.n_kv_heads), std::to_string(here.n_kv_heads));
   differ("head dimension", std::to_string(f.head_dim), std::to_string(here.head_dim));
   differ("vocabulary", std::to_string(f.vocab), std::to_string(here.vocab));
@@ -326,8 +329,67 @@ void check_session_target(const SessionSnapshot& s, const SessionTarget& here, c
   differ("sink", std::to_string(f.sink), std::to_string(here.sink));
   differ("window", std::to_string(f.window), std::to_string(here.window));
   differ("KV type", kv_type_code(f.kv_type), kv_type_code(here.kv_type));
-  differ("tensor-parallel size", std::to_string(f.tp), std::to_string(here.tp));
   if (!why.empty()) throw SessionFileError("session file " + source + " was saved from another setup: " + why);
+}
+
+SessionSnapshot reshard_session(const SessionSnapshot& s, int tp, const std::string& source) {
+  const SessionTarget& t = s.target;
+  auto refuse = [&](const std::string& why) -> SessionFileError {
+    return SessionFileError("session file " + source + " cannot move from " + std::to_string(t.tp) + " to " +
+                            std::to_string(tp) + " ranks: " + why);
+  };
+  auto shares = [&](int R) {
+    std::vector<KvHeadShare> v;
+    for (int r = 0; r < R; ++r) {
+      v.push_back(kv_head_share(t.n_heads, t.n_kv_heads, R, r));
+      if (v.back().count == 0)
+        throw refuse(std::to_string(t.n_kv_heads) + " KV heads do not shard over " + std::to_string(R) + " ranks");
+    }
+    return v;
+  };
+  const std::vector<KvHeadShare> from = shares(t.tp), to = shares(tp);
+  if (s.rows.size() != from.size() || s.kv_dims.size() != from.size())
+    throw refuse("rows of " + std::to_string(s.rows.size()) + " ranks");
+  const int64_t block = dtype_block_values(t.kv_type);
+  // Bytes of the first v values of a row (v a multiple of the block).
+  auto bytes_of = [&](int64_t v) { return dtype_row_bytes(t.kv_type, v); };
+  // Rows per rank: n_layers x (K, V) x live rows, each row its heads side by side.
+  const int64_t rows = live_rows(t, s.tokens) * 2 * t.n_layers;
+  for (size_t p = 0; p < from.size(); ++p)
+    if (s.kv_dims[p] != from[p].count * t.head_dim ||
+        int64_t(s.rows[p].size()) != rows * bytes_of(int64_t(from[p].count) * t.head_dim))
+      throw refuse("rank " + std::to_string(p) + " holds rows " + std::to_string(s.kv_dims[p]) + " values wide, not " +
+                   std::to_string(from[p].count) + " heads of " + std::to_string(t.head_dim));
+  SessionSnapshot out = s;
+  out.target.tp = tp;
+  out.kv_dims.assign(size_t(tp), 0);
+  out.rows.assign(size_t(tp), {});
+  for (int q = 0; q < tp; ++q) {
+    const KvHeadShare& dst = to[size_t(q)];
+    const int64_t dst_pitch = bytes_of(int64_t(dst.count) * t.head_dim);
+    out.kv_dims[size_t(q)] = dst.count * t.head_dim;
+    std::vector<uint8_t>& buf = out.rows[size_t(q)];
+    buf.resize(size_t(rows * dst_pitch));
+    // Runs of consecutive heads that one saved rank held move together: quantized blocks stay
+    // whole as long as each run starts and ends on a block boundary in both layouts.
+    for (int g = dst.first; g < dst.first + dst.count;) {
+      size_t p = 0;
+      while (!(from[p].first <= g && g < from[p].first + from[p].count)) ++p;
+      const int n = std::min(dst.first + dst.count, from[p].first + from[p].count) - g;
+      const int64_t src_at = int64_t(g - from[p].first) * t.head_dim, dst_at = int64_t(g - dst.first) * t.head_dim;
+      const int64_t len = int64_t(n) * t.head_dim;
+      if (src_at % block || dst_at % block || len % block)
+        throw refuse(kv_type_code(t.kv_type) + " stores " + std::to_string(block) + " values per block, and runs of " +
+                     std::to_string(len) + " values (heads of " + std::to_string(t.head_dim) +
+                     ") would split blocks between ranks");
+      const int64_t src_pitch = bytes_of(int64_t(from[p].count) * t.head_dim);
+      const uint8_t* src = s.rows[p].data() + bytes_of(src_at);
+      uint8_t* d = buf.data() + bytes_of(dst_at);
+      for (int64_t i = 0; i < rows; ++i) std::memcpy(d + i * dst_pitch, src + i * src_pitch, size_t(bytes_of(len)));
+      g += n;
+    }
+  }
+  return out;
 }
 
 void write_session_file(const std::string& path, const SessionSnapshot& s) {
@@ -384,6 +446,7 @@ SessionIO::SessionIO(Lockstep& ls, const GGUFFile& model) : ls_(ls) {
   target_.arch = m.arch;
   target_.model_fingerprint = model_fingerprint(model);
   target_.n_layers = m.n_layers;
+  target_.n_heads = m.n_heads;
   target_.n_kv_heads = m.n_kv_heads;
   target_.head_dim = m.head_dim;
   target_.vocab = m.vocab;
@@ -416,7 +479,9 @@ SessionSnapshot SessionIO::capture(int slot, std::string id, std::vector<int32_t
 
 void SessionIO::restore(int slot, const SessionSnapshot& s, const std::string& source) {
   check_session_target(s, target_, source);
-  const std::string why = ls_.import_slot(slot, s.tokens, s.offset, s.rows);
+  const std::string why = s.target.tp == target_.tp
+                              ? ls_.import_slot(slot, s.tokens, s.offset, s.rows)
+                              : ls_.import_slot(slot, s.tokens, s.offset, reshard_session(s, target_.tp, source).rows);
   if (!why.empty()) throw SessionFileError("session file " + source + " does not fit this engine: " + why);
 }
 

@@ -44,11 +44,12 @@ uint64_t model_fingerprint(const GGUFFile& f);
 struct SessionTarget {
   std::string arch;
   uint64_t model_fingerprint = 0;
-  int n_layers = 0, n_kv_heads = 0, head_dim = 0, vocab = 0;
+  int n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, vocab = 0;
   Policy policy = Policy::Sink;
   int sink = 0, window = 0;
   DType kv_type = DType::F32;
-  int tp = 1;  // ranks of the tensor-parallel group
+  // Ranks of the tensor-parallel group. Unlike the rest, it need not match: rows are re-sharded.
+  int tp = 1;
 };
 
 struct SessionSnapshot {
@@ -72,8 +73,13 @@ std::string encode_session(const SessionSnapshot& s);
 // SessionFileError; never reads out of bounds.
 SessionSnapshot decode_session(std::string_view bytes, const std::string& source);
 // Throws SessionFileError naming `source` and every field where `s` was saved from something other
-// than `here`.
+// than `here` (the tensor-parallel size aside).
 void check_session_target(const SessionSnapshot& s, const SessionTarget& here, const std::string& source);
+// The same session's rows as a group of `tp` ranks holds them (kv_head_share): every KV head's
+// values move from a rank that held it to each rank that holds it now. Throws SessionFileError
+// naming `source` when that would split a storage block of the KV type (q8_0: 32 values) between
+// ranks, or the rows are not laid out as the saved tp gives.
+SessionSnapshot reshard_session(const SessionSnapshot& s, int tp, const std::string& source);
 
 // Writes through a temporary file in the same directory, synced, then renamed over `path`: a
 // crash leaves the old file or the new one, never part of one. Throws SessionFileError.
@@ -93,8 +99,10 @@ class SessionIO {
   // policy, whose cache keeps no rows between steps.
   SessionSnapshot capture(int slot, std::string id = {}, std::vector<int32_t> held_tokens = {},
                           std::string conversation = {});
-  // Makes `slot` (acquired) continue the saved stream. Throws SessionFileError naming `source` when
-  // the snapshot does not fit this engine; the slot is then left as it was.
+  // Makes `slot` (acquired) continue the saved stream, re-sharding rows saved by another number of
+  // ranks (then it continues as this engine would from those rows: equal to the saving engine to
+  // the precision tp = N matches tp = 1 with, not bit for bit). Throws SessionFileError naming
+  // `source` when the snapshot does not fit this engine; the slot is then left as it was.
   void restore(int slot, const SessionSnapshot& s, const std::string& source);
 
  private:

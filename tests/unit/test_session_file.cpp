@@ -281,7 +281,7 @@ TEST_F(Refusal, ForeignFilesAreRefusedNamingWhatDiffers) {
       {[](SessionTarget& t) { t.sink = 8; }, "sink 8 (this engine: 4)"},
       {[](SessionTarget& t) { t.window = 32; }, "window 32 (this engine: 16)"},
       {[](SessionTarget& t) { t.kv_type = DType::Q8_0; }, "KV type q8_0 (this engine: f16)"},
-      {[](SessionTarget& t) { t.tp = 2; }, "tensor-parallel size 2 (this engine: 1)"},
+      {[](SessionTarget& t) { t.n_heads = 16; }, "attention heads 16 (this engine: 8)"},
       {[](SessionTarget& t) { t.policy = Policy::Window; }, "cache policy window (this engine: sink)"},
   };
   for (const Edit& e : edits) {
@@ -314,6 +314,63 @@ TEST_F(Refusal, ForeignFilesAreRefusedNamingWhatDiffers) {
     EXPECT_NE(std::string(e.what()).find("model fingerprint"), std::string::npos) << e.what();
   }
   EXPECT_EQ(rig_->cache->free_slots(), free_before);
+}
+
+// stories260K has 8 query heads and 4 KV heads of 8 values: 2 ranks hold 2 heads each, 4 ranks one,
+// 8 ranks one each with every KV head on two ranks.
+TEST_F(Refusal, RowsMoveBetweenTensorParallelSizes) {
+  for (int tp : {2, 4, 8}) {
+    const SessionSnapshot wide = reshard_session(*snap_, tp, "s.session");
+    ASSERT_EQ(wide.rows.size(), size_t(tp));
+    EXPECT_EQ(wide.target.tp, tp);
+    for (int r = 0; r < tp; ++r) EXPECT_EQ(wide.kv_dims[size_t(r)], tp == 8 ? 8 : 32 / tp) << tp;
+    // Through a file, and back: the same bytes as the one rank saved.
+    const SessionSnapshot back = reshard_session(decode_session(encode_session(wide), "wide.session"), 1, "wide.session");
+    EXPECT_EQ(back.rows, snap_->rows) << tp;
+    EXPECT_EQ(back.kv_dims, snap_->kv_dims) << tp;
+  }
+  // Rank 1 of 2 holds KV heads 2 and 3: the second half of every row of one rank.
+  const SessionSnapshot two = reshard_session(*snap_, 2, "s.session");
+  const size_t head = 8 * 2;  // F16 bytes of one head
+  for (size_t row = 0; row < snap_->rows[0].size() / (4 * head); ++row)
+    ASSERT_EQ(0, std::memcmp(two.rows[1].data() + row * 2 * head, snap_->rows[0].data() + row * 4 * head + 2 * head, 2 * head))
+        << row;
+  try {
+    reshard_session(*snap_, 3, "s.session");
+    ADD_FAILURE() << "sharded 4 KV heads over 3 ranks";
+  } catch (const SessionFileError& e) {
+    EXPECT_NE(std::string(e.what()).find("s.session cannot move from 1 to 3 ranks: 4 KV heads do not shard over 3 ranks"),
+              std::string::npos)
+        << e.what();
+  }
+  SessionSnapshot q8 = *snap_;
+  q8.target.kv_type = DType::Q8_0;
+  q8.rows[0].assign(20 * 5 * 2 * size_t(dtype_row_bytes(DType::Q8_0, 32)), 0);  // one block per row
+  try {
+    reshard_session(q8, 2, "q8.session");
+    ADD_FAILURE() << "split q8_0 blocks between ranks";
+  } catch (const SessionFileError& e) {
+    EXPECT_NE(std::string(e.what()).find("q8.session cannot move from 1 to 2 ranks: q8_0 stores 32 values per block, "
+                                         "and runs of 16 values (heads of 8) would split blocks between ranks"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// A file of 2 ranks restored by one: the rows come back whole, and the stream continues exactly as
+// the one rank that computed them would have.
+TEST_F(Refusal, TwoRankFileRestoresAtOneRank) {
+  const SessionSnapshot two = decode_session(encode_session(reshard_session(*snap_, 2, "s")), "two.session");
+  std::vector<float> want(size_t(rig_->vocab())), got(want.size());
+  const int32_t next = 42;
+  {
+    Stream s(*rig_->ls, *io_, *snap_, "s");
+    s.feed({&next, 1}, want.data());
+  }
+  Stream s(*rig_->ls, *io_, two, "two.session");
+  EXPECT_EQ(io_->capture(s.slot()).rows, snap_->rows);
+  s.feed({&next, 1}, got.data());
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(float)));
 }
 
 TEST_F(Refusal, RowsThatDoNotFitTheEngineAreNotImported) {

@@ -22,6 +22,7 @@ SessionSnapshot session(const std::string& id, int64_t tokens, uint8_t fill) {
   s.target.arch = "llama";
   s.target.model_fingerprint = 0x1234;
   s.target.n_layers = 2;
+  s.target.n_heads = 1;
   s.target.n_kv_heads = 1;
   s.target.head_dim = 32;
   s.target.vocab = 100;
