@@ -5,7 +5,11 @@
 // message naming the file and the problem, and never loaded.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -149,6 +153,49 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"gutenberg-1m.gguf", Policy::Sink, "f16", 300, "gutenberg_f16_wrapped"},
                       Case{"gutenberg-1m.gguf", Policy::Sink, "q8_0", 300, "gutenberg_q8_0_wrapped"}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.label; });
+
+// The saving process is gone before the restoring one begins: a child process streams, saves and
+// continues (writing its continuation to a file) and exits; only then does this process load a
+// model and restore. Nothing but the two files passes between them.
+TEST(SessionAcrossProcesses, RestoredInAnotherProcessEqualsUninterrupted) {
+  const auto dir = make_temp_dir("session_process");
+  const std::string model = fixture("models/stories260K.gguf");
+  const std::string text_path = fixture("texts/pg1342_pride_and_prejudice.txt");
+  CacheConfig cfg = cache_config(Policy::Sink, 4, 60, 16);
+  cfg.kv_type = DType::F16;
+  const std::string session = (dir / "s.session").string(), trace = (dir / "trace.bin").string();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    Rig a(model, cfg);
+    const std::vector<int32_t> text = text_tokens(*a.file, text_path, 400);
+    Stream s(*a.ls);
+    const int32_t held = open_stream(s, a.vocab(), std::vector<int32_t>(text.begin(), text.begin() + 300), 8);
+    SessionIO io(*a.ls, *a.file);
+    write_session_file(session, io.capture(s.slot(), "s", {held}));
+    const Trace t = continue_stream(s, a.vocab(), held, std::vector<int32_t>(text.begin() + 200, text.begin() + 250), 12);
+    std::string bytes(reinterpret_cast<const char*>(t.tokens.data()), t.tokens.size() * sizeof(int32_t));
+    bytes.append(reinterpret_cast<const char*>(t.logits.data()), t.logits.size() * sizeof(float));
+    write_bytes(trace, bytes);
+    std::_Exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the saving process failed";
+  Rig b(model, cfg);
+  const std::vector<int32_t> text = text_tokens(*b.file, text_path, 400);
+  SessionIO io(*b.ls, *b.file);
+  const SessionSnapshot loaded = read_session_file(session);
+  Stream s(*b.ls, io, loaded, session);
+  const Trace got = continue_stream(s, b.vocab(), loaded.held_tokens.at(0),
+                                    std::vector<int32_t>(text.begin() + 200, text.begin() + 250), 12);
+  std::string mine(reinterpret_cast<const char*>(got.tokens.data()), got.tokens.size() * sizeof(int32_t));
+  mine.append(reinterpret_cast<const char*>(got.logits.data()), got.logits.size() * sizeof(float));
+  const std::string want = read_file(trace);
+  EXPECT_EQ(mine.size(), want.size());
+  EXPECT_TRUE(mine == want) << "the continuation differs from the saving process's";
+  std::filesystem::remove_all(dir);
+}
 
 TEST(Crc32c, StandardCheckValueAndIncremental) {
   // The CRC-32C catalogue's check value: the CRC of the nine ASCII digits "123456789".
