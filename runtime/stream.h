@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "runtime/lockstep.h"
-#include "runtime/session_file.h"
 #include "runtime/sampler.h"
+#include "runtime/session_file.h"
 
 namespace sinkserve {
 
