@@ -164,7 +164,7 @@ void KVCache::plan(int slot, int n, TokenPlan* out) const {
   for (int i = 0; i < n; ++i) {
     const int64_t p = s.n + i;
     TokenPlan& t = out[i];
-    t.store_row = row0 + (p < S ? p : S + (p - S) % R);
+    t.store_row = row_of(slot, p);
     t.pos_win = s.offset + p;
     t.pos_sink = s.offset + std::min(p, S + W - 1);
     const int64_t first_win = std::max(S, p - W + 1);
@@ -194,6 +194,57 @@ int64_t KVCache::live_bytes(int slot) const {
 
 int64_t KVCache::pool_bytes() const {
   return int64_t(slots_.size()) * slot_rows() * token_bytes();
+}
+
+int64_t KVCache::row_of(int slot, int64_t p) const {
+  const int64_t S = cfg_.sink;
+  return int64_t(slot) * slot_rows() + (p < S ? p : S + (p - S) % ring_);
+}
+
+template <class F>
+void KVCache::for_live_runs(int64_t n, F f) const {
+  const int64_t S = cfg_.sink;
+  const int64_t sinks = std::min(n, S);
+  if (sinks > 0) f(int64_t(0), sinks);
+  int64_t p = std::max(S, n - std::min<int64_t>(std::max<int64_t>(n - S, 0), cfg_.window));
+  while (p < n) {
+    // Up to the ring's end: the row after the last ring row is the first ring row again.
+    const int64_t to_wrap = ring_ - (p - S) % ring_;
+    const int64_t run = std::min(n - p, to_wrap);
+    f(p, run);
+    p += run;
+  }
+}
+
+void KVCache::export_slot(int slot, uint8_t* out) const {
+  const int64_t n = stream_tokens(slot);
+  for (int l = 0; l < n_layers_; ++l)
+    for (const std::vector<void*>* buf : {&k_, &v_}) {
+      const uint8_t* base = static_cast<const uint8_t*>((*buf)[size_t(l)]);
+      for_live_runs(n, [&](int64_t p, int64_t count) {
+        backend_.to_host(out, base + row_of(slot, p) * row_bytes_, size_t(count * row_bytes_));
+        out += count * row_bytes_;
+      });
+    }
+}
+
+void KVCache::import_slot(int slot, int64_t n, int64_t offset, const uint8_t* in) {
+  if (cfg_.policy == Policy::Recompute)
+    throw std::invalid_argument("cache: the recompute policy keeps no rows between steps to restore");
+  if (n < 0 || (!ring() && n > cfg_.window))
+    throw std::invalid_argument("cache: a stream of " + std::to_string(n) + " tokens does not fit a " +
+                                policy_name(cfg_.policy) + " slot of " + std::to_string(cfg_.window) + " tokens");
+  Slot& s = slots_.at(size_t(slot));
+  for (int l = 0; l < n_layers_; ++l)
+    for (std::vector<void*>* buf : {&k_, &v_}) {
+      uint8_t* base = static_cast<uint8_t*>((*buf)[size_t(l)]);
+      for_live_runs(n, [&](int64_t p, int64_t count) {
+        backend_.to_device(base + row_of(slot, p) * row_bytes_, in, size_t(count * row_bytes_));
+        in += count * row_bytes_;
+      });
+    }
+  s.n = n;
+  s.offset = offset;
 }
 
 uint64_t KVCache::metadata_hash() const {

@@ -99,6 +99,22 @@ class KVCache {
   // A hash of every slot's metadata: equal on every rank that evicted in lockstep.
   uint64_t metadata_hash() const;
 
+  // A slot's state as bytes, to save a session and continue it in another cache (another
+  // process) of the same geometry. The live rows of a stream of n tokens are those of its first
+  // min(n, sink) tokens and of its last cached_tokens - min(n, sink), in stream order; per layer,
+  // the K rows then the V rows, each as stored (kv_type). Rows are placed back by stream position,
+  // so the importing cache may differ in chunk (ring size): the next query attends to the same
+  // keys in the same order, which makes a restored stream continue bit-identically.
+  int64_t slot_offset(int slot) const { return slots_.at(size_t(slot)).offset; }
+  // Bytes of the rows a stream of n tokens keeps live (cached_tokens_for), as exported.
+  int64_t export_bytes_for(int64_t n) const { return cached_tokens_for(cfg_, n) * token_bytes(); }
+  // Writes export_bytes_for(stream_tokens(slot)) bytes to host memory `out`.
+  void export_slot(int slot, uint8_t* out) const;
+  // Makes `slot` (acquired) a stream of n tokens rotated from `offset`, its live rows read from
+  // `in` (export_bytes_for(n) bytes). Throws std::invalid_argument, leaving the slot untouched,
+  // for a recompute cache (it keeps no rows between steps) or a dense one too small for n.
+  void import_slot(int slot, int64_t n, int64_t offset, const uint8_t* in);
+
   void* k(int layer) { return k_[layer]; }
   void* v(int layer) { return v_[layer]; }
 
@@ -110,6 +126,11 @@ class KVCache {
   };
   // Whether the slots keep a ring that wraps (sink, window); dense and recompute slots never wrap.
   bool ring() const { return cfg_.policy == Policy::Sink || cfg_.policy == Policy::Window; }
+  // Row of the layer buffer holding stream position p of `slot`.
+  int64_t row_of(int slot, int64_t p) const;
+  // Calls f(first position, count) for the runs of consecutive live positions of a stream of n
+  // tokens whose rows are consecutive too (at most three: sinks, and the ring split where it wraps).
+  template <class F> void for_live_runs(int64_t n, F f) const;
   void release_buffers();
   Backend& backend_;
   CacheConfig cfg_;

@@ -73,18 +73,13 @@ LlamaModel::LlamaModel(const GGUFFile& f, Backend& backend, Communicator& comm)
   split_ffn(f, R, r);
   // KV heads are split like the query heads when they divide; otherwise every rank keeps the one
   // KV head its query heads share (replication), which needs ranks to be a multiple of KV heads.
-  int kv_begin;
-  if (cfg_.n_kv_heads % R == 0) {
-    shard_.n_kv = cfg_.n_kv_heads / R;
-    kv_begin = r * shard_.n_kv;
-  } else if (R % cfg_.n_kv_heads == 0) {
-    shard_.n_kv = 1;
-    kv_begin = r * shard_.n_heads / (cfg_.n_heads / cfg_.n_kv_heads);
-  } else {
+  const KvHeadShare kv = kv_head_share(cfg_.n_heads, cfg_.n_kv_heads, R, r);
+  if (kv.count == 0)
     throw std::runtime_error(f.path() + ": cannot shard " + std::to_string(cfg_.n_kv_heads) +
                              " KV heads over " + std::to_string(R) +
                              " ranks: one must be a multiple of the other");
-  }
+  shard_.n_kv = kv.count;
+  const int kv_begin = kv.first;
   vocab_local_ = (cfg_.vocab + R - 1) / R;
   vocab_begin_ = r * vocab_local_;
   const int vocab_rows = std::max(0, std::min(cfg_.vocab - vocab_begin_, vocab_local_));

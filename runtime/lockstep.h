@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "cache/kv_cache.h"
 #include "runtime/llama_model.h"
@@ -29,6 +31,18 @@ class Lockstep {
   // LlamaModel::forward on every rank; the logits and draws (either may be null) come to the leader.
   void step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs = nullptr,
             int32_t* sampled = nullptr);
+  // A slot's state saved on every rank (KVCache::export_slot), gathered to the leader.
+  struct SlotRows {
+    int64_t tokens = 0, offset = 0;
+    std::vector<int32_t> kv_dims;             // each rank's row width, in rank order
+    std::vector<std::vector<uint8_t>> rows;   // each rank's rows, in rank order
+  };
+  SlotRows export_slot(int slot);
+  // Restores `slot` (acquired) on every rank from rows in rank order, as export_slot gave them.
+  // The ranks first compare the bytes each expects for `tokens` with what it would be given: on a
+  // mismatch no rank imports anything and the reason comes back; empty when restored.
+  std::string import_slot(int slot, int64_t tokens, int64_t offset,
+                          const std::vector<std::vector<uint8_t>>& rows);
   // Ends follow() on the other ranks after a final consistency check. A second call with nothing
   // sent in between does nothing (the followers have already returned).
   void finish();
@@ -37,7 +51,7 @@ class Lockstep {
   void follow();
 
  private:
-  enum class Op : uint32_t { Acquire, Release, Reset, Step, Finish };
+  enum class Op : uint32_t { Acquire, Release, Reset, Step, Finish, Export, Import };
   struct Header {
     Op op;
     int32_t slot;
@@ -48,6 +62,10 @@ class Lockstep {
   void run_step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs,
                 int32_t* sampled);
   void verify();
+  // The collective parts of export_slot and import_slot, run by every rank.
+  SlotRows run_export(int slot);
+  std::string run_import(int slot, int64_t tokens, int64_t offset,
+                         const std::vector<std::vector<uint8_t>>* rows);
 
   LlamaModel& model_;
   KVCache& cache_;

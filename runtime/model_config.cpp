@@ -170,4 +170,10 @@ std::vector<float> alibi_slopes(int n_heads, float bias_max, int first, int n) {
   return s;
 }
 
+KvHeadShare kv_head_share(int n_heads, int n_kv_heads, int R, int r) {
+  if (n_kv_heads % R == 0) return {r * (n_kv_heads / R), n_kv_heads / R};
+  if (R % n_kv_heads == 0 && n_heads % R == 0) return {r * (n_heads / R) / (n_heads / n_kv_heads), 1};
+  return {};
+}
+
 }  // namespace sinkserve

@@ -43,6 +43,15 @@ int64_t kv_token_bytes(const ModelConfig& c, DType t);
 // 2 n2 heads, 2^(-b (2 (h - n2) + 1) / (2 n2)) (Press et al., as MPT and llama.cpp do).
 std::vector<float> alibi_slopes(int n_heads, float bias_max, int first, int n);
 
+// Which KV heads rank r of R holds: [first, first + count). R dividing the KV heads gives each rank
+// an equal contiguous share; the KV heads dividing R gives each rank the one KV head its query
+// heads (an equal share of n_heads) attend with, replicated over R / n_kv_heads ranks. count is 0
+// when neither divides.
+struct KvHeadShare {
+  int first = 0, count = 0;
+};
+KvHeadShare kv_head_share(int n_heads, int n_kv_heads, int R, int r);
+
 // Reads and checks the hyper-parameters; throws GGUFError naming the missing or absurd key.
 ModelConfig read_model_config(const GGUFFile& f);
 

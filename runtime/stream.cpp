@@ -12,6 +12,18 @@ Stream::Stream(Lockstep& ls, int64_t offset) : ls_(ls), offset_(offset) {
   ls_.reset(slot_, offset_);
 }
 
+Stream::Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source)
+    : ls_(ls), offset_(saved.offset), n_(saved.tokens) {
+  slot_ = ls_.acquire();
+  if (slot_ < 0) throw std::runtime_error("no free cache slot to restore a stream into");
+  try {
+    io.restore(slot_, saved, source);
+  } catch (...) {
+    ls_.release(slot_);
+    throw;
+  }
+}
+
 Stream::~Stream() { ls_.release(slot_); }
 
 void Stream::feed(std::span<const int32_t> tokens, float* logits, bool all) {

@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <deque>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "runtime/lockstep.h"
 #include "runtime/sampler.h"
+#include "runtime/session_file.h"
 
 namespace sinkserve {
 
@@ -17,6 +19,9 @@ class Stream {
   // Acquires a slot (throws std::runtime_error when none is free). `offset` is the position of
   // the stream's first token (a test hook: streams must not depend on it).
   explicit Stream(Lockstep& ls, int64_t offset = 0);
+  // Continues a saved stream (SessionIO::restore) in a slot of its own. Throws SessionFileError
+  // naming `source` when it does not fit this engine, std::runtime_error when no slot is free.
+  Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
