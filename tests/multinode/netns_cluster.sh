@@ -201,7 +201,9 @@ cluster_mpirun() {
   # Ranks on different hosts talk TCP over the links; ranks on one host, shared memory (vader,
   # without the cross-memory attach that containers forbid), unless ARGS choose the transports
   # (Open MPI takes each parameter once). Open MPI's own control traffic and the TCP transport
-  # stay on the cluster's subnet.
+  # stay on the cluster's subnet. Every host shares this machine's cores, more ranks than the
+  # hostfile's slots would tell Open MPI: a rank spinning in a collective would take the core
+  # from the rank it waits for, so waiting ranks yield.
   local btl=(--mca btl tcp,vader,self) prev=""
   for a in "$@"; do
     if [ "$a" = btl ] && { [ "$prev" = --mca ] || [ "$prev" = -mca ]; }; then btl=(); fi
@@ -210,7 +212,7 @@ cluster_mpirun() {
   run_in "$id" h0 mpirun --allow-run-as-root --oversubscribe --bind-to none \
     --hostfile "$id/hostfile" --mca plm_rsh_agent "$id/agent" \
     --mca oob_tcp_if_include "$SUBNET" --mca btl_tcp_if_include "$SUBNET" \
-    "${btl[@]}" --mca btl_vader_single_copy_mechanism none "$@"
+    "${btl[@]}" --mca btl_vader_single_copy_mechanism none --mca mpi_yield_when_idle 1 "$@"
 }
 
 link_bytes() {
