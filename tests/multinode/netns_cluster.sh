@@ -80,12 +80,13 @@ shape() {  # shape NS DEV RATE DELAY
     echo netem
     return
   fi
-  # A burst of 1 ms at the rate (at least 64 KiB, several MTUs) lets tbf reach its rate with the
-  # kernel's timer granularity.
+  # The bucket holds what the link sends in 100 us (at least a few frames): a larger one would let
+  # a step's collectives, which follow idle compute time, pass at the machine's speed instead of
+  # the link's.
   local bps
   bps=$(tc_rate_bits "$rate")
-  local burst=$(( bps / 8 / 1000 ))
-  [ "$burst" -ge 65536 ] || burst=65536
+  local burst=$(( bps / 8 / 10000 ))
+  [ "$burst" -ge 4096 ] || burst=4096
   ip netns exec "$ns" tc qdisc add dev "$dev" root tbf rate "$rate" burst "$burst" latency 20ms ||
     die "tc tbf on $ns/$dev failed"
   echo tbf

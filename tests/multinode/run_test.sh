@@ -19,6 +19,7 @@ mode=$1 min_bytes=$2
 shift 2
 id=$("$cluster" up 2 --rate "${SINKSERVE_MULTINODE_RATE:-10gbit}" --delay "${SINKSERVE_MULTINODE_DELAY:-20us}")
 trap '"$cluster" down "$id"' EXIT
+trap 'exit 1' INT TERM
 
 placed=$("$cluster" mpirun "$id" --map-by node -np 2 hostname | sort | tr '\n' ' ')
 if [ "$placed" != "h0 h1 " ]; then
