@@ -53,7 +53,10 @@ check() {
         why="tc cannot shape a link (no sch_tbf)"
       elif ! ip netns exec "$probe" unshare --uts true 2>/dev/null; then
         why="cannot give a namespace its own hostname (unshare --uts)"
+      elif ! mkdir -p "/etc/netns/$probe" 2>/dev/null; then
+        why="cannot write /etc/netns (where each host's /etc/hosts goes)"
       fi
+      rm -rf "/etc/netns/$probe"
       ip netns del "$probe" 2>/dev/null || true
     fi
   fi
