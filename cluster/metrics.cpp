@@ -84,7 +84,7 @@ std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, in
     sample(out, "sinkserve_tp_ranks", collectives->ranks);
     header(out, "sinkserve_collective_seconds_total", "counter",
            "Time rank 0 spent in the model's collectives (all-reduce, all-gather) during steps, "
-           "waiting for the other ranks included.");
+           "waiting for the other ranks included (NCCL: only their launch, they run on the GPU).");
     sample(out, "sinkserve_collective_seconds_total", collectives->seconds);
     header(out, "sinkserve_collective_bytes_total", "counter",
            "Payload of the model's collectives on rank 0 (all-reduce and all-gather buffers).");

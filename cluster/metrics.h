@@ -22,7 +22,8 @@ class HttpCounters {
 };
 
 // The tensor-parallel collectives (all-reduce, all-gather) rank 0's steps have issued: their
-// payload and the time rank 0 spent in them, waiting for the other ranks included.
+// payload and the time rank 0 spent in them, waiting for the other ranks included. NCCL enqueues
+// them on the GPU's stream, so there the time is their launch only.
 struct CollectiveStats {
   int ranks = 1;
   double seconds = 0;
