@@ -337,7 +337,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (path == "/metrics") {
       if (m != http::verb::get && m != http::verb::head) return method_not_allowed("GET, HEAD");
       const int open = srv_->open.load() + srv_->admin_open.load();
-      return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, open),
+      std::optional<CollectiveStats> coll;
+      if (srv_->opt.collectives) coll = srv_->opt.collectives();
+      return respond(route, 200, render_metrics(srv_->sched.stats(), srv_->counters, open, coll ? &*coll : nullptr),
                      "text/plain; version=0.0.4; charset=utf-8");
     }
     if (admin_)

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "cluster/metrics.h"
 #include "runtime/scheduler.h"
 
 namespace sinkserve {
@@ -36,6 +37,8 @@ struct ServerOptions {
   double stall_timeout_s = 30;          // /health is 503 when pending work saw no step this long
   std::string model_id;                 // the one model id of /v1/models
   int64_t model_created = 0;            // its "created" (seconds since the epoch)
+  // The collectives' counters for /metrics, read on an I/O thread; empty: not reported.
+  std::function<CollectiveStats()> collectives;
 };
 
 class HttpServer {

@@ -51,7 +51,8 @@ void histogram(std::string& out, const char* name, const char* help, const Laten
 
 }  // namespace
 
-std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, int open_connections) {
+std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, int open_connections,
+                           const CollectiveStats* collectives) {
   std::string out;
   header(out, "sinkserve_http_requests_total", "counter", "HTTP responses sent, by route and status code.");
   for (const auto& [key, n] : http.snapshot())
@@ -76,6 +77,21 @@ std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, in
   sample(out, "sinkserve_generated_tokens_total", double(s.generated_tokens));
   header(out, "sinkserve_steps_total", "counter", "Batched forward steps run.");
   sample(out, "sinkserve_steps_total", double(s.steps));
+  header(out, "sinkserve_step_seconds_total", "counter", "Time spent in batched forward steps.");
+  sample(out, "sinkserve_step_seconds_total", s.step_seconds);
+  if (collectives) {
+    header(out, "sinkserve_tp_ranks", "gauge", "Ranks of the tensor-parallel group.");
+    sample(out, "sinkserve_tp_ranks", collectives->ranks);
+    header(out, "sinkserve_collective_seconds_total", "counter",
+           "Time rank 0 spent in the model's collectives (all-reduce, all-gather) during steps, "
+           "waiting for the other ranks included (NCCL: only their launch, they run on the GPU).");
+    sample(out, "sinkserve_collective_seconds_total", collectives->seconds);
+    header(out, "sinkserve_collective_bytes_total", "counter",
+           "Payload of the model's collectives on rank 0 (all-reduce and all-gather buffers).");
+    sample(out, "sinkserve_collective_bytes_total", double(collectives->bytes));
+    header(out, "sinkserve_collective_calls_total", "counter", "The model's collectives issued.");
+    sample(out, "sinkserve_collective_calls_total", double(collectives->calls));
+  }
   header(out, "sinkserve_sessions_evicted_total", "counter", "Idle sessions evicted to free a slot.");
   sample(out, "sinkserve_sessions_evicted_total", double(s.sessions_evicted));
   header(out, "sinkserve_sessions_expired_total", "counter", "Idle sessions dropped after --session-ttl.");

@@ -21,6 +21,18 @@ class HttpCounters {
   std::map<std::pair<std::string, int>, uint64_t> n_;
 };
 
-std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, int open_connections);
+// The tensor-parallel collectives (all-reduce, all-gather) rank 0's steps have issued: their
+// payload and the time rank 0 spent in them, waiting for the other ranks included. NCCL enqueues
+// them on the GPU's stream, so there the time is their launch only.
+struct CollectiveStats {
+  int ranks = 1;
+  double seconds = 0;
+  uint64_t bytes = 0;
+  uint64_t calls = 0;
+};
+
+// `collectives` null: the server does not measure them.
+std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, int open_connections,
+                           const CollectiveStats* collectives = nullptr);
 
 }  // namespace sinkserve

@@ -12,6 +12,7 @@
 #include "cluster/http_server.h"
 #include "launcher/command.h"
 #include "launcher/engine_options.h"
+#include "parallel/timed_communicator.h"
 #include "runtime/chat_template.h"
 #include "runtime/scheduler.h"
 
@@ -119,7 +120,13 @@ int run(int argc, char** argv) {
     std::signal(SIGINT, SIG_IGN);
     std::signal(SIGTERM, SIG_IGN);
   };
-  return run_engine_command("serve", eo, [&](Engine* e) -> int {
+  // /metrics reports the collectives' share of step time: what tensor parallelism costs on the
+  // links between the ranks (scripts/bench-multinode).
+  TimedCommunicator comm(launch_communicator(eo));
+  so.collectives = [&comm] {
+    return CollectiveStats{comm.size(), comm.seconds(), comm.bytes(), comm.calls()};
+  };
+  return run_engine_command("serve", eo, comm, [&](Engine* e) -> int {
     if (template_name.empty()) sched_opt.chat_template = model_chat_template(*e);
     sched_opt.chat_add_bos = chat_opens_with_bos(*e, sched_opt.chat_template);
     struct stat st {};

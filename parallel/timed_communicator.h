@@ -1,6 +1,8 @@
 // A communicator that forwards to another and accounts the time and bytes of the collectives the
-// model issues per step (all-reduce, all-gather), for `sinkserve bench`.
+// model issues per step (all-reduce, all-gather), for `sinkserve bench` and the server's /metrics.
+// The counters may be read from any thread while the compute thread adds to them.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <memory>
 
@@ -29,20 +31,21 @@ class TimedCommunicator final : public Communicator {
   void barrier() override { inner_->barrier(); }
   void abort(const std::string& message) override { inner_->abort(message); }
 
-  double seconds() const { return seconds_; }
-  uint64_t bytes() const { return bytes_; }
-  uint64_t calls() const { return calls_; }
-  void clear() { seconds_ = 0, bytes_ = 0, calls_ = 0; }
+  double seconds() const { return double(nanoseconds_.load(std::memory_order_relaxed)) * 1e-9; }
+  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
+  uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
+  void clear() { nanoseconds_ = 0, bytes_ = 0, calls_ = 0; }
 
  private:
   void account(std::chrono::steady_clock::time_point t0, size_t bytes) {
-    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    bytes_ += bytes;
-    ++calls_;
+    const auto dt = std::chrono::steady_clock::now() - t0;
+    nanoseconds_.fetch_add(uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count()),
+                           std::memory_order_relaxed);
+    bytes_.fetch_add(bytes, std::memory_order_relaxed);
+    calls_.fetch_add(1, std::memory_order_relaxed);
   }
   std::unique_ptr<Communicator> inner_;
-  double seconds_ = 0;
-  uint64_t bytes_ = 0, calls_ = 0;
+  std::atomic<uint64_t> nanoseconds_{0}, bytes_{0}, calls_{0};
 };
 
 }  // namespace sinkserve

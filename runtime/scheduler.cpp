@@ -571,6 +571,7 @@ void Scheduler::run_step() {
   last_step_ = now;
   const double dt = std::chrono::duration<double>(now - t0).count();
   stats_.step_s = stats_.step_s <= 0 ? dt : stats_.step_s + 0.2 * (dt - stats_.step_s);
+  stats_.step_seconds += dt;
   stats_.prompt_tokens += prompt_tokens;
   stats_.running = int(active_.size());
   stats_.prefill_budget = prefill_budget(decoding);

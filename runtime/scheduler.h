@@ -129,6 +129,7 @@ struct SchedulerStats {
   double last_step_age_s = 0;
   int prefill_budget = 0;  // prompt tokens the next step may take
   double step_s = 0;       // duration of recent steps (moving average)
+  double step_seconds = 0;  // every step's duration, summed
 };
 
 class Scheduler {

@@ -22,8 +22,9 @@ export function withDeadline(seconds) {
   t.unref();
 }
 
-export async function startServer(extra = []) {
-  const argv = [...LAUNCH, SINKSERVE, "serve", "--model", MODEL, "--port", "0", "--threads", "1", ...extra];
+// `launch` overrides the build's launcher prefix (tests/multinode runs ranks across hosts).
+export async function startServer(extra = [], launch = LAUNCH) {
+  const argv = [...launch, SINKSERVE, "serve", "--model", MODEL, "--port", "0", "--threads", "1", ...extra];
   const proc = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "inherit", "pipe"] });
   let log = "";
   let running = true;
