@@ -210,7 +210,7 @@ int run(int argc, char** argv) {
     std::signal(SIGINT, on_sigint);
     Sampler sampler(sp);
     {
-      Stream stream(*e->lockstep);
+      Stream stream(*e->lockstep, e->sample_on);
       KVCache& cache = *e->cache;
       // A reply's last token is sampled but not yet fed; it opens the next turn's prefill.
       std::vector<int32_t> pending;

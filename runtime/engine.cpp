@@ -5,7 +5,6 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
-#include "parallel/fault_injection.h"
 #include "runtime/hf_checkpoint.h"
 
 namespace sinkserve {
@@ -71,9 +70,8 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm,
   if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
     throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
   const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");
+  e->sample_on = on_backend ? SampleOn::Backend : SampleOn::Host;
   e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache, o.verify_every);
-  e->lockstep->set_sample_on_backend(on_backend);
-  maybe_inject_failure(e->comm->rank(), "load");
   return e;
 }
 

@@ -12,6 +12,7 @@
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
+#include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 
 namespace sinkserve {
@@ -47,6 +48,7 @@ struct Engine {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<KVCache> cache;
   std::unique_ptr<Lockstep> lockstep;
+  SampleOn sample_on = SampleOn::Host;  // where streams draw tokens (--sampler)
   bool leader() const { return comm->rank() == 0; }
 };
 

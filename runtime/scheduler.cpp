@@ -535,7 +535,7 @@ void Scheduler::run_step() {
   std::vector<int32_t>& drawn = step_.drawn;
   drawn.assign(steps.size(), -1);
   const auto t0 = Clock::now();
-  if (ls_.sample_on_backend()) {
+  if (opt_.sample_on == SampleOn::Backend) {
     std::vector<SampleSpec>& specs = step_.specs;
     specs.assign(steps.size(), SampleSpec{});  // greedy (and free) where nothing is drawn
     for (size_t i = 0; i < steps.size(); ++i)

@@ -86,6 +86,7 @@ struct SchedulerOptions {
   double itl_factor = 2;
   ChatTemplate chat_template = ChatTemplate::Raw;
   bool chat_add_bos = true;  // a new chat session starts with BOS (as `sinkserve chat` decides)
+  SampleOn sample_on = SampleOn::Host;  // where tokens are drawn (the engine's --sampler)
 };
 
 struct SessionInfo {

@@ -156,11 +156,9 @@ int main(int argc, char** argv) {
     sp.repeat_penalty = 1.1f;
     sp.seed = 42;
     Sampler samp_tp(sp), samp_ref(sp);
-    tp->lockstep->set_sample_on_backend(true);
-    ref->lockstep->set_sample_on_backend(true);
     const int sampled_n = greedy_n / 4;
     {
-      Stream s_tp(*tp->lockstep), s_ref(*ref->lockstep);
+      Stream s_tp(*tp->lockstep, SampleOn::Backend), s_ref(*ref->lockstep, SampleOn::Backend);
       int32_t t = tok.bos();
       for (int i = 0; i < sampled_n; ++i) {
         samp_tp.accept(t);

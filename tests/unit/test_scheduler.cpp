@@ -87,7 +87,7 @@ class SchedulerTest : public ::testing::Test {
   void start(int slots, SchedulerOptions opt = {}, bool sample_on_backend = false,
              Policy policy = Policy::Sink) {
     engine_ = open_stories(*comm_, slots, policy);
-    engine_->lockstep->set_sample_on_backend(sample_on_backend);
+    opt.sample_on = sample_on_backend ? SampleOn::Backend : SampleOn::Host;
     sched_ = std::make_unique<Scheduler>(*engine_->lockstep, *engine_->tokenizer, opt);
     thread_ = std::thread([this] { sched_->run(); });
   }
