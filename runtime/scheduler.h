@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "runtime/chat_template.h"
+#include "runtime/conversation.h"
 #include "runtime/lockstep.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
@@ -201,8 +202,7 @@ class Scheduler {
   Lockstep& ls_;
   const Tokenizer& tok_;
   SchedulerOptions opt_;
-  std::vector<std::string> template_stops_;
-  std::vector<int32_t> end_tokens_;  // EOS and the template's end-of-turn tokens
+  ChatFormat format_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
