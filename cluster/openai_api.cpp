@@ -95,6 +95,42 @@ bool read_content(Checker& c, const json& v, const std::string& param, std::stri
 
 }  // namespace
 
+ApiError api_error(int status, std::string message, std::string type, std::string code, std::string param) {
+  ApiError e;
+  e.status = status;
+  e.message = std::move(message);
+  e.type = std::move(type);
+  e.code = std::move(code);
+  e.param = std::move(param);
+  return e;
+}
+
+ApiError reject_error(RejectReason why, std::string message) {
+  switch (why) {
+    case RejectReason::BadRequest: break;
+    case RejectReason::NoSlot: return api_error(429, std::move(message), "server_busy", "no_free_slot");
+    case RejectReason::SessionBusy:
+      return api_error(409, std::move(message), "invalid_request_error", "session_busy");
+    case RejectReason::ShuttingDown: return api_error(503, std::move(message), "server_error", "shutting_down");
+  }
+  return api_error(400, std::move(message), "invalid_request_error");
+}
+
+json model_json(const std::string& id, int64_t created) {
+  return {{"id", id}, {"object", "model"}, {"created", created}, {"owned_by", "sinkserve"}};
+}
+
+json session_json(const SessionInfo& s) {
+  return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"cache_rows", s.cache_rows},
+          {"messages", s.messages}, {"last_used_at", s.last_use_unix}, {"busy", s.busy}};
+}
+
+json session_deleted_json(const std::string& id) {
+  return {{"id", id}, {"object", "session.deleted"}, {"deleted", true}};
+}
+
+json list_json(json data) { return {{"object", "list"}, {"data", std::move(data)}}; }
+
 std::string error_body(const ApiError& e) {
   json err = {{"message", e.message},
               {"type", e.type},

@@ -1,6 +1,7 @@
 // The OpenAI-compatible wire format: request bodies of /v1/chat/completions and /v1/completions
-// checked and turned into scheduler requests, and the scheduler's events turned into response
-// bodies and server-sent-event chunks. Pure functions of their inputs: no sockets, no model.
+// checked and turned into scheduler requests, the scheduler's events and refusals turned into
+// response bodies, statuses and server-sent-event chunks, and the resource objects. Pure
+// functions of their inputs: no sockets, no model.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -20,7 +21,18 @@ struct ApiError {
   std::string param;  // the offending field, empty when none
   std::string code;   // machine-readable code, empty when none
 };
+ApiError api_error(int status, std::string message, std::string type, std::string code = {},
+                   std::string param = {});
 std::string error_body(const ApiError& e);
+// How a request the scheduler refused is answered: 400 bad request, 429 no free slot (the client
+// may retry), 409 session busy, 503 shutting down.
+ApiError reject_error(RejectReason why, std::string message);
+
+// The resource objects of /v1/models and /v1/sessions.
+nlohmann::json model_json(const std::string& id, int64_t created);
+nlohmann::json session_json(const SessionInfo& s);
+nlohmann::json session_deleted_json(const std::string& id);
+nlohmann::json list_json(nlohmann::json data);  // {"object": "list", "data": data}
 
 // Session ids travel in URLs and headers: 1..128 characters of [A-Za-z0-9._:-].
 bool valid_session_id(std::string_view id);

@@ -98,8 +98,6 @@ class Backend {
   // Copies `rows` rows of `width` bytes: row i from src + i * src_pitch to dst + i * dst_pitch.
   virtual void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch,
                        size_t width, size_t rows) = 0;
-  // Waits until every queued operation has finished (a no-op on synchronous backends).
-  virtual void synchronize() = 0;
 
   // Bracket the operations of one forward step of n_tok tokens, a step that recurs with the same
   // shapes (decode), so that a backend may record them and launch them as one unit (CUDA

@@ -35,11 +35,11 @@ void bench_speed(Engine& e, TimedCommunicator& comm, int64_t prompt_n, int64_t d
   const double bw = bw_mib > 0 ? e.backend->measure_bandwidth(size_t(bw_mib) << 20) : 0;
   if (bw > 0) std::printf("memory read bandwidth (%lld MiB buffer): %.2f GB/s\n", (long long)bw_mib, bw / 1e9);
   {
-    Stream warm(*e.lockstep);
+    Stream warm(*e.lockstep, e.sample_on);
     const std::vector<int32_t> w = src.take(8);
     warm.feed_and_sample(w, greedy);
   }
-  Stream s(*e.lockstep);
+  Stream s(*e.lockstep, e.sample_on);
   const std::vector<int32_t> prompt = src.take(prompt_n);
   comm.clear();
   auto t0 = Clock::now();
@@ -73,7 +73,7 @@ void bench_latency(Engine& e, const std::vector<int64_t>& at, int64_t samples) {
   TokenSource src(e.model->config().vocab);
   std::vector<std::unique_ptr<Stream>> streams;
   for (int64_t len : at) {
-    auto& s = streams.emplace_back(std::make_unique<Stream>(*e.lockstep));
+    auto& s = streams.emplace_back(std::make_unique<Stream>(*e.lockstep, e.sample_on));
     for (int64_t n = 0; n < std::max<int64_t>(0, len - samples); ++n) {
       const int32_t t = src.next();
       s->feed_and_sample({&t, 1}, greedy);
@@ -115,7 +115,7 @@ void bench_recompute(Engine& e, const std::vector<int64_t>& windows, int64_t sam
       cc.chunk = chunk;
       KVCache cache(*e.backend, m.config().n_layers, m.local_kv_dim(), cc, 1);
       Lockstep ls(m, cache);
-      Stream s(ls);
+      Stream s(ls, e.sample_on);
       const std::vector<int32_t> fill = src.take(W + cc.sink);
       s.feed_and_sample(fill, greedy);
       const int64_t n = p == Policy::Sink ? samples : std::max<int64_t>(2, samples / 16);

@@ -38,7 +38,7 @@ void bench(Engine& e, const std::vector<int64_t>& batches, int64_t prompt_n, int
       if (offset) e.lockstep->reset(slots.back(), offset);
     }
     // Every step ends in a greedy draw per session, where the engine draws (--sampler).
-    const bool on_backend = e.lockstep->sample_on_backend();
+    const bool on_backend = e.sample_on == SampleOn::Backend;
     std::vector<float> logits(on_backend ? 0 : static_cast<size_t>(B) * size_t(vocab));
     const std::vector<SampleSpec> greedy(static_cast<size_t>(B));
     std::vector<int32_t> drawn(static_cast<size_t>(B));

@@ -5,7 +5,6 @@
 // chatbot setting of the StreamingLLM paper, which streams all of MT-Bench through one session).
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -20,6 +19,7 @@
 #include "launcher/engine_options.h"
 #include "launcher/measure.h"
 #include "runtime/chat_template.h"
+#include "runtime/conversation.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
 
@@ -72,53 +72,46 @@ std::vector<std::string> read_prompts(const std::string& path, int64_t questions
   return turns;
 }
 
-// Streams a reply's text while watching for the template's stop strings: text that could still
-// become the start of a stop string is held back. Whitespace opening or closing a reply is not
-// shown (it would only break the transcript's layout); the cache keeps the reply as generated.
+// Streams a reply's text, cut at the template's stop strings (StopMatcher). Whitespace opening or
+// closing a reply is not shown (it would only break the transcript's layout); the cache keeps the
+// reply as generated.
 class ReplyPrinter {
  public:
-  explicit ReplyPrinter(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  explicit ReplyPrinter(std::vector<std::string> stops) : matcher_(std::move(stops)) {}
 
   // Adds decoded text; returns true when a stop string appeared (the text from it on is dropped).
   bool add(const std::string& piece) {
-    text_ += piece;
-    for (const std::string& s : stops_) {
-      const size_t at = text_.find(s, shown_);
-      if (at != std::string::npos) {
-        text_.resize(at);
-        emit(trimmed_end(text_.size()));
-        return true;
-      }
-    }
-    size_t keep = 0;  // longest tail of the unshown text that begins some stop string
-    for (const std::string& s : stops_)
-      for (size_t k = std::min(s.size() - 1, text_.size() - shown_); k > keep; --k)
-        if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
-          keep = k;
-          break;
-        }
-    emit(trimmed_end(text_.size() - keep));
-    return false;
+    if (stopped_) return true;
+    show(matcher_.push(piece, &stopped_));
+    return stopped_;
   }
-  void finish() { emit(trimmed_end(text_.size())); }
+  void finish() {
+    if (!stopped_) show(matcher_.flush());
+  }
 
  private:
   static bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
-  size_t trimmed_end(size_t end) const {
-    while (end > shown_ && is_space(text_[end - 1])) --end;
-    return end;
-  }
-  void emit(size_t end) {
-    if (shown_ == 0)
-      while (shown_ < end && is_space(text_[shown_])) ++shown_;
-    if (end <= shown_) return;
-    std::fwrite(text_.data() + shown_, 1, end - shown_, stdout);
+  // Writes `text` after the whitespace held from before it, holding back its own trailing
+  // whitespace: only text followed by more text shows it.
+  void show(const std::string& text) {
+    size_t begin = 0, end = text.size();
+    if (!started_)
+      while (begin < end && is_space(text[begin])) ++begin;
+    while (end > begin && is_space(text[end - 1])) --end;
+    if (begin == end) {
+      if (started_) space_.append(text, begin, std::string::npos);
+      return;
+    }
+    started_ = true;
+    const std::string out = space_ + text.substr(begin, end - begin);
+    std::fwrite(out.data(), 1, out.size(), stdout);
     std::fflush(stdout);
-    shown_ = end;
+    space_.assign(text, end, std::string::npos);
   }
-  std::vector<std::string> stops_;
-  std::string text_;
-  size_t shown_ = 0;
+  StopMatcher matcher_;
+  bool stopped_ = false;
+  bool started_ = false;  // some text has been shown
+  std::string space_;     // whitespace after the shown text, shown only if more text follows
 };
 
 int run(int argc, char** argv) {
@@ -159,16 +152,7 @@ int run(int argc, char** argv) {
   return run_engine_command("chat", eo, [&](Engine* e) -> int {
     const Tokenizer& tok = *e->tokenizer;
     const ChatTemplate tmpl = model_chat_template(*e, forced);
-    const bool add_bos = chat_opens_with_bos(*e, tmpl);
-    // Stop markers that are one vocabulary token end the reply when sampled; the others are
-    // matched in the text.
-    std::vector<int32_t> stop_ids;
-    std::vector<std::string> stop_texts;
-    for (const std::string& s : stop_strings(tmpl)) {
-      const int32_t id = tok.find(s);
-      if (id >= 0) stop_ids.push_back(id);
-      else stop_texts.push_back(s);
-    }
+    const ChatFormat format(tok, tmpl, chat_opens_with_bos(*e, tmpl));
     const CacheConfig& cc = e->cache->config();
     const char* origin = forced                                             ? ""
                          : e->file->find_string("tokenizer.chat_template") ? " (recognised in the model)"
@@ -210,7 +194,7 @@ int run(int argc, char** argv) {
     std::signal(SIGINT, on_sigint);
     Sampler sampler(sp);
     {
-      Stream stream(*e->lockstep);
+      Stream stream(*e->lockstep, e->sample_on);
       KVCache& cache = *e->cache;
       // A reply's last token is sampled but not yet fed; it opens the next turn's prefill.
       std::vector<int32_t> pending;
@@ -226,11 +210,7 @@ int run(int argc, char** argv) {
         std::vector<ChatMessage> msgs;
         if (turn == 1 && !system_text.empty()) msgs.push_back({"system", system_text});
         msgs.push_back({"user", *user});
-        const std::string text = render_turn(tmpl, msgs, turn == 1, true);
-        std::vector<int32_t> ids = pending;
-        if (turn == 1 && add_bos) ids.push_back(tok.bos());
-        const std::vector<int32_t> body = tok.encode(text, false);
-        ids.insert(ids.end(), body.begin(), body.end());
+        const std::vector<int32_t> ids = format.encode_turn(msgs, turn == 1, turn == 1, pending);
         const size_t carried = pending.size();  // counted with the previous reply
         for (size_t i = carried; i < ids.size(); ++i) sampler.accept(ids[i]);
         pending.clear();
@@ -249,15 +229,13 @@ int run(int argc, char** argv) {
         const double t_prompt = seconds_since(t0);
 
         StreamDecoder dec(tok);
-        ReplyPrinter printer(stop_texts);
+        ReplyPrinter printer(format.stop_strings());
         int64_t produced = 0;
         g_interrupted = false;
         g_generating = true;
         const auto t1 = std::chrono::steady_clock::now();
         while (produced < max_tokens && !g_interrupted) {
-          if (tok.ends_generation(next) || next == tok.bos() ||
-              std::find(stop_ids.begin(), stop_ids.end(), next) != stop_ids.end())
-            break;
+          if (format.ends_reply(next)) break;
           ++produced;
           sampler.accept(next);
           // A text stop string is complete with this token: its earlier tokens are already in the

@@ -47,7 +47,7 @@ int run(int argc, char** argv) {
     Sampler sampler(sp);
     for (int32_t id : ids) sampler.accept(id);
     {
-      Stream stream(*e->lockstep);
+      Stream stream(*e->lockstep, e->sample_on);
       const auto t0 = std::chrono::steady_clock::now();
       int32_t next = stream.feed_and_sample(ids, sampler);
       const double t_prompt = seconds_since(t0);

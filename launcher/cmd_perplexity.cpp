@@ -79,7 +79,7 @@ int run(int argc, char** argv) {
     double sum = 0, latency_sum = 0;
     KVCache& cache = *e->cache;
     {
-      Stream stream(*e->lockstep);
+      Stream stream(*e->lockstep, e->sample_on);
       for (int64_t t = 0; t < n; ++t) {
         const auto t0 = std::chrono::steady_clock::now();
         try {

@@ -129,6 +129,7 @@ int run(int argc, char** argv) {
   return run_engine_command("serve", eo, comm, [&](Engine* e) -> int {
     if (template_name.empty()) sched_opt.chat_template = model_chat_template(*e);
     sched_opt.chat_add_bos = chat_opens_with_bos(*e, sched_opt.chat_template);
+    sched_opt.sample_on = e->sample_on;
     struct stat st {};
     so.model_created = ::stat(eo.model.c_str(), &st) == 0 ? int64_t(st.st_mtime) : 0;
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "launcher/fault_injection.h"
 #include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
 
@@ -94,10 +95,22 @@ std::unique_ptr<Communicator> launch_communicator(const EngineOptions& o) {
   return make_communicator(o.device == "cuda" ? "nccl" : "auto");
 }
 
+namespace {
+
+// SINKSERVE_FAIL_RANK / SINKSERVE_FAIL_AT: this rank fails once loaded, or before a given step.
+void arm_failure_injection(Engine& e) {
+  const int rank = e.comm->rank();
+  maybe_inject_failure(rank, "load");
+  e.lockstep->before_step([rank](int64_t step) { maybe_inject_failure(rank, "step", step); });
+}
+
+}  // namespace
+
 int run_engine_command(const char* name, const EngineOptions& o, Communicator& comm,
                        const LeaderBody& leader, const std::function<void()>& on_follower) {
   return run_ranked(name, comm, [&]() -> int {
     auto e = open_engine(o, comm);
+    arm_failure_injection(*e);
     if (!e->leader()) {
       if (on_follower) on_follower();
       e->lockstep->follow();

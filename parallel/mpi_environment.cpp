@@ -67,13 +67,17 @@ bool initialized() {
 NodePlacement node_placement() {
   NodePlacement p;
   if (initialized()) {
-    MPI_Comm node;
-    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
-          "MPI_Comm_split_type");
-    MPI_Comm_rank(node, &p.local_rank);
-    MPI_Comm_size(node, &p.local_size);
-    MPI_Comm_free(&node);
-    return p;
+    static const NodePlacement shared = [] {
+      NodePlacement s;
+      MPI_Comm node;
+      check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
+      MPI_Comm_rank(node, &s.local_rank);
+      MPI_Comm_size(node, &s.local_size);
+      MPI_Comm_free(&node);
+      return s;
+    }();
+    return shared;
   }
   const char* rank = env("OMPI_COMM_WORLD_LOCAL_RANK");
   const char* size = env("OMPI_COMM_WORLD_LOCAL_SIZE");

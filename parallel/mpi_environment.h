@@ -21,7 +21,9 @@ void ensure_initialized();
 bool initialized();  // initialized and not yet finalized
 
 // This process's index among the job's processes on the same node, and how many there are: from
-// MPI_COMM_TYPE_SHARED when MPI is up, else from the launcher's environment, else (0, 1).
+// MPI_COMM_TYPE_SHARED when MPI is up, else from the launcher's environment, else (0, 1). With MPI
+// up, the first call is collective over the whole job; later calls answer from memory, so that a
+// rank may build a single-rank engine of its own (tests) without waiting for the others.
 struct NodePlacement {
   int local_rank = 0;
   int local_size = 1;

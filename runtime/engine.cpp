@@ -5,7 +5,6 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "parallel/communicator_factory.h"
-#include "parallel/fault_injection.h"
 #include "runtime/hf_checkpoint.h"
 
 namespace sinkserve {
@@ -37,25 +36,24 @@ CacheConfig resolve_cache_config(const EngineOptions& o, const ModelConfig& m) {
   return c;
 }
 
-std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm) {
-  Communicator& c = *comm;
-  auto e = open_engine(o, c);
-  e->owned_comm = std::move(comm);
-  return e;
+std::unique_ptr<Backend> make_engine_backend(const EngineOptions& o, size_t model_bytes) {
+  // A model of a few MB runs a whole token in well under a millisecond: waking workers would
+  // cost more than they save, so "one thread per core" means one thread for it.
+  const int threads = o.threads == 0 && model_bytes < (size_t(16) << 20) ? 1 : o.threads;
+  if (o.device == "cpu") return cpu::make_cpu_backend(threads, cpu::best_isa(), o.bf16_prefill);
+  if (o.device == "cuda") return make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
+  throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
 }
 
-std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) {
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm,
+                                    std::unique_ptr<Backend> backend) {
   auto e = std::make_unique<Engine>();
   e->comm = &comm;
   e->file = open_model(o.model);
-  // A model of a few MB runs a whole token in well under a millisecond: waking workers would
-  // cost more than they save, so "one thread per core" means one thread for it.
-  const int threads = o.threads == 0 && e->file->file_size() < (size_t(16) << 20) ? 1 : o.threads;
-  if (o.device == "cpu") e->backend = cpu::make_cpu_backend(threads, cpu::best_isa(), o.bf16_prefill);
-  else if (o.device == "cuda") e->backend = make_cuda_backend(node_local_rank() % std::max(1, cuda_device_count()));
-  else throw std::invalid_argument("unknown device '" + o.device + "' (expected cpu or cuda)");
+  e->backend = backend ? std::move(backend) : make_engine_backend(o, e->file->file_size());
   e->model = std::make_unique<LlamaModel>(*e->file, *e->backend, *e->comm);
-  e->tokenizer = load_tokenizer(*e->file, {.allow_unknown_pretokenizer = o.allow_unknown_pretokenizer});
+  if (o.load_tokenizer)
+    e->tokenizer = load_tokenizer(*e->file, {.allow_unknown_pretokenizer = o.allow_unknown_pretokenizer});
   const CacheConfig cc = resolve_cache_config(o, e->model->config());
   int slots = o.slots;
   if (o.kv_memory > 0) {
@@ -72,9 +70,8 @@ std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm) 
   if (o.sampler != "auto" && o.sampler != "host" && o.sampler != "backend")
     throw std::invalid_argument("unknown sampler '" + o.sampler + "' (expected auto, host or backend)");
   const bool on_backend = o.sampler == "backend" || (o.sampler == "auto" && o.device == "cuda");
-  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache);
-  e->lockstep->set_sample_on_backend(on_backend);
-  maybe_inject_failure(e->comm->rank(), "load");
+  e->sample_on = on_backend ? SampleOn::Backend : SampleOn::Host;
+  e->lockstep = std::make_unique<Lockstep>(*e->model, *e->cache, o.verify_every);
   return e;
 }
 

@@ -12,6 +12,7 @@
 #include "runtime/gguf.h"
 #include "runtime/llama_model.h"
 #include "runtime/lockstep.h"
+#include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 
 namespace sinkserve {
@@ -35,10 +36,11 @@ struct EngineOptions {
   // (instead of `slots`); open_engine fails when not one fits.
   int64_t kv_memory = 0;
   bool allow_unknown_pretokenizer = false;  // TokenizerOptions
+  bool load_tokenizer = true;  // false: a bare model (tokenizer stays null), e.g. a synthetic file
+  int verify_every = 64;       // forward steps between the ranks' cache consistency checks
 };
 
 struct Engine {
-  std::unique_ptr<Communicator> owned_comm;  // set when the engine was handed ownership
   Communicator* comm = nullptr;
   std::unique_ptr<GGUFFile> file;
   std::unique_ptr<Backend> backend;
@@ -46,15 +48,18 @@ struct Engine {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<KVCache> cache;
   std::unique_ptr<Lockstep> lockstep;
+  SampleOn sample_on = SampleOn::Host;  // where streams draw tokens (--sampler)
   bool leader() const { return comm->rank() == 0; }
 };
 
-// The communicator comes first (it initialises MPI under mpirun) so that every later failure can
-// end the whole job; open_engine builds the rest on it. The communicator must outlive the engine:
-// a failure handler (run_ranked) still needs it after the engine is gone.
-std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm);
-// The same, owning the communicator (single-process tools and tests).
-std::unique_ptr<Engine> open_engine(const EngineOptions& o, std::unique_ptr<Communicator> comm);
+// The one place an engine is built, for the commands and the tests alike. The communicator comes
+// first (it initialises MPI under mpirun) so that every later failure can end the whole job; it
+// must outlive the engine: a failure handler (run_ranked) still needs it after the engine is gone.
+// `backend` null: the one the options name (make_engine_backend).
+std::unique_ptr<Engine> open_engine(const EngineOptions& o, Communicator& comm,
+                                    std::unique_ptr<Backend> backend = nullptr);
+// The backend --device and --threads ask for, for a model file of `model_bytes`.
+std::unique_ptr<Backend> make_engine_backend(const EngineOptions& o, size_t model_bytes);
 
 // How this model formats a conversation: `forced` when given, else the family recognised from the
 // GGUF's tokenizer.chat_template (raw when none fits).

@@ -4,7 +4,6 @@
 #include <string>
 #include <vector>
 
-#include "parallel/fault_injection.h"
 #include "parallel/lockstep.h"
 
 namespace sinkserve {
@@ -56,7 +55,7 @@ void Lockstep::step(std::span<const SeqStep> steps, float* logits, const SampleS
 
 void Lockstep::run_step(std::span<const SeqStep> steps, float* logits, const SampleSpec* specs,
                         int32_t* sampled) {
-  maybe_inject_failure(model_.comm().rank(), "step", steps_);
+  if (before_step_) before_step_(steps_);
   model_.forward(cache_, steps, logits, specs, sampled);
   if (++steps_ % verify_every_ == 0) verify();
 }

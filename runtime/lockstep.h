@@ -5,6 +5,7 @@
 // ranks compare a hash of their cache metadata and abort together on a mismatch.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,9 +19,9 @@ class Lockstep {
  public:
   Lockstep(LlamaModel& model, KVCache& cache, int verify_every = 64);
   bool leader() const { return model_.comm().rank() == 0; }
-  // Where the leader's streams draw tokens (see Stream::feed_and_sample); the host by default.
-  bool sample_on_backend() const { return sample_on_backend_; }
-  void set_sample_on_backend(bool on) { sample_on_backend_ = on; }
+  // Calls `fn` on this rank before each forward step, with the step's index (from 0): the
+  // launcher's failure injection hangs off it (launcher/fault_injection.h).
+  void before_step(std::function<void(int64_t step)> fn) { before_step_ = std::move(fn); }
   LlamaModel& model() { return model_; }
   KVCache& cache() { return cache_; }
 
@@ -72,7 +73,7 @@ class Lockstep {
   int verify_every_;
   int64_t steps_ = 0;
   bool finished_ = false;
-  bool sample_on_backend_ = false;
+  std::function<void(int64_t)> before_step_;
 };
 
 }  // namespace sinkserve

@@ -10,6 +10,10 @@
 
 namespace sinkserve {
 
+// Where tokens are drawn: on the host from logits copied out of the backend (Sampler::sample), or
+// on the backend (next_spec), whose logits then never leave it.
+enum class SampleOn { Host, Backend };
+
 struct SamplingParams {
   float temperature = 0.0f;  // 0 = greedy (argmax)
   int top_k = 0;             // 0 = off

@@ -43,47 +43,11 @@ uint64_t fingerprint(const ChatMessage& m) {
   return h;
 }
 
-// Text generated but not yet released to the client because it might begin a stop string.
-class StopMatcher {
- public:
-  explicit StopMatcher(const std::vector<std::string>* stops) : stops_(stops) {}
-  // Adds text; returns what is now certain to be output. Sets `hit` when a stop string matched:
-  // the output then ends just before it, and whatever followed is dropped.
-  std::string push(const std::string& text, bool* hit) {
-    held_ += text;
-    size_t first = std::string::npos;
-    for (const std::string& s : *stops_)
-      if (size_t p = held_.find(s); p != std::string::npos) first = std::min(first, p);
-    if (first != std::string::npos) {
-      *hit = true;
-      std::string out = held_.substr(0, first);
-      held_.clear();
-      return out;
-    }
-    // Keep the longest tail that is a proper prefix of some stop string.
-    size_t keep = 0;
-    for (const std::string& s : *stops_)
-      for (size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k)
-        if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
-          keep = k;
-          break;
-        }
-    std::string out = held_.substr(0, held_.size() - keep);
-    held_.erase(0, held_.size() - keep);
-    return out;
-  }
-  std::string flush() { return std::exchange(held_, {}); }
-
- private:
-  const std::vector<std::string>* stops_;
-  std::string held_;
-};
-
 }  // namespace
 
 struct Scheduler::Active {
   Active(uint64_t id_, GenerationRequest r, const Tokenizer& tok)
-      : id(id_), req(std::move(r)), sampler(req.sampling), decoder(tok), matcher(&stops) {}
+      : id(id_), req(std::move(r)), sampler(req.sampling), decoder(tok) {}
   uint64_t id;
   GenerationRequest req;
   int slot = -1;
@@ -92,7 +56,6 @@ struct Scheduler::Active {
   bool prompting = true;      // still feeding the prompt (no token sampled yet)
   int64_t streamed = 0;       // tokens appended to the slot by this request
   int max_tokens = 0;
-  std::vector<std::string> stops;
   Sampler sampler;
   StreamDecoder decoder;
   StopMatcher matcher;
@@ -107,13 +70,8 @@ struct Scheduler::Active {
 };
 
 Scheduler::Scheduler(Lockstep& ls, const Tokenizer& tok, SchedulerOptions opt)
-    : ls_(ls), tok_(tok), opt_(std::move(opt)) {
+    : ls_(ls), tok_(tok), opt_(std::move(opt)), format_(tok, opt_.chat_template, opt_.chat_add_bos) {
   if (!ls_.leader()) throw std::logic_error("the scheduler runs on rank 0 only");
-  for (int32_t t : {tok_.eos(), tok_.eot(), tok_.eom(), tok_.bos()})
-    if (t >= 0) end_tokens_.push_back(t);
-  template_stops_ = stop_strings(opt_.chat_template);
-  for (const std::string& s : template_stops_)
-    if (int32_t t = tok_.find(s); t >= 0) end_tokens_.push_back(t);
   stats_.total_slots = ls_.cache().n_slots();
   stats_.free_slots = ls_.cache().free_slots();
   const CacheConfig& cc = ls_.cache().config();
@@ -303,15 +261,14 @@ std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationReque
     return {};
   }
   const std::vector<ChatMessage> fresh_msgs(r.messages.begin() + ptrdiff_t(seen), r.messages.end());
-  std::string text;
   try {
-    text = render_turn(opt_.chat_template, fresh_msgs, seen == 0, true);
+    out = format_.encode_turn(fresh_msgs, seen == 0, fresh, out);
   } catch (const std::invalid_argument& e) {
     *err = e.what();
     return {};
   }
-  if (fresh && opt_.chat_add_bos && tok_.bos() >= 0) out.push_back(tok_.bos());
-  *prefix = out.size();
+  // What truncation keeps from the start: the carried token, BOS, and below the system messages.
+  *prefix = (s ? s->carry.size() : 0) + (fresh && format_.opens_with_bos() ? 1 : 0);
   if (fresh && r.truncate_keep_recent) {
     // The opening system messages, measured as rendered alone: the boundary with the first
     // user turn may tokenize a token differently, which at worst moves it by that token.
@@ -322,14 +279,12 @@ std::vector<int32_t> Scheduler::encode_request(Session* s, const GenerationReque
     }
     if (!system.empty()) {
       try {
-        *prefix += tok_.encode(render_turn(opt_.chat_template, system, true, false), false).size();
+        *prefix += tok_.encode(render_turn(format_.chat_template(), system, true, false), false).size();
       } catch (const std::invalid_argument&) {
         // A format that cannot render a system message alone keeps only BOS.
       }
     }
   }
-  const std::vector<int32_t> ids = tok_.encode(text, false);
-  out.insert(out.end(), ids.begin(), ids.end());
   for (const ChatMessage& m : fresh_msgs) new_history->push_back(fingerprint(m));
   if (out.empty()) *err = "the messages encode to no tokens";
   *prefix = std::min(*prefix, out.size());
@@ -432,8 +387,9 @@ void Scheduler::admit(Pending& p) {
   lk.unlock();
 
   a->max_tokens = a->req.max_tokens >= 0 ? a->req.max_tokens : opt_.default_max_tokens;
-  a->stops = a->req.stop;
-  a->stops.insert(a->stops.end(), template_stops_.begin(), template_stops_.end());
+  std::vector<std::string> stops = a->req.stop;
+  stops.insert(stops.end(), format_.stop_strings().begin(), format_.stop_strings().end());
+  a->matcher = StopMatcher(std::move(stops));
   a->usage.prompt_tokens = int64_t(a->feed.size());
   a->submitted = p.submitted;
   for (int32_t t : a->feed) a->sampler.accept(t);
@@ -535,7 +491,7 @@ void Scheduler::run_step() {
   std::vector<int32_t>& drawn = step_.drawn;
   drawn.assign(steps.size(), -1);
   const auto t0 = Clock::now();
-  if (ls_.sample_on_backend()) {
+  if (opt_.sample_on == SampleOn::Backend) {
     std::vector<SampleSpec>& specs = step_.specs;
     specs.assign(steps.size(), SampleSpec{});  // greedy (and free) where nothing is drawn
     for (size_t i = 0; i < steps.size(); ++i)
@@ -590,7 +546,7 @@ void Scheduler::on_token(Active& a, int32_t t, Clock::time_point now) {
   a.fed = 0;
   // The end-of-turn token is never fed: the next turn's markup closes the reply (see
   // chat_template.h). Any other last token belongs to the reply and is fed with the next turn.
-  if (!a.req.ignore_eos && std::find(end_tokens_.begin(), end_tokens_.end(), t) != end_tokens_.end()) {
+  if (!a.req.ignore_eos && format_.ends_reply(t)) {
     a.carry.clear();
     finish(a, FinishReason::Stop);
     return;

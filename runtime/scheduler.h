@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "runtime/chat_template.h"
+#include "runtime/conversation.h"
 #include "runtime/lockstep.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
@@ -86,6 +87,7 @@ struct SchedulerOptions {
   double itl_factor = 2;
   ChatTemplate chat_template = ChatTemplate::Raw;
   bool chat_add_bos = true;  // a new chat session starts with BOS (as `sinkserve chat` decides)
+  SampleOn sample_on = SampleOn::Host;  // where tokens are drawn (the engine's --sampler)
 };
 
 struct SessionInfo {
@@ -202,8 +204,7 @@ class Scheduler {
   Lockstep& ls_;
   const Tokenizer& tok_;
   SchedulerOptions opt_;
-  std::vector<std::string> template_stops_;
-  std::vector<int32_t> end_tokens_;  // EOS and the template's end-of-turn tokens
+  ChatFormat format_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -6,14 +6,16 @@
 
 namespace sinkserve {
 
-Stream::Stream(Lockstep& ls, int64_t offset) : ls_(ls), offset_(offset) {
+Stream::Stream(Lockstep& ls, SampleOn sample_on, int64_t offset)
+    : ls_(ls), sample_on_(sample_on), offset_(offset) {
   slot_ = ls_.acquire();
   if (slot_ < 0) throw std::runtime_error("no free cache slot for a new stream");
   ls_.reset(slot_, offset_);
 }
 
-Stream::Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source)
-    : ls_(ls), offset_(saved.offset), n_(saved.tokens) {
+Stream::Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source,
+               SampleOn sample_on)
+    : ls_(ls), sample_on_(sample_on), offset_(saved.offset), n_(saved.tokens) {
   slot_ = ls_.acquire();
   if (slot_ < 0) throw std::runtime_error("no free cache slot to restore a stream into");
   try {
@@ -32,7 +34,7 @@ void Stream::feed(std::span<const int32_t> tokens, float* logits, bool all) {
 
 int32_t Stream::feed_and_sample(std::span<const int32_t> tokens, Sampler& sampler) {
   if (tokens.empty()) throw std::invalid_argument("feed_and_sample: no tokens to follow");
-  if (!ls_.sample_on_backend()) {
+  if (sample_on_ == SampleOn::Host) {
     logits_.resize(size_t(ls_.model().config().vocab));
     run(tokens, logits_.data(), false, nullptr, nullptr);
     return sampler.sample(logits_.data(), int(logits_.size()));

@@ -16,12 +16,14 @@ namespace sinkserve {
 
 class Stream {
  public:
-  // Acquires a slot (throws std::runtime_error when none is free). `offset` is the position of
-  // the stream's first token (a test hook: streams must not depend on it).
-  explicit Stream(Lockstep& ls, int64_t offset = 0);
+  // Acquires a slot (throws std::runtime_error when none is free). feed_and_sample draws where
+  // `sample_on` says. `offset` is the position of the stream's first token (a test hook: streams
+  // must not depend on it).
+  explicit Stream(Lockstep& ls, SampleOn sample_on = SampleOn::Host, int64_t offset = 0);
   // Continues a saved stream (SessionIO::restore) in a slot of its own. Throws SessionFileError
   // naming `source` when it does not fit this engine, std::runtime_error when no slot is free.
-  Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source);
+  Stream(Lockstep& ls, SessionIO& io, const SessionSnapshot& saved, const std::string& source,
+         SampleOn sample_on = SampleOn::Host);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -30,8 +32,8 @@ class Stream {
   // when `all` is set (tokens.size() rows).
   void feed(std::span<const int32_t> tokens, float* logits, bool all = false);
   // Appends tokens and draws the token that follows them with `sampler`: on the backend (no
-  // logits leave it) when the lockstep driver says so, else from host logits with
-  // sampler.sample(). Throws std::runtime_error when the model gave no finite logit.
+  // logits leave it) or from host logits with sampler.sample(), as the stream was told. Throws
+  // std::runtime_error when the model gave no finite logit.
   int32_t feed_and_sample(std::span<const int32_t> tokens, Sampler& sampler);
   int64_t tokens() const { return n_; }
   int slot() const { return slot_; }
@@ -42,6 +44,7 @@ class Stream {
            int32_t* sampled);
 
   Lockstep& ls_;
+  SampleOn sample_on_;
   int slot_;
   int64_t offset_;
   int64_t n_ = 0;

@@ -1,15 +1,13 @@
-// A single-rank model + cache + lockstep driver for tests, on the CPU backend unless given one;
-// the model is a GGUF file or a checkpoint directory.
+// A single-rank engine for tests, built by open_engine like the commands' engines, on the CPU
+// backend unless given one; the model is a GGUF file or a checkpoint directory.
 #pragma once
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "runtime/gguf.h"
+#include "runtime/engine.h"
 #include "runtime/hf_checkpoint.h"
-#include "runtime/llama_model.h"
-#include "runtime/lockstep.h"
 #include "runtime/stream.h"
 #include "runtime/tokenizer.h"
 #include "tests/cache_config.h"
@@ -17,25 +15,45 @@
 
 namespace sinkserve::test {
 
-struct Rig {
-  std::unique_ptr<GGUFFile> file;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Communicator> comm;
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<KVCache> cache;
-  std::unique_ptr<Lockstep> ls;
+// The engine options that give exactly this cache geometry. The model alone: tests load the
+// tokenizer where they need one, and synthetic models have none.
+inline EngineOptions engine_options(const std::string& path, const CacheConfig& cfg, int slots = 1,
+                                    int threads = 1) {
+  EngineOptions o;
+  o.model = path;
+  o.threads = threads;
+  o.policy = cfg.policy;
+  o.sink = cfg.sink;
+  o.window = cfg.window;
+  o.ctx = cfg.window;  // the dense policy's capacity
+  o.chunk = cfg.chunk;
+  o.kv_type = cfg.kv_type;
+  o.slots = slots;
+  o.load_tokenizer = false;
+  return o;
+}
 
+struct Rig {
+  std::unique_ptr<Communicator> comm = make_single_communicator();
+  std::unique_ptr<Engine> engine;
+  GGUFFile* file;
+  Backend* backend;
+  LlamaModel* model;
+  KVCache* cache;
+  Lockstep* ls;
+
+  Rig(const EngineOptions& o, std::unique_ptr<Backend> b = nullptr)
+      : engine(open_engine(o, *comm, std::move(b))),
+        file(engine->file.get()),
+        backend(engine->backend.get()),
+        model(engine->model.get()),
+        cache(engine->cache.get()),
+        ls(engine->lockstep.get()) {}
   Rig(const std::string& path, const CacheConfig& cfg, std::unique_ptr<Backend> b, int slots = 1)
-      : file(open_model(path)),
-        backend(std::move(b)),
-        comm(make_single_communicator()),
-        model(std::make_unique<LlamaModel>(*file, *backend, *comm)),
-        cache(std::make_unique<KVCache>(*backend, model->config().n_layers, model->local_kv_dim(),
-                                        cfg, slots)),
-        ls(std::make_unique<Lockstep>(*model, *cache)) {}
+      : Rig(engine_options(path, cfg, slots), std::move(b)) {}
   // On the CPU backend with `threads` threads.
   Rig(const std::string& path, const CacheConfig& cfg, int slots = 1, int threads = 1)
-      : Rig(path, cfg, make_cpu_backend(threads), slots) {}
+      : Rig(engine_options(path, cfg, slots, threads)) {}
   int vocab() const { return model->config().vocab; }
 };
 

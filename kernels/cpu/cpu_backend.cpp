@@ -73,7 +73,6 @@ class CpuBackend final : public Backend {
       std::memmove(static_cast<uint8_t*>(dst) + i * dst_pitch,
                    static_cast<const uint8_t*>(src) + i * src_pitch, width);
   }
-  void synchronize() override {}
 
   Weight prepare_weight(DType type, const void* host_data, int64_t rows, int64_t cols,
                         const float* host_bias) override {

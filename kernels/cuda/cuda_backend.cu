@@ -151,12 +151,6 @@ class CudaBackend final : public Backend {
     SS_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
   }
 
-  void synchronize() override {
-    use_device();
-    leave_step("synchronize");
-    drain();
-  }
-
   // CUDA Graphs (SINKSERVE_CUDA_GRAPHS=1), for steps of at most kGraphMaxTokens tokens. Every
   // operation of a bracketed step adds its launch parameters (pointers, sizes, staging offsets)
   // to a signature. When an instantiated graph exists, the step first runs in Check mode: the

@@ -66,14 +66,13 @@ TEST(CudaModel, GreedyStreamMatchesCpuThroughEvictions) {
 TEST(CudaModel, TokensDrawnOnTheDeviceMatchCpu) {
   const std::string model = fixture("models/stories260K.gguf");
   Rig cpu(model, kSink, make_cpu_backend(1)), gpu(model, kSink, make_cuda_backend(0));
-  gpu.ls->set_sample_on_backend(true);
   for (float penalty : {1.0f, 1.3f}) {
     SamplingParams sp;
     sp.temperature = penalty == 1.0f ? 0.0f : 0.8f;
     sp.top_k = 1;
     sp.repeat_penalty = penalty;
     Sampler sampler_cpu(sp), sampler_gpu(sp);
-    Stream sc(*cpu.ls), sg(*gpu.ls);
+    Stream sc(*cpu.ls), sg(*gpu.ls, SampleOn::Backend);
     int32_t tc = 1, tg = 1;  // BOS
     for (int i = 0; i < 2000; ++i) {
       sampler_cpu.accept(tc);

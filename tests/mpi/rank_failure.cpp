@@ -15,7 +15,7 @@
 
 #include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
-#include "parallel/fault_injection.h"
+#include "launcher/fault_injection.h"
 #include "parallel/lockstep.h"
 
 using namespace sinkserve;

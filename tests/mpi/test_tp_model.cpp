@@ -14,9 +14,7 @@
 
 #include "launcher/rank_guard.h"
 #include "parallel/communicator_factory.h"
-#include "runtime/hf_checkpoint.h"
-#include "runtime/llama_model.h"
-#include "runtime/lockstep.h"
+#include "runtime/engine.h"
 #include "runtime/sampler.h"
 #include "runtime/stream.h"
 #include "runtime/tokenizer.h"
@@ -25,17 +23,19 @@ using namespace sinkserve;
 
 namespace {
 
-struct Shard {
-  std::unique_ptr<Backend> backend = make_cpu_backend(1);
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<KVCache> cache;
-  std::unique_ptr<Lockstep> ls;
-  Shard(const GGUFFile& f, Communicator& comm, const CacheConfig& cc) {
-    model = std::make_unique<LlamaModel>(f, *backend, comm);
-    cache = std::make_unique<KVCache>(*backend, model->config().n_layers, model->local_kv_dim(), cc, 1);
-    ls = std::make_unique<Lockstep>(*model, *cache, 16);
-  }
-};
+// The model sharded over `comm`'s ranks, built the way the commands build it.
+std::unique_ptr<Engine> open_shard(const std::string& path, Communicator& comm, const CacheConfig& cc) {
+  EngineOptions o;
+  o.model = path;
+  o.threads = 1;
+  o.policy = cc.policy;
+  o.sink = cc.sink;
+  o.window = cc.window;
+  o.chunk = cc.chunk;
+  o.kv_type = cc.kv_type;
+  o.verify_every = 16;
+  return open_engine(o, comm);
+}
 
 int argmax(const std::vector<float>& v) {
   int best = 0;
@@ -73,26 +73,25 @@ int main(int argc, char** argv) {
   const int greedy_n = std::atoi(argv[5]), ppl_n = std::atoi(argv[6]);
   auto comm = make_communicator("auto");
   return run_ranked("test_tp_model", *comm, [&]() -> int {
-    const auto opened = open_model(model_path);
-    const GGUFFile& f = *opened;
-    Shard tp(f, *comm, cc);
+    auto tp = open_shard(model_path, *comm, cc);
     if (comm->rank() != 0) {
-      tp.ls->follow();  // greedy stream
-      tp.ls->follow();  // perplexity stream
-      tp.ls->follow();  // sampled stream
+      tp->lockstep->follow();  // greedy stream
+      tp->lockstep->follow();  // perplexity stream
+      tp->lockstep->follow();  // sampled stream
       return 0;
     }
     auto single = make_single_communicator();
-    Shard ref(f, *single, cc);
-    const int V = tp.model->config().vocab;
+    auto ref = open_shard(model_path, *single, cc);
+    const GGUFFile& f = *ref->file;
+    const int V = tp->model->config().vocab;
     std::printf("tp=%d model %s: vocab %d, weights read per token %lld of %lld bytes on rank 0\n",
-                comm->size(), model_path.c_str(), V, (long long)tp.model->streamed_bytes(),
-                (long long)ref.model->streamed_bytes());
+                comm->size(), model_path.c_str(), V, (long long)tp->model->streamed_bytes(),
+                (long long)ref->model->streamed_bytes());
     int status = 0;
     // Each rank reads only its shard, plus what every rank holds whole: the norms and biases (1-D
     // tensors, counted whole: an upper bound) and, with fewer KV heads than ranks, the one KV head
     // each rank keeps of its group.
-    const ModelConfig& mc = ref.model->config();
+    const ModelConfig& mc = ref->model->config();
     const int R = comm->size();
     double vectors = 0, ffn_bytes = 0;
     int64_t ffn_block = 1;
@@ -107,18 +106,18 @@ int main(int argc, char** argv) {
     const int64_t ffn_blocks = mc.ffn / ffn_block;
     const double ffn_share = double((ffn_blocks + R - 1) / R * ffn_block) / mc.ffn;
     const double kv_rows = mc.n_kv_heads < R ? 2.0 * mc.n_layers * mc.head_dim * (1.0 - double(mc.n_kv_heads) / R) : 0;
-    const double expected = (double(ref.model->streamed_bytes()) - vectors - ffn_bytes) / R + ffn_bytes * ffn_share + vectors +
+    const double expected = (double(ref->model->streamed_bytes()) - vectors - ffn_bytes) / R + ffn_bytes * ffn_share + vectors +
                             kv_rows * double(dtype_row_bytes(f.tensor("token_embd.weight").type, mc.dim));
-    const double share = double(tp.model->streamed_bytes()) / expected;
+    const double share = double(tp->model->streamed_bytes()) / expected;
     if (std::fabs(share - 1.0) > 0.10)
       status = fail("rank 0 reads " + std::to_string(share) + " x its expected share (total/N + replicated)");
 
-    auto tok = load_tokenizer(f);
+    const Tokenizer& tok = *ref->tokenizer;
     std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));
     float worst = 0;
     {
-      Stream s_tp(*tp.ls), s_ref(*ref.ls);
-      int32_t t = tok->bos();
+      Stream s_tp(*tp->lockstep), s_ref(*ref->lockstep);
+      int32_t t = tok.bos();
       for (int i = 0; i < greedy_n; ++i) {
         s_tp.feed({&t, 1}, a.data());
         s_ref.feed({&t, 1}, b.data());
@@ -132,7 +131,7 @@ int main(int argc, char** argv) {
         t = ta;
       }
     }
-    tp.ls->finish();
+    tp->lockstep->finish();
     std::printf("greedy: %d tokens identical to tp=1, max |logit diff| %.3g\n", greedy_n, worst);
     // A key that the ranks' all-reduce sums within 1e-7 of the single rank's may still round to the
     // neighbouring value of a narrower cache type: then single logits move by about that type's
@@ -143,11 +142,11 @@ int main(int argc, char** argv) {
     std::ifstream in(text_path, std::ios::binary);
     std::stringstream ss;
     ss << in.rdbuf();
-    std::vector<int32_t> ids = tok->encode(ss.str().substr(0, size_t(ppl_n) * 8), true);
+    std::vector<int32_t> ids = tok.encode(ss.str().substr(0, size_t(ppl_n) * 8), true);
     if (int(ids.size()) < ppl_n + 1) return fail("text too short for " + std::to_string(ppl_n) + " tokens");
     double sum_tp = 0, sum_ref = 0;
     {
-      Stream s_tp(*tp.ls), s_ref(*ref.ls);
+      Stream s_tp(*tp->lockstep), s_ref(*ref->lockstep);
       for (int i = 0; i < ppl_n; ++i) {
         s_tp.feed({&ids[size_t(i)], 1}, a.data());
         s_ref.feed({&ids[size_t(i)], 1}, b.data());
@@ -155,7 +154,7 @@ int main(int argc, char** argv) {
         sum_ref += nll(b, ids[size_t(i + 1)]);
       }
     }
-    tp.ls->finish();
+    tp->lockstep->finish();
 
     // Tokens drawn on the backend from the gathered vocabulary slices, with every sampling
     // option on: the same draws as one rank.
@@ -167,12 +166,10 @@ int main(int argc, char** argv) {
     sp.repeat_penalty = 1.1f;
     sp.seed = 42;
     Sampler samp_tp(sp), samp_ref(sp);
-    tp.ls->set_sample_on_backend(true);
-    ref.ls->set_sample_on_backend(true);
     const int sampled_n = greedy_n / 4;
     {
-      Stream s_tp(*tp.ls), s_ref(*ref.ls);
-      int32_t t = tok->bos();
+      Stream s_tp(*tp->lockstep, SampleOn::Backend), s_ref(*ref->lockstep, SampleOn::Backend);
+      int32_t t = tok.bos();
       for (int i = 0; i < sampled_n; ++i) {
         samp_tp.accept(t);
         samp_ref.accept(t);
@@ -185,7 +182,7 @@ int main(int argc, char** argv) {
         t = ta;
       }
     }
-    tp.ls->finish();
+    tp->lockstep->finish();
     std::printf("sampled on the backend: %d tokens identical to tp=1\n", sampled_n);
     const double ppl_tp = std::exp(sum_tp / ppl_n), ppl_ref = std::exp(sum_ref / ppl_n);
     std::printf("perplexity over %d tokens: tp %.6f, single %.6f, relative diff %.3g\n", ppl_n,

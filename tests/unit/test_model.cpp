@@ -25,7 +25,7 @@ float max_abs_diff(const float* a, const float* b, size_t n) {
 std::vector<float> stream_one_by_one(Rig& rig, const std::vector<int32_t>& ids, int64_t offset = 0) {
   const size_t V = size_t(rig.vocab());
   std::vector<float> out(ids.size() * V);
-  Stream s(*rig.ls, offset);
+  Stream s(*rig.ls, SampleOn::Host, offset);
   for (size_t t = 0; t < ids.size(); ++t) s.feed({&ids[t], 1}, &out[t * V]);
   return out;
 }
@@ -48,9 +48,8 @@ float worst_vs_reference(ReferenceModel& ref, const std::vector<int32_t>& ids, c
 // `on_backend`: tokens drawn by Backend::sample instead of on the host.
 std::string llama2c_run(const SamplingParams& sp, bool on_backend = false) {
   Rig rig(fixture(kStories), cache_config(Policy::Sink, 4, 508));
-  rig.ls->set_sample_on_backend(on_backend);
   auto tok = load_tokenizer(*rig.file);
-  Stream s(*rig.ls);
+  Stream s(*rig.ls, on_backend ? SampleOn::Backend : SampleOn::Host);
   int32_t t = tok->bos();
   Sampler sampler(sp);
   StreamDecoder dec(*tok);

@@ -21,7 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 
 // Small window and chunk so that prompts span several steps and sessions outgrow the window.
-std::unique_ptr<Engine> open_stories(int slots, Policy policy = Policy::Sink) {
+std::unique_ptr<Engine> open_stories(Communicator& comm, int slots, Policy policy = Policy::Sink) {
   EngineOptions o;
   o.model = test::fixture("models/stories260K.gguf");
   o.threads = 1;
@@ -31,7 +31,7 @@ std::unique_ptr<Engine> open_stories(int slots, Policy policy = Policy::Sink) {
   o.ctx = 48;
   o.chunk = 8;
   o.slots = slots;
-  return open_engine(o, make_single_communicator());
+  return open_engine(o, comm);
 }
 
 // Everything a request reported, for a test thread to wait on.
@@ -86,8 +86,8 @@ class SchedulerTest : public ::testing::Test {
  protected:
   void start(int slots, SchedulerOptions opt = {}, bool sample_on_backend = false,
              Policy policy = Policy::Sink) {
-    engine_ = open_stories(slots, policy);
-    engine_->lockstep->set_sample_on_backend(sample_on_backend);
+    engine_ = open_stories(*comm_, slots, policy);
+    opt.sample_on = sample_on_backend ? SampleOn::Backend : SampleOn::Host;
     sched_ = std::make_unique<Scheduler>(*engine_->lockstep, *engine_->tokenizer, opt);
     thread_ = std::thread([this] { sched_->run(); });
   }
@@ -129,6 +129,7 @@ class SchedulerTest : public ::testing::Test {
 
   void expect_batched_streams_match_each_alone();
 
+  std::unique_ptr<Communicator> comm_ = make_single_communicator();
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Scheduler> sched_;
   std::thread thread_;

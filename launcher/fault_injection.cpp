@@ -1,4 +1,4 @@
-#include "parallel/fault_injection.h"
+#include "launcher/fault_injection.h"
 
 #include <charconv>
 #include <cstdlib>

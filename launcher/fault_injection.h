@@ -1,5 +1,6 @@
 // Test-only failure injection, so tests can prove that one failing rank ends the whole job with
-// its message instead of hanging the others. Inert unless both variables are set:
+// its message instead of hanging the others. The launcher arms it (run_engine_command): the
+// engine itself knows nothing of it. Inert unless both variables are set:
 //   SINKSERVE_FAIL_RANK=R    the rank that fails
 //   SINKSERVE_FAIL_AT=P      P is a point name ("load") or a point and a step ("step:N")
 #pragma once
