@@ -79,7 +79,15 @@ void Connection::handle() {
     return respond(route, 200, list_json(data).dump());
   }
   if (path.substr(0, sessions_prefix.size()) == sessions_prefix) {
-    const std::string id(path.substr(sessions_prefix.size()));
+    std::string id(path.substr(sessions_prefix.size()));
+    constexpr std::string_view save_suffix = "/save";
+    if (id.size() > save_suffix.size() && id.compare(id.size() - save_suffix.size(), save_suffix.size(), save_suffix) == 0) {
+      if (m != http::verb::post) return method_not_allowed("POST");
+      id.resize(id.size() - save_suffix.size());
+      const SaveResult r = srv_->sched.save_session(id);
+      if (r.status == SaveResult::Status::Saved) return respond(route, 200, session_saved_json(id, r.bytes, r.tokens).dump());
+      return respond(route, save_status(r.status), error_body(save_error(r)));
+    }
     if (m == http::verb::delete_) {
       if (!srv_->sched.delete_session(id)) return session_not_found(route, id);
       return respond(route, 200, session_deleted_json(id).dump());

@@ -66,8 +66,8 @@ std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, in
     sample(out, std::string("sinkserve_generations_total{outcome=\"") + finished[i] + "\"}",
            double(s.requests_finished[i]));
   const char* rejected[] = {"rejected_bad_request", "rejected_no_slot", "rejected_session_busy",
-                            "rejected_shutting_down"};
-  for (int i = 0; i < 4; ++i)
+                            "rejected_shutting_down", "rejected_session_unreadable"};
+  for (int i = 0; i < 5; ++i)
     sample(out, std::string("sinkserve_generations_total{outcome=\"") + rejected[i] + "\"}",
            double(s.requests_rejected[i]));
   header(out, "sinkserve_prompt_tokens_total", "counter",
@@ -96,6 +96,11 @@ std::string render_metrics(const SchedulerStats& s, const HttpCounters& http, in
   sample(out, "sinkserve_sessions_evicted_total", double(s.sessions_evicted));
   header(out, "sinkserve_sessions_expired_total", "counter", "Idle sessions dropped after --session-ttl.");
   sample(out, "sinkserve_sessions_expired_total", double(s.sessions_expired));
+  header(out, "sinkserve_sessions_saved_total", "counter",
+         "Sessions written to --session-dir (saved on request, evicted, expired or at shutdown).");
+  sample(out, "sinkserve_sessions_saved_total", double(s.sessions_saved));
+  header(out, "sinkserve_sessions_restored_total", "counter", "Sessions brought back from --session-dir.");
+  sample(out, "sinkserve_sessions_restored_total", double(s.sessions_restored));
   histogram(out, "sinkserve_time_to_first_token_seconds",
             "From request arrival to its first generated token.", s.ttft);
   histogram(out, "sinkserve_inter_token_latency_seconds",

@@ -112,6 +112,8 @@ ApiError reject_error(RejectReason why, std::string message) {
     case RejectReason::SessionBusy:
       return api_error(409, std::move(message), "invalid_request_error", "session_busy");
     case RejectReason::ShuttingDown: return api_error(503, std::move(message), "server_error", "shutting_down");
+    case RejectReason::SessionUnreadable:
+      return api_error(422, std::move(message), "invalid_request_error", "session_unreadable");
   }
   return api_error(400, std::move(message), "invalid_request_error");
 }
@@ -123,6 +125,30 @@ json model_json(const std::string& id, int64_t created) {
 json session_json(const SessionInfo& s) {
   return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"cache_rows", s.cache_rows},
           {"messages", s.messages}, {"last_used_at", s.last_use_unix}, {"busy", s.busy}};
+}
+
+json session_saved_json(const std::string& id, int64_t bytes, int64_t tokens) {
+  return {{"id", id}, {"object", "session.saved"}, {"bytes", bytes}, {"tokens", tokens}};
+}
+
+int save_status(SaveResult::Status s) {
+  switch (s) {
+    case SaveResult::Status::Saved: return 200;
+    case SaveResult::Status::Unknown: return 404;
+    case SaveResult::Status::Busy: return 409;
+    case SaveResult::Status::NoStore: return 400;
+    case SaveResult::Status::Failed: break;
+  }
+  return 500;
+}
+
+ApiError save_error(const SaveResult& r) {
+  const int status = save_status(r.status);
+  const char* code = r.status == SaveResult::Status::Unknown ? "session_not_found"
+                     : r.status == SaveResult::Status::Busy  ? "session_busy"
+                     : r.status == SaveResult::Status::NoStore ? "no_session_dir"
+                                                               : "session_save_failed";
+  return api_error(status, r.message, status >= 500 ? "server_error" : "invalid_request_error", code);
 }
 
 json session_deleted_json(const std::string& id) {
@@ -318,10 +344,13 @@ std::string ResponseFormat::sse_finish(FinishReason why) const {
 }
 
 static json usage_json(const Usage& u) {
-  return {{"prompt_tokens", u.prompt_tokens},
-          {"completion_tokens", u.completion_tokens},
-          {"total_tokens", u.prompt_tokens + u.completion_tokens},
-          {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
+  json j = {{"prompt_tokens", u.prompt_tokens},
+            {"completion_tokens", u.completion_tokens},
+            {"total_tokens", u.prompt_tokens + u.completion_tokens},
+            {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
+  // Only when it happened: the session came back from --session-dir for this request.
+  if (u.restored) j["session_restored"] = true;
+  return j;
 }
 
 std::string ResponseFormat::sse_usage(const Usage& u) const {

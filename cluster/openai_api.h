@@ -32,6 +32,10 @@ ApiError reject_error(RejectReason why, std::string message);
 nlohmann::json model_json(const std::string& id, int64_t created);
 nlohmann::json session_json(const SessionInfo& s);
 nlohmann::json session_deleted_json(const std::string& id);
+// POST /v1/sessions/{id}/save: the saved file's size and the session's stream tokens; or why not.
+nlohmann::json session_saved_json(const std::string& id, int64_t bytes, int64_t tokens);
+int save_status(SaveResult::Status s);
+ApiError save_error(const SaveResult& r);
 nlohmann::json list_json(nlohmann::json data);  // {"object": "list", "data": data}
 
 // Session ids travel in URLs and headers: 1..128 characters of [A-Za-z0-9._:-].

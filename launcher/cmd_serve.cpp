@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "cluster/http_server.h"
 #include "launcher/command.h"
@@ -15,6 +16,8 @@
 #include "parallel/timed_communicator.h"
 #include "runtime/chat_template.h"
 #include "runtime/scheduler.h"
+#include "runtime/session_file.h"
+#include "runtime/session_store.h"
 
 namespace sinkserve {
 namespace {
@@ -45,6 +48,12 @@ int run(int argc, char** argv) {
   p.add("--kv-memory", "SIZE", "size the slot pool from a KV memory budget per rank (e.g. 2GiB) "
         "instead of --sessions", &kv_memory);
   p.add("--session-ttl", "SEC", "drop sessions idle this long (default 600)", &sched_opt.session_ttl_s);
+  std::string session_dir, session_dir_max;
+  p.add("--session-dir", "DIR", "save sessions here instead of dropping them (evicted, expired, at "
+        "shutdown, or POST /v1/sessions/{id}/save) and restore them on their next request, also after a restart",
+        &session_dir);
+  p.add("--session-dir-max", "SIZE", "bound on the session directory's disk use (e.g. 10GiB); the "
+        "oldest saves are removed first (default: unbounded)", &session_dir_max);
   p.add("--max-tokens", "N", "generation limit of requests that set none (default 256)",
         &sched_opt.default_max_tokens);
   p.add("--step-tokens", "N", "prompt tokens per batched step, over all requests (default 4 x chunk)",
@@ -89,6 +98,10 @@ int run(int argc, char** argv) {
   const EngineOptions eo = finish_engine_options(ef);
   if (eo.slots < 1) throw UsageError("--sessions must be >= 1");
   if (so.port < 0 || so.port > 65535) throw UsageError("--port must be in 0..65535");
+  if (!session_dir_max.empty() && session_dir.empty()) throw UsageError("--session-dir-max needs --session-dir");
+  const int64_t store_max = session_dir_max.empty() ? 0 : parse_size(session_dir_max, "--session-dir-max");
+  if (!session_dir.empty() && ef.policy == "recompute")
+    throw UsageError("--session-dir needs a policy that keeps cache rows between requests (sink, window or dense)");
   if (!(sched_opt.session_ttl_s > 0 && sched_opt.session_ttl_s <= 315360000))
     throw UsageError("--session-ttl must be in (0, 315360000] seconds");
   if (sched_opt.default_max_tokens < 0) throw UsageError("--max-tokens must be >= 0");
@@ -147,6 +160,17 @@ int run(int argc, char** argv) {
                                      std::to_string(cc.sink + cc.window) + " tokens)").c_str() : "",
                  std::string(chat_template_name(sched_opt.chat_template)).c_str());
 
+    std::unique_ptr<SessionStore> store;
+    std::unique_ptr<SessionIO> io;
+    if (!session_dir.empty()) {
+      store = std::make_unique<SessionStore>(session_dir, store_max);
+      io = std::make_unique<SessionIO>(*e->lockstep, *e->file);
+      sched_opt.store = store.get();
+      sched_opt.io = io.get();
+      std::fprintf(stderr, "serve: sessions saved in %s (%zu there now, %.1f MiB%s)\n", session_dir.c_str(),
+                   store->list().size(), double(store->used_bytes()) / (1024.0 * 1024.0),
+                   store_max > 0 ? (", at most " + std::to_string(store_max) + " bytes").c_str() : "");
+    }
     Scheduler sched(*e->lockstep, *e->tokenizer, sched_opt);
     HttpServer server(sched, so);
     std::atomic<bool> ran{false};

@@ -1,6 +1,9 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <stdexcept>
 #include <utility>
 
@@ -25,6 +28,38 @@ void LatencyHistogram::observe(double seconds) {
 }
 
 namespace {
+
+// The scheduler's section of a session file: the chat template its turns were rendered with, then
+// the fingerprints of the messages its cache holds, one per line in hex.
+std::string encode_conversation(ChatTemplate t, const std::vector<uint64_t>& history) {
+  std::string out = std::string(chat_template_name(t)) + "\n";
+  for (uint64_t h : history) {
+    char buf[20];
+    std::snprintf(buf, sizeof buf, "%016llx\n", static_cast<unsigned long long>(h));
+    out += buf;
+  }
+  return out;
+}
+
+std::vector<uint64_t> decode_conversation(const std::string& text, ChatTemplate here, const std::string& source) {
+  std::vector<uint64_t> history;
+  size_t at = text.find('\n');
+  if (at == std::string::npos) throw SessionFileError(source + ": its conversation section is malformed");
+  const std::string saved = text.substr(0, at);
+  if (saved != chat_template_name(here))
+    throw SessionFileError(source + ": its turns were rendered with chat template '" + saved +
+                           "', this server renders '" + std::string(chat_template_name(here)) + "'");
+  for (++at; at < text.size();) {
+    const size_t end = text.find('\n', at);
+    if (end == std::string::npos || end - at != 16) throw SessionFileError(source + ": its conversation section is malformed");
+    char* stop = nullptr;
+    const std::string hex = text.substr(at, 16);
+    history.push_back(std::strtoull(hex.c_str(), &stop, 16));
+    if (stop != hex.c_str() + 16) throw SessionFileError(source + ": its conversation section is malformed");
+    at = end + 1;
+  }
+  return history;
+}
 
 constexpr const char* kShuttingDown = "the server is shutting down";
 
@@ -105,8 +140,16 @@ void Scheduler::cancel(uint64_t id) {
 
 bool Scheduler::delete_session(const std::string& id) {
   std::lock_guard lk(mu_);
+  bool stored = false;
+  if (opt_.store) {
+    try {
+      stored = opt_.store->remove(id);
+    } catch (const std::exception&) {
+      // An id no file name can hold was never saved.
+    }
+  }
   auto it = sessions_.find(id);
-  if (it == sessions_.end()) return false;
+  if (it == sessions_.end()) return stored;
   if (it->second.busy) {
     // The running request ends at the next step; its end drops the session.
     it->second.doomed = true;
@@ -116,6 +159,76 @@ bool Scheduler::delete_session(const std::string& id) {
   }
   cv_.notify_one();
   return true;
+}
+
+SaveResult Scheduler::save_session(const std::string& id) {
+  if (!opt_.store) return {SaveResult::Status::NoStore, 0, 0, "this server keeps sessions in memory only (no --session-dir)"};
+  std::future<SaveResult> done;
+  {
+    std::lock_guard lk(mu_);
+    if (stop_) return {SaveResult::Status::Failed, 0, 0, "the server is shutting down"};
+    saves_.push_back({id, {}});
+    done = saves_.back().done.get_future();
+    cv_.notify_one();
+  }
+  return done.get();
+}
+
+SaveResult Scheduler::save_now(const std::string& id) {
+  std::lock_guard lk(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second.doomed)
+    return {SaveResult::Status::Unknown, 0, 0, "session '" + id + "' does not exist"};
+  if (it->second.busy)
+    return {SaveResult::Status::Busy, 0, 0, "session '" + id + "' is busy with a request; save it between turns"};
+  try {
+    const Session& ses = it->second;
+    opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
+    ++stats_.sessions_saved;
+    const auto path = std::filesystem::path(opt_.store->dir()) / SessionStore::file_name(id);
+    return {SaveResult::Status::Saved, int64_t(std::filesystem::file_size(path)), ses.tokens, {}};
+  } catch (const std::exception& e) {
+    return {SaveResult::Status::Failed, 0, 0, e.what()};
+  }
+}
+
+void Scheduler::save_locked(const Session& ses, const char* why) {
+  if (!opt_.store) return;
+  try {
+    opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
+    ++stats_.sessions_saved;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "serve: session '%s' (%s) could not be saved, it is dropped: %s\n", ses.id.c_str(), why, e.what());
+  }
+}
+
+Scheduler::Session* Scheduler::restore_locked(const std::string& id, bool* no_slot) {
+  *no_slot = false;
+  std::optional<SessionSnapshot> saved = opt_.store->load(id);
+  if (!saved) return nullptr;
+  const std::string source = (std::filesystem::path(opt_.store->dir()) / SessionStore::file_name(id)).string();
+  std::vector<uint64_t> history = decode_conversation(saved->conversation, format_.chat_template(), source);
+  int slot = -1;
+  if (!take_slot(&slot)) {
+    *no_slot = true;
+    return nullptr;
+  }
+  try {
+    opt_.io->restore(slot, *saved, source);
+  } catch (...) {
+    ls_.release(slot);
+    throw;
+  }
+  Session& ses = sessions_[id];
+  ses.id = id;
+  ses.slot = slot;
+  ses.tokens = saved->tokens;
+  ses.carry = saved->held_tokens;
+  ses.history = std::move(history);
+  ses.last_use = Clock::now();
+  ses.last_use_wall = std::chrono::system_clock::now();
+  ++stats_.sessions_restored;
+  return &ses;
 }
 
 std::vector<SessionInfo> Scheduler::sessions() const {
@@ -158,6 +271,7 @@ void Scheduler::expire_sessions_locked(Clock::time_point now) {
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     auto next = std::next(it);
     if (!it->second.busy && now - it->second.last_use > ttl) {
+      save_locked(it->second, "expired");
       drop_session_locked(it);
       ++stats_.sessions_expired;
     }
@@ -176,10 +290,11 @@ void Scheduler::run() {
   for (;;) {
     std::deque<Pending> incoming;
     std::vector<uint64_t> cancels;
+    std::deque<SaveOrder> saves;
     bool stopping;
     {
       std::unique_lock lk(mu_);
-      while (active_.empty() && inbox_.empty() && cancels_.empty() && releases_.empty() && !stop_) {
+      while (active_.empty() && inbox_.empty() && cancels_.empty() && releases_.empty() && saves_.empty() && !stop_) {
         // Idle: sleep until work arrives or the oldest idle session is due to expire.
         auto oldest = Clock::time_point::max();
         for (const auto& [id, s] : sessions_)
@@ -196,13 +311,23 @@ void Scheduler::run() {
       expire_sessions_locked(Clock::now());
       incoming.swap(inbox_);
       cancels.swap(cancels_);
+      saves.swap(saves_);
       stopping = stop_;
     }
     release_pending_slots();
+    for (SaveOrder& o : saves)
+      o.done.set_value(stopping ? SaveResult{SaveResult::Status::Failed, 0, 0, "the server is shutting down"}
+                                : save_now(o.id));
     if (stopping) {
       for (auto& a : active_) finish(*a, FinishReason::Shutdown);
       active_.clear();
       for (Pending& p : incoming) reject(p, RejectReason::ShuttingDown, kShuttingDown);
+      {
+        // A restart with the same session directory resumes every session that was idle.
+        std::lock_guard lk(mu_);
+        for (const auto& [id, ses] : sessions_)
+          if (!ses.busy && !ses.doomed) save_locked(ses, "at shutdown");
+      }
       release_pending_slots();
       ls_.finish();
       return;
@@ -325,6 +450,7 @@ bool Scheduler::take_slot(int* slot) {
     if (!it->second.busy && (victim == sessions_.end() || it->second.last_use < victim->second.last_use))
       victim = it;
   if (victim == sessions_.end()) return false;
+  save_locked(victim->second, "evicted");
   ls_.release(victim->second.slot);
   sessions_.erase(victim);
   ++stats_.sessions_evicted;
@@ -335,6 +461,7 @@ bool Scheduler::take_slot(int* slot) {
 void Scheduler::admit(Pending& p) {
   std::unique_lock lk(mu_);
   Session* s = nullptr;
+  bool restored = false;
   if (!p.req.session.empty()) {
     if (auto it = sessions_.find(p.req.session); it != sessions_.end()) {
       if (it->second.busy || it->second.doomed) {
@@ -344,9 +471,27 @@ void Scheduler::admit(Pending& p) {
         return;
       }
       s = &it->second;
+    } else if (opt_.store) {
+      bool no_slot = false;
+      try {
+        s = restore_locked(p.req.session, &no_slot);
+      } catch (const std::exception& e) {
+        lk.unlock();
+        reject(p, RejectReason::SessionUnreadable,
+               "session '" + p.req.session + "' cannot be restored: " + e.what());
+        return;
+      }
+      if (no_slot) {
+        const int n = ls_.cache().n_slots();
+        lk.unlock();
+        reject(p, RejectReason::NoSlot, "all " + std::to_string(n) + " cache slots hold running requests");
+        return;
+      }
+      restored = s != nullptr;
     }
   }
   auto a = std::make_unique<Active>(p.id, std::move(p.req), tok_);
+  a->usage.restored = restored;
   std::string err;
   size_t prefix = 0;
   a->feed = encode_request(s, a->req, &err, &a->new_history, &prefix);

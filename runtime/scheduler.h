@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +28,8 @@
 #include "runtime/conversation.h"
 #include "runtime/lockstep.h"
 #include "runtime/sampler.h"
+#include "runtime/session_file.h"
+#include "runtime/session_store.h"
 #include "runtime/tokenizer.h"
 
 namespace sinkserve {
@@ -35,12 +38,14 @@ enum class FinishReason { Stop, Length, Cancelled, Shutdown };
 const char* finish_reason_name(FinishReason r);
 
 // Why a request was refused before it produced anything.
-enum class RejectReason { BadRequest, NoSlot, SessionBusy, ShuttingDown };
+// SessionUnreadable: the session's saved file is damaged or belongs to another model or cache.
+enum class RejectReason { BadRequest, NoSlot, SessionBusy, ShuttingDown, SessionUnreadable };
 
 struct Usage {
   int64_t prompt_tokens = 0;      // tokens this request encoded
   int64_t completion_tokens = 0;  // tokens it generated
   int64_t cached_tokens = 0;      // session tokens already in the cache when it started
+  bool restored = false;          // its session was brought back from the session directory
 };
 
 struct StreamEvent {
@@ -88,6 +93,21 @@ struct SchedulerOptions {
   ChatTemplate chat_template = ChatTemplate::Raw;
   bool chat_add_bos = true;  // a new chat session starts with BOS (as `sinkserve chat` decides)
   SampleOn sample_on = SampleOn::Host;  // where tokens are drawn (the engine's --sampler)
+  // The session directory (serve --session-dir), with the SessionIO of the engine it runs on;
+  // null: sessions live in memory only. Sessions evicted or expired are saved there instead of
+  // dropped, a request for a session not in memory restores it from there, and stop() saves
+  // every idle session.
+  SessionStore* store = nullptr;
+  SessionIO* io = nullptr;
+};
+
+// What save_session() did.
+struct SaveResult {
+  enum class Status { Saved, Unknown, Busy, Failed, NoStore };
+  Status status = Status::Failed;
+  int64_t bytes = 0;     // Saved: the file's size
+  int64_t tokens = 0;    // Saved: the session's stream tokens
+  std::string message;   // otherwise: why not
 };
 
 struct SessionInfo {
@@ -113,12 +133,14 @@ struct LatencyHistogram {
 struct SchedulerStats {
   uint64_t requests_started = 0;
   uint64_t requests_finished[4] = {};  // by FinishReason
-  uint64_t requests_rejected[4] = {};  // by RejectReason
+  uint64_t requests_rejected[5] = {};  // by RejectReason
   uint64_t prompt_tokens = 0;
   uint64_t generated_tokens = 0;
   uint64_t steps = 0;
   uint64_t sessions_evicted = 0;
   uint64_t sessions_expired = 0;
+  uint64_t sessions_saved = 0;     // written to the session directory
+  uint64_t sessions_restored = 0;  // brought back from it
   uint64_t prompts_truncated = 0;
   LatencyHistogram ttft;  // submit to first generated token
   LatencyHistogram itl;   // between consecutive generated tokens of a request
@@ -147,7 +169,11 @@ class Scheduler {
   // Ends a request with FinishReason::Cancelled at the next step; unknown ids are ignored.
   void cancel(uint64_t id);
   // Drops a session and frees its slot (cancelling its running request). False when unknown.
+  // Also removes its saved file, when there is a session directory.
   bool delete_session(const std::string& id);
+  // Writes the session to the session directory (between steps, on the compute thread; this
+  // waits for it). Thread-safe.
+  SaveResult save_session(const std::string& id);
   std::vector<SessionInfo> sessions() const;
   SchedulerStats stats() const;
 
@@ -185,6 +211,13 @@ class Scheduler {
 
   void admit(Pending& p);
   bool take_slot(int* slot);
+  // With mu_ held, on the compute thread: writes an idle session to the store (when there is one);
+  // a failure is reported on stderr and the session is dropped as without a store.
+  void save_locked(const Session& s, const char* why);
+  SaveResult save_now(const std::string& id);
+  // With mu_ held: the saved session `id` restored into a fresh slot and entered in sessions_;
+  // null when nothing is saved under id. Throws SessionFileError when the file cannot be used.
+  Session* restore_locked(const std::string& id, bool* no_slot);
   void drop_session_locked(std::unordered_map<std::string, Session>::iterator it);
   void expire_sessions_locked(Clock::time_point now);
   void release_pending_slots();
@@ -211,6 +244,11 @@ class Scheduler {
   std::deque<Pending> inbox_;
   std::vector<uint64_t> cancels_;
   std::vector<int> releases_;  // slots of deleted sessions, freed by the compute thread
+  struct SaveOrder {
+    std::string id;
+    std::promise<SaveResult> done;
+  };
+  std::deque<SaveOrder> saves_;  // save_session() requests, served between steps
   std::unordered_map<std::string, Session> sessions_;
   SchedulerStats stats_;
   Clock::time_point last_step_;

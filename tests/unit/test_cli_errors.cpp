@@ -112,6 +112,9 @@ TEST(CliErrors, BadGenerateArguments) {
            {"serve --stall-timeout -1" + m, "--stall-timeout must be in [0, 86400] seconds"},
            {"serve --max-prompt-tokens 0" + m, "--max-prompt-tokens must be >= 1"},
            {"serve --itl-factor 0.5" + m, "--itl-factor must be 0 (off) or in [1, 1000]"},
+           {"serve --session-dir-max 1GiB" + m, "--session-dir-max needs --session-dir"},
+           {"serve --session-dir d --session-dir-max many" + m, "--session-dir-max must be a size like 2GiB"},
+           {"serve --session-dir d --policy recompute" + m, "--session-dir needs a policy that keeps cache rows"},
            {"bogus-command", "unknown command 'bogus-command'"}}) {
     const CliResult r = run(args);
     EXPECT_TRUE(r.exited) << args;

@@ -231,13 +231,48 @@ TEST(OpenAiFormat, RejectionsMapToStatuses) {
   for (const Case& c : {Case{RejectReason::BadRequest, 400, "invalid_request_error", ""},
                         Case{RejectReason::NoSlot, 429, "server_busy", "no_free_slot"},
                         Case{RejectReason::SessionBusy, 409, "invalid_request_error", "session_busy"},
-                        Case{RejectReason::ShuttingDown, 503, "server_error", "shutting_down"}}) {
+                        Case{RejectReason::ShuttingDown, 503, "server_error", "shutting_down"},
+                        Case{RejectReason::SessionUnreadable, 422, "invalid_request_error", "session_unreadable"}}) {
     const ApiError e = reject_error(c.why, "why");
     EXPECT_EQ(e.status, c.status);
     EXPECT_EQ(e.type, c.type);
     EXPECT_EQ(e.code, c.code);
     EXPECT_EQ(e.message, "why");
   }
+}
+
+TEST(OpenAiFormat, SessionSaves) {
+  EXPECT_EQ(session_saved_json("s1", 4096, 70).dump(), R"({"bytes":4096,"id":"s1","object":"session.saved","tokens":70})");
+  struct Case {
+    SaveResult::Status status;
+    int http;
+    const char* type;
+    const char* code;
+  };
+  for (const Case& c : {Case{SaveResult::Status::Unknown, 404, "invalid_request_error", "session_not_found"},
+                        Case{SaveResult::Status::Busy, 409, "invalid_request_error", "session_busy"},
+                        Case{SaveResult::Status::NoStore, 400, "invalid_request_error", "no_session_dir"},
+                        Case{SaveResult::Status::Failed, 500, "server_error", "session_save_failed"}}) {
+    SaveResult r;
+    r.status = c.status;
+    r.message = "why";
+    const ApiError e = save_error(r);
+    EXPECT_EQ(save_status(c.status), c.http);
+    EXPECT_EQ(e.status, c.http);
+    EXPECT_EQ(e.type, c.type);
+    EXPECT_EQ(e.code, c.code);
+    EXPECT_EQ(e.message, "why");
+  }
+  EXPECT_EQ(save_status(SaveResult::Status::Saved), 200);
+  // A restored session's first turn says so in its usage; other turns carry no such key.
+  Usage u;
+  u.prompt_tokens = 3;
+  u.restored = true;
+  EXPECT_EQ(ResponseFormat(true, "chatcmpl-5", "stories", 9, "s").body("ok", FinishReason::Stop, u),
+            R"({"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"ok","role":"assistant"}}],)"
+            R"("created":9,"id":"chatcmpl-5","model":"stories","object":"chat.completion","session":"s",)"
+            R"("usage":{"completion_tokens":0,"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":0},)"
+            R"("session_restored":true,"total_tokens":3}})");
 }
 
 TEST(OpenAiFormat, ChatStream) {
