@@ -183,8 +183,7 @@ SaveResult Scheduler::save_now(const std::string& id) {
     return {SaveResult::Status::Busy, 0, 0, "session '" + id + "' is busy with a request; save it between turns"};
   try {
     const Session& ses = it->second;
-    opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
-    ++stats_.sessions_saved;
+    write_locked(ses);
     const auto path = std::filesystem::path(opt_.store->dir()) / SessionStore::file_name(id);
     return {SaveResult::Status::Saved, int64_t(std::filesystem::file_size(path)), ses.tokens, {}};
   } catch (const std::exception& e) {
@@ -192,11 +191,15 @@ SaveResult Scheduler::save_now(const std::string& id) {
   }
 }
 
+void Scheduler::write_locked(const Session& ses) {
+  opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
+  ++stats_.sessions_saved;
+}
+
 void Scheduler::save_locked(const Session& ses, const char* why) {
   if (!opt_.store) return;
   try {
-    opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
-    ++stats_.sessions_saved;
+    write_locked(ses);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "serve: session '%s' (%s) could not be saved, it is dropped: %s\n", ses.id.c_str(), why, e.what());
   }

@@ -211,8 +211,10 @@ class Scheduler {
 
   void admit(Pending& p);
   bool take_slot(int* slot);
-  // With mu_ held, on the compute thread: writes an idle session to the store (when there is one);
-  // a failure is reported on stderr and the session is dropped as without a store.
+  // With mu_ held, on the compute thread: writes an idle session to the store; throws on failure.
+  void write_locked(const Session& s);
+  // The same when there is a store, for a session about to leave memory: a failure is reported on
+  // stderr and the session is dropped as without a store.
   void save_locked(const Session& s, const char* why);
   SaveResult save_now(const std::string& id);
   // With mu_ held: the saved session `id` restored into a fresh slot and entered in sessions_;
