@@ -273,9 +273,11 @@ class CpuBackend final : public Backend {
   }
 
   // Two passes per (token, KV head): scores of its query heads for every visible key, then a
-  // max-subtracted softmax per head and the weighted sums of values. Each K and V row is read and
-  // converted to F32 once for all the query heads sharing it (8 under Llama-style GQA), not once
-  // per head: at long windows the rows are most of what a step reads.
+  // max-subtracted softmax per head and the weighted sums of values, both over tiles of
+  // kAttnTile keys. Each K and V row is read and converted to F32 once for all the query heads
+  // sharing it (8 under Llama-style GQA), not once per head: at long windows the rows are most
+  // of what a step reads; and a tile's scores come out of one vector per head, not one dot
+  // product (and its horizontal sum) per key.
   void attention(const float* q_win, const float* q_sink, int64_t n_tok, int n_heads, int n_kv_heads,
                  int head_dim, DType kv_type, const void* k, const void* v, const AttnSpan* spans,
                  const float* alibi_slopes, float* out) override {
@@ -308,13 +310,16 @@ class CpuBackend final : public Backend {
     const bool f32 = kv_type == DType::F32;
     pool_.parallel_for(n_tok * n_kv_heads * runs, [&](int64_t b, int64_t e) {
       // Grow-only per thread: scores[g * max_keys + j] of the run's heads, their maxima and sums,
-      // and one converted row.
-      thread_local std::vector<float> scores, stats, row;
+      // a tile of keys (dimension-major) and of values (key-major) as F32, and one converted row.
+      thread_local std::vector<float> scores, stats, buf;
       if (scores.size() < size_t(run * max_keys)) scores.resize(size_t(run * max_keys));
       if (stats.size() < size_t(2 * run)) stats.resize(size_t(2 * run));
-      if (row.size() < size_t(head_dim)) row.resize(size_t(head_dim));
+      if (buf.size() < size_t((2 * kAttnTile + 1) * head_dim)) buf.resize(size_t((2 * kAttnTile + 1) * head_dim));
       float* mx = stats.data();
       float* sum = stats.data() + run;
+      float* kt = buf.data();
+      float* vt = kt + kAttnTile * head_dim;
+      float* row = vt + kAttnTile * head_dim;
       for (int64_t idx = b; idx < e; ++idx) {
         const int64_t t = idx / (int64_t(n_kv_heads) * runs);
         const int kvh = int(idx / runs % n_kv_heads);
@@ -328,30 +333,46 @@ class CpuBackend final : public Backend {
         auto key_row = [&](int64_t j) {
           return j < s.n_sink ? s.row0 + j : s.row0 + s.sink_rows + (s.win_begin + (j - s.n_sink)) % s.ring_size;
         };
-        auto values = [&](const uint8_t* rows, int64_t j) -> const float* {
+        auto values = [&](const uint8_t* rows, int64_t j, float* dst) -> const float* {
           const uint8_t* r = rows + size_t(key_row(j)) * row_bytes;
           if (f32) return reinterpret_cast<const float*>(r) + kv_off;
-          kern_.kv_row(kv_type, r, kv_off, head_dim, row.data());
-          return row.data();
+          kern_.kv_row(kv_type, r, kv_off, head_dim, dst);
+          return dst;
         };
         std::fill(mx, mx + run, -INFINITY);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* kf = values(k_rows, j);
-          const float* q = j < s.n_sink ? qs : qw;
+        for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+          const int nk = int(std::min<int64_t>(kAttnTile, n - j0));
+          for (int jj = 0; jj < kAttnTile; ++jj) {
+            const float* kf = jj < nk ? values(k_rows, j0 + jj, row) : nullptr;
+            for (int64_t d = 0; d < head_dim; ++d) kt[d * kAttnTile + jj] = kf ? kf[d] : 0.0f;
+          }
+          // Sink keys are scored with the query rotated for the sinks' positions, window keys
+          // with the window's: a tile across the boundary takes each lane from its own.
+          const bool sinks = j0 < s.n_sink, window = j0 + nk > s.n_sink;
+          alignas(64) float part_sink[kAttnTile], part_win[kAttnTile];
           for (int g = 0; g < run; ++g) {
+            if (sinks) kern_.attn_scores(qs + int64_t(g) * head_dim, kt, head_dim, part_sink);
+            if (window) kern_.attn_scores(qw + int64_t(g) * head_dim, kt, head_dim, part_win);
             const float slope = alibi_slopes ? alibi_slopes[h0 + g] : 0.0f;
-            const float v = kern_.dot(q + int64_t(g) * head_dim, kf, head_dim) * scale - slope * float(n - 1 - j);
-            scores[size_t(g * max_keys + j)] = v;
-            mx[g] = std::max(mx[g], v);
+            for (int jj = 0; jj < nk; ++jj) {
+              const int64_t j = j0 + jj;
+              const float v = (j < s.n_sink ? part_sink[jj] : part_win[jj]) * scale - slope * float(n - 1 - j);
+              scores[size_t(g * max_keys + j)] = v;
+              mx[g] = std::max(mx[g], v);
+            }
           }
         }
         std::memset(o, 0, size_t(run) * size_t(head_dim) * sizeof(float));
         if (n == 0) continue;
         for (int g = 0; g < run; ++g) sum[g] = kern_.exp_sum(scores.data() + size_t(g * max_keys), n, mx[g]);
-        for (int64_t j = 0; j < n; ++j) {
-          const float* vf = values(v_rows, j);
+        for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+          const int nk = int(std::min<int64_t>(kAttnTile, n - j0));
+          for (int jj = 0; jj < nk; ++jj) {
+            const float* vf = values(v_rows, j0 + jj, vt + jj * head_dim);
+            if (vf != vt + jj * head_dim) std::memcpy(vt + jj * head_dim, vf, size_t(head_dim) * sizeof(float));
+          }
           for (int g = 0; g < run; ++g)
-            kern_.axpy(scores[size_t(g * max_keys + j)], vf, o + int64_t(g) * head_dim, head_dim);
+            kern_.attn_values(scores.data() + size_t(g * max_keys + j0), vt, nk, head_dim, o + int64_t(g) * head_dim);
         }
         for (int g = 0; g < run; ++g) kern_.scale(o + int64_t(g) * head_dim, 1.0f / sum[g], head_dim);
       }

@@ -108,6 +108,17 @@ void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = kv_value(t, row, off + i);
 }
 
+void attn_scores(const float* q, const float* kt, int64_t n, float* out) {
+  for (int j = 0; j < kAttnTile; ++j) out[j] = 0.0f;
+  for (int64_t d = 0; d < n; ++d)
+    for (int j = 0; j < kAttnTile; ++j) out[j] += q[d] * kt[d * kAttnTile + j];
+}
+
+void attn_values(const float* p, const float* v, int nk, int64_t n, float* o) {
+  for (int j = 0; j < nk; ++j)
+    for (int64_t d = 0; d < n; ++d) o[d] += p[j] * v[j * n + d];
+}
+
 }  // namespace
 
 float kv_value(DType t, const void* row, int64_t e) {
@@ -142,7 +153,7 @@ const Kernels& scalar_kernels() {
   static const Kernels k{Isa::Scalar, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
                          dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate_scalar, add,
-                         kv_row};
+                         kv_row, attn_scores, attn_values};
   return k;
 }
 

@@ -25,6 +25,9 @@ inline constexpr int kGemmMaxMr = 32;
 inline constexpr int kGemmMaxNr = 12;
 // GEMM depth per packed weight panel: 256 x 32 F32 values = 32 KiB, resident in L1.
 inline constexpr int64_t kGemmMaxKc = 256;
+// Keys per attention tile: a query's scores of a tile fill one 16-lane vector, without the
+// horizontal sum a dot product per key would end in.
+inline constexpr int kAttnTile = 16;
 
 struct Kernels {
   Isa isa;
@@ -86,6 +89,12 @@ struct Kernels {
   // The values [off, off + n) of a KV cache row stored as t (kv_type_supported; `row` is its first
   // byte) as F32 into dst: attention converts each row once for all the query heads reading it.
   void (*kv_row)(DType t, const void* row, int64_t off, int64_t n, float* dst);
+  // One query against a tile of kAttnTile keys of n values, stored dimension by dimension
+  // (kt[d * kAttnTile + j]): out[j] = q . key j, for every j (lanes past the tile's keys hold
+  // whatever kt holds there).
+  void (*attn_scores)(const float* q, const float* kt, int64_t n, float* out);
+  // o += sum over j < nk of p[j] * v[j * n .. + n): the tile's values, stored key by key.
+  void (*attn_values)(const float* p, const float* v, int nk, int64_t n, float* o);
 };
 
 // Throws std::runtime_error naming the instruction set when it is not supported.

@@ -382,13 +382,35 @@ void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
   }
 }
 
+void attn_scores(const float* q, const float* kt, int64_t n, float* out) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (int64_t d = 0; d < n; ++d) {
+    const __m256 qd = _mm256_broadcast_ss(q + d);
+    lo = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kt + d * kAttnTile), lo);
+    hi = _mm256_fmadd_ps(qd, _mm256_loadu_ps(kt + d * kAttnTile + 8), hi);
+  }
+  _mm256_storeu_ps(out, lo);
+  _mm256_storeu_ps(out + 8, hi);
+}
+
+void attn_values(const float* p, const float* v, int nk, int64_t n, float* o) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    __m256 acc = _mm256_loadu_ps(o + c);
+    for (int j = 0; j < nk; ++j) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * n + c), acc);
+    _mm256_storeu_ps(o + c, acc);
+  }
+  for (; c < n; ++c)
+    for (int j = 0; j < nk; ++j) o[c] += p[j] * v[j * n + c];
+}
+
 }  // namespace
 
 const Kernels& avx2_kernels() {
   static const Kernels k{Isa::Avx2, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                          nullptr, nullptr, nullptr,  // no BF16 GEMM
                          dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
-                         kv_row};
+                         kv_row, attn_scores, attn_values};
   return k;
 }
 

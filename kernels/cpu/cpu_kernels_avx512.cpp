@@ -481,13 +481,28 @@ void kv_row(DType t, const void* row, int64_t off, int64_t n, float* dst) {
   }
 }
 
+void attn_scores(const float* q, const float* kt, int64_t n, float* out) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t d = 0; d < n; ++d) acc = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(kt + d * kAttnTile), acc);
+  _mm512_storeu_ps(out, acc);
+}
+
+void attn_values(const float* p, const float* v, int nk, int64_t n, float* o) {
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = tail_mask(n - c);
+    __m512 acc = _mm512_maskz_loadu_ps(m, o + c);
+    for (int j = 0; j < nk; ++j) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, v + j * n + c), acc);
+    _mm512_mask_storeu_ps(o + c, m, acc);
+  }
+}
+
 }  // namespace
 
 const Kernels& avx512_kernels() {
   static const Kernels with_bf16{Isa::Avx512, gemv, decode_row, kMr, kNr, pack_panel, gemm_tile,
                                  pack_panel_bf16, pack_tokens_bf16, gemm_tile_bf16,
                                  dot, axpy, scale, exp_sum, rmsnorm_row, layernorm_row, activate, add,
-                                 kv_row};
+                                 kv_row, attn_scores, attn_values};
   static const Kernels without_bf16 = [] {
     Kernels k = with_bf16;
     k.pack_panel_bf16 = nullptr;
