@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 
 export const SINKSERVE = process.env.SINKSERVE_BINARY;
-const FIXTURES = process.env.SINKSERVE_FIXTURES || process.env.SINKSERVE_E2E_DEFAULT_FIXTURES;
+export const FIXTURES = process.env.SINKSERVE_FIXTURES || process.env.SINKSERVE_E2E_DEFAULT_FIXTURES;
 export const MODEL = `${FIXTURES}/models/stories260K.gguf`;
 // JSON array of the launcher prefix, e.g. ["mpirun","--oversubscribe",...,"-np","2"]; [] = plain.
 const LAUNCH = JSON.parse(process.env.SINKSERVE_E2E_LAUNCH || "[]");
