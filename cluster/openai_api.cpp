@@ -123,6 +123,8 @@ json model_json(const std::string& id, int64_t created) {
 }
 
 json session_json(const SessionInfo& s) {
+  if (s.on_disk)
+    return {{"id", s.id}, {"object", "session"}, {"on_disk", true}, {"bytes", s.saved_bytes}, {"saved_at", s.last_use_unix}};
   return {{"id", s.id}, {"object", "session"}, {"tokens", s.tokens}, {"cache_rows", s.cache_rows},
           {"messages", s.messages}, {"last_used_at", s.last_use_unix}, {"busy", s.busy}};
 }

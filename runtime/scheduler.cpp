@@ -244,6 +244,17 @@ std::vector<SessionInfo> Scheduler::sessions() const {
                    std::chrono::duration<double>(s.last_use_wall.time_since_epoch()).count(),
                    s.busy});
   }
+  if (opt_.store) {
+    for (const StoredSession& f : opt_.store->list()) {
+      if (sessions_.count(f.id)) continue;
+      SessionInfo info;
+      info.id = f.id;
+      info.last_use_unix = double(f.saved_ns) / 1e9;
+      info.on_disk = true;
+      info.saved_bytes = f.bytes;
+      out.push_back(std::move(info));
+    }
+  }
   std::sort(out.begin(), out.end(), [](const SessionInfo& a, const SessionInfo& b) { return a.id < b.id; });
   return out;
 }

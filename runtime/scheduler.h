@@ -117,6 +117,10 @@ struct SessionInfo {
   int64_t messages = 0;
   double last_use_unix = 0;  // seconds since the epoch
   bool busy = false;
+  // In the session directory only (not in memory): restored by its next request. Then only id,
+  // last_use_unix (when it was saved) and saved_bytes are known.
+  bool on_disk = false;
+  int64_t saved_bytes = 0;
 };
 
 // Cumulative latency distribution with fixed upper bounds (seconds), Prometheus-style.
@@ -174,6 +178,7 @@ class Scheduler {
   // Writes the session to the session directory (between steps, on the compute thread; this
   // waits for it). Thread-safe.
   SaveResult save_session(const std::string& id);
+  // The sessions in memory and, with a session directory, those saved there and not in memory.
   std::vector<SessionInfo> sessions() const;
   SchedulerStats stats() const;
 

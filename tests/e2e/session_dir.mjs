@@ -66,6 +66,8 @@ await ref.stop();
   await srv.exited;
   srv = await startServer([...WINDOW, "--session-dir", dir]);
   assert.match(srv.log(), /sessions saved in .* \(1 there now/);
+  const listed = (await (await fetch(`${srv.base}/v1/sessions`)).json()).data;
+  assert.deepEqual(listed.map((x) => [x.id, x.on_disk, x.bytes]), [["alpha", true, saved.body.bytes]]);
   const rest = await turns(srv, "alpha", first.replies, 2, 4);
   assert.deepEqual(rest.replies, expected, "the restored session continued differently");
   assert.equal(rest.usages[0].session_restored, true);

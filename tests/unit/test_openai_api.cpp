@@ -338,6 +338,12 @@ TEST(OpenAiFormat, Resources) {
   s.busy = true;
   EXPECT_EQ(session_json(s).dump(),
             R"({"busy":true,"cache_rows":64,"id":"s1","last_used_at":1.5,"messages":4,"object":"session","tokens":120})");
+  SessionInfo saved;
+  saved.id = "s2";
+  saved.on_disk = true;
+  saved.saved_bytes = 4096;
+  saved.last_use_unix = 2.5;
+  EXPECT_EQ(session_json(saved).dump(), R"({"bytes":4096,"id":"s2","object":"session","on_disk":true,"saved_at":2.5})");
   EXPECT_EQ(list_json(nlohmann::json::array({1, 2})).dump(), R"({"data":[1,2],"object":"list"})");
   EXPECT_EQ(session_deleted_json("s1").dump(), R"({"deleted":true,"id":"s1","object":"session.deleted"})");
 }
