@@ -1,7 +1,7 @@
 // 32 concurrent clients x 5 rounds each, every client on its own session, half streaming: every
 // response complete and well formed; after DELETE of every session, every slot is free.
 import assert from "node:assert/strict";
-import { loadOpenAI, startServer, metrics, waitMetrics, withDeadline } from "./harness.mjs";
+import { chatTurn, loadOpenAI, startServer, metrics, waitMetrics, withDeadline } from "./harness.mjs";
 
 const OpenAI = loadOpenAI();
 withDeadline(280);
@@ -18,26 +18,7 @@ async function conversation(i) {
     history.push({ role: "user", content: `Once upon a time there was a ${words[(i + round) % words.length]}.` });
     const body = { model, messages: history, temperature: 0.8, top_p: 0.95, seed: i * 100 + round, max_tokens: 12 };
     const opts = { headers: { "X-Session-Id": session } };
-    let content = "", finish = null, usage = null;
-    if (i % 2) {
-      const stream = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } }, opts);
-      for await (const chunk of stream) {
-        assert.equal(chunk.object, "chat.completion.chunk");
-        if (chunk.usage) usage = chunk.usage;
-        for (const c of chunk.choices) {
-          content += c.delta.content ?? "";
-          finish = c.finish_reason ?? finish;
-        }
-      }
-    } else {
-      const r = await client.chat.completions.create(body, opts);
-      assert.equal(r.object, "chat.completion");
-      assert.equal(r.choices.length, 1);
-      assert.equal(r.choices[0].message.role, "assistant");
-      content = r.choices[0].message.content;
-      finish = r.choices[0].finish_reason;
-      usage = r.usage;
-    }
+    const { content, finish, usage } = await chatTurn(client, body, opts, i % 2 === 1);
     assert.ok(finish === "stop" || finish === "length", `client ${i} round ${round}: finish ${finish}`);
     assert.equal(typeof content, "string");
     assert.ok(usage.completion_tokens >= 1 && usage.completion_tokens <= 12, JSON.stringify(usage));

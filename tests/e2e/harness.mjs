@@ -244,3 +244,29 @@ export function loadOpenAI() {
     process.exit(77);
   }
 }
+
+// One chat turn through the openai client, streamed (with usage) or not: its text, finish reason
+// and usage, the response objects checked on the way.
+export async function chatTurn(client, body, opts, stream) {
+  let content = "", finish = null, usage = null;
+  if (stream) {
+    const chunks = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } }, opts);
+    for await (const chunk of chunks) {
+      assert.equal(chunk.object, "chat.completion.chunk");
+      if (chunk.usage) usage = chunk.usage;
+      for (const c of chunk.choices) {
+        content += c.delta.content ?? "";
+        finish = c.finish_reason ?? finish;
+      }
+    }
+  } else {
+    const r = await client.chat.completions.create(body, opts);
+    assert.equal(r.object, "chat.completion");
+    assert.equal(r.choices.length, 1);
+    assert.equal(r.choices[0].message.role, "assistant");
+    content = r.choices[0].message.content;
+    finish = r.choices[0].finish_reason;
+    usage = r.usage;
+  }
+  return { content, finish, usage };
+}

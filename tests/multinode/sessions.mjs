@@ -6,7 +6,7 @@
 // the collectives of the two ranks and none of one.
 // SINKSERVE_MULTINODE_LAUNCH: the cluster's launcher prefix, a JSON array.
 import assert from "node:assert/strict";
-import { fail, loadOpenAI, metrics, startServer, withDeadline } from "../e2e/harness.mjs";
+import { chatTurn, fail, loadOpenAI, metrics, startServer, withDeadline } from "../e2e/harness.mjs";
 
 const OpenAI = loadOpenAI();
 withDeadline(280);
@@ -30,22 +30,7 @@ async function conversation(client, i) {
     const body = { model, messages: history, temperature: 0, max_tokens: MAX_TOKENS };
     const opts = { headers: { "X-Session-Id": session } };
     const where = `session ${i} round ${round}`;
-    let content = "", finish = null, usage = null;
-    if (i % 2) {
-      const stream = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } }, opts);
-      for await (const chunk of stream) {
-        if (chunk.usage) usage = chunk.usage;
-        for (const c of chunk.choices) {
-          content += c.delta.content ?? "";
-          finish = c.finish_reason ?? finish;
-        }
-      }
-    } else {
-      const r = await client.chat.completions.create(body, opts);
-      content = r.choices[0].message.content;
-      finish = r.choices[0].finish_reason;
-      usage = r.usage;
-    }
+    const { content, finish, usage } = await chatTurn(client, body, opts, i % 2 === 1);
     assert.ok(finish === "stop" || finish === "length", `${where}: finish ${finish}`);
     assert.ok(usage, `${where}: no usage`);
     assert.ok(usage.completion_tokens >= 1 && usage.completion_tokens <= MAX_TOKENS, `${where}: ${JSON.stringify(usage)}`);
