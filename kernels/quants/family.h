@@ -268,5 +268,31 @@ inline __m256i bit_to_16(__m256i v) {
 }
 #endif
 
+#if !defined(__AVX2__)
+// The same dot product in plain C++ (the reference build): C gives code(block, j), the j-th of a
+// block's 32 codes as an integer, and with kOffset offset(block, d) as above.
+template <class C>
+struct Dot32 {
+  using B = typename C::Block;
+  template <int NT>
+  static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
+    const auto* b = reinterpret_cast<const B*>(row);
+    for (int t = 0; t < NT; ++t) {
+      const uint8_t* x = xq + t * xs;
+      const auto* xv = reinterpret_cast<const int8_t*>(x);
+      float sum = 0, corr = 0;
+      for (int64_t i = 0; i < cols / 32; ++i) {
+        int32_t s = 0;
+        for (int j = 0; j < 32; ++j) s += C::code(b[i], j) * xv[32 * i + j];
+        const float dw = fp16(b[i].d);
+        sum += dw * q8_32_scales(x, cols)[i] * float(s);
+        if constexpr (C::kOffset) corr += C::offset(b[i], dw) * q8_32_sums(x, cols)[i];
+      }
+      out[t] = C::kOffset ? sum + corr : sum;
+    }
+  }
+};
+#endif
+
 }  // namespace
 }  // namespace sinkserve::quants::SINKSERVE_QUANT_ISA

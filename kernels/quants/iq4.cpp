@@ -82,28 +82,16 @@ void decode_xs(const void* src, float* dst, int64_t n) {
 #endif
 }
 
-#if defined(__AVX2__)
 struct CodesNl {
   using Block = BlockIQ4_NL;
   static constexpr bool kSigned = true, kOffset = false;
+#if defined(__AVX2__)
   static __m256i codes(const Block& b) { return grid_values(b.qs); }
+#else
+  static int code(const Block& b, int j) { return kGrid[j < 16 ? b.qs[j] & 15 : b.qs[j - 16] >> 4]; }
+#endif
 };
 using DotNl = Dot32<CodesNl>;
-#else
-struct DotNl {
-  template <int NT>
-  static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
-    const auto* b = reinterpret_cast<const BlockIQ4_NL*>(row);
-    for (int t = 0; t < NT; ++t) {
-      const uint8_t* x = xq + t * xs;
-      float sum = 0;
-      for (int64_t i = 0; i < cols / 32; ++i)
-        sum += fp16(b[i].d) * q8_32_scales(x, cols)[i] * float(dot32(b[i].qs, reinterpret_cast<const int8_t*>(x) + 32 * i));
-      out[t] = sum;
-    }
-  }
-};
-#endif
 
 struct DotXs {
   template <int NT>

@@ -67,47 +67,25 @@ void decode(const void* src, float* dst, int64_t n) {
 #endif
 }
 
-#if defined(__AVX2__)
 template <class B>
 struct Codes {
   using Block = B;
   static constexpr bool kSigned = false, kOffset = true;
-  static __m256i codes(const B& b) { return _mm256_or_si256(nibbles(b.qs), bits_to_bytes(high_bits(b), 0x10)); }
   static float offset(const B& b, float d) { return block_offset(b, d); }
+#if defined(__AVX2__)
+  static __m256i codes(const B& b) { return _mm256_or_si256(nibbles(b.qs), bits_to_bytes(high_bits(b), 0x10)); }
   static __m256 offsets(const B* b, __m256 d) {
     if constexpr (kMin<B>) return f16x8(&b->m, sizeof(B));
     else return _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
   }
+#else
+  static int code(const B& b, int j) {
+    return (j < 16 ? b.qs[j] & 15 : b.qs[j - 16] >> 4) | int(((high_bits(b) >> j) & 1) << 4);
+  }
+#endif
 };
 template <class B>
 using Dot = Dot32<Codes<B>>;
-#else
-template <class B>
-struct Dot {
-  template <int NT>
-  static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
-    const auto* blocks = reinterpret_cast<const B*>(row);
-    for (int t = 0; t < NT; ++t) {
-      const uint8_t* x = xq + t * xs;
-      const auto* xv = reinterpret_cast<const int8_t*>(x);
-      float sum = 0, corr = 0;
-      for (int64_t i = 0; i < cols / 32; ++i) {
-        const B& b = blocks[i];
-        const uint32_t h = high_bits(b);
-        int32_t s = 0;
-        for (int j = 0; j < 16; ++j) {
-          s += ((b.qs[j] & 15) | int(((h >> j) & 1) << 4)) * xv[32 * i + j];
-          s += ((b.qs[j] >> 4) | int(((h >> (j + 16)) & 1) << 4)) * xv[32 * i + 16 + j];
-        }
-        const float dw = fp16(b.d);
-        sum += dw * q8_32_scales(x, cols)[i] * float(s);
-        corr += block_offset(b, dw) * q8_32_sums(x, cols)[i];
-      }
-      out[t] = sum + corr;
-    }
-  }
-};
-#endif
 
 }  // namespace
 

@@ -31,32 +31,16 @@ void decode(const void* src, float* dst, int64_t n) {
 #endif
 }
 
-#if defined(__AVX2__)
 struct Codes {
   using Block = BlockQ8_0;
   static constexpr bool kSigned = true, kOffset = false;
+#if defined(__AVX2__)
   static __m256i codes(const Block& b) { return load256(b.qs); }
+#else
+  static int code(const Block& b, int j) { return b.qs[j]; }
+#endif
 };
 using Dot = Dot32<Codes>;
-#else
-struct Dot {
-  template <int NT>
-  static void run(const uint8_t* row, const uint8_t* xq, size_t xs, int64_t cols, float* out) {
-    const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-    for (int t = 0; t < NT; ++t) {
-      const uint8_t* x = xq + t * xs;
-      const auto* xv = reinterpret_cast<const int8_t*>(x);
-      float sum = 0;
-      for (int64_t i = 0; i < cols / 32; ++i) {
-        int32_t s = 0;
-        for (int j = 0; j < 32; ++j) s += int32_t(b[i].qs[j]) * xv[32 * i + j];
-        sum += fp16(b[i].d) * q8_32_scales(x, cols)[i] * float(s);
-      }
-      out[t] = sum;
-    }
-  }
-};
-#endif
 
 }  // namespace
 
