@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <stdexcept>
 #include <utility>
 
@@ -183,17 +182,17 @@ SaveResult Scheduler::save_now(const std::string& id) {
     return {SaveResult::Status::Busy, 0, 0, "session '" + id + "' is busy with a request; save it between turns"};
   try {
     const Session& ses = it->second;
-    write_locked(ses);
-    const auto path = std::filesystem::path(opt_.store->dir()) / SessionStore::file_name(id);
-    return {SaveResult::Status::Saved, int64_t(std::filesystem::file_size(path)), ses.tokens, {}};
+    return {SaveResult::Status::Saved, write_locked(ses), ses.tokens, {}};
   } catch (const std::exception& e) {
     return {SaveResult::Status::Failed, 0, 0, e.what()};
   }
 }
 
-void Scheduler::write_locked(const Session& ses) {
-  opt_.store->save(opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
+int64_t Scheduler::write_locked(const Session& ses) {
+  const int64_t bytes = opt_.store->save(
+      opt_.io->capture(ses.slot, ses.id, ses.carry, encode_conversation(format_.chat_template(), ses.history)));
   ++stats_.sessions_saved;
+  return bytes;
 }
 
 void Scheduler::save_locked(const Session& ses, const char* why) {
@@ -209,7 +208,7 @@ Scheduler::Session* Scheduler::restore_locked(const std::string& id, bool* no_sl
   *no_slot = false;
   std::optional<SessionSnapshot> saved = opt_.store->load(id);
   if (!saved) return nullptr;
-  const std::string source = (std::filesystem::path(opt_.store->dir()) / SessionStore::file_name(id)).string();
+  const std::string source = opt_.store->path_of(id);
   std::vector<uint64_t> history = decode_conversation(saved->conversation, format_.chat_template(), source);
   int slot = -1;
   if (!take_slot(&slot)) {

@@ -216,8 +216,9 @@ class Scheduler {
 
   void admit(Pending& p);
   bool take_slot(int* slot);
-  // With mu_ held, on the compute thread: writes an idle session to the store; throws on failure.
-  void write_locked(const Session& s);
+  // With mu_ held, on the compute thread: writes an idle session to the store and returns the
+  // file's size; throws on failure.
+  int64_t write_locked(const Session& s);
   // The same when there is a store, for a session about to leave memory: a failure is reported on
   // stderr and the session is dropped as without a store.
   void save_locked(const Session& s, const char* why);

@@ -117,9 +117,11 @@ int64_t SessionStore::used_bytes() const {
   return total;
 }
 
-void SessionStore::save(const SessionSnapshot& s) {
+std::string SessionStore::path_of(const std::string& id) const { return (fs::path(dir_) / file_name(id)).string(); }
+
+int64_t SessionStore::save(const SessionSnapshot& s) {
   std::lock_guard lk(mu_);
-  const std::string path = (fs::path(dir_) / file_name(s.id)).string();
+  const std::string path = path_of(s.id);
   const std::string bytes = encode_session(s);
   if (max_bytes_ > 0 && int64_t(bytes.size()) > max_bytes_)
     throw SessionFileError("session '" + s.id + "' takes " + std::to_string(bytes.size()) + " bytes, more than the " +
@@ -131,7 +133,7 @@ void SessionStore::save(const SessionSnapshot& s) {
   last_stamp_ = std::max(now, last_stamp_ + std::chrono::microseconds(1));
   std::error_code ec;
   fs::last_write_time(path, last_stamp_, ec);
-  if (max_bytes_ <= 0) return;
+  if (max_bytes_ <= 0) return int64_t(bytes.size());
   std::vector<StoredSession> files = list_locked();
   int64_t total = 0;
   for (const StoredSession& f : files) total += f.bytes;
@@ -141,11 +143,12 @@ void SessionStore::save(const SessionSnapshot& s) {
     std::error_code ec;
     if (fs::remove(f.path, ec)) total -= f.bytes;
   }
+  return int64_t(bytes.size());
 }
 
 std::optional<SessionSnapshot> SessionStore::load(const std::string& id) const {
   std::lock_guard lk(mu_);
-  const std::string path = (fs::path(dir_) / file_name(id)).string();
+  const std::string path = path_of(id);
   std::error_code ec;
   if (!fs::exists(path, ec)) return std::nullopt;
   SessionSnapshot s = read_session_file(path);
@@ -157,7 +160,7 @@ std::optional<SessionSnapshot> SessionStore::load(const std::string& id) const {
 bool SessionStore::remove(const std::string& id) {
   std::lock_guard lk(mu_);
   std::error_code ec;
-  return fs::remove(fs::path(dir_) / file_name(id), ec);
+  return fs::remove(path_of(id), ec);
 }
 
 }  // namespace sinkserve

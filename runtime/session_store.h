@@ -38,11 +38,13 @@ class SessionStore {
   static std::string file_name(const std::string& id);
   // The id a file name encodes; nullopt for names the store did not write.
   static std::optional<std::string> id_of(const std::string& file_name);
+  // Where the session `id` is saved (file_name inside the directory).
+  std::string path_of(const std::string& id) const;
 
   // Writes the session under s.id, replacing an earlier save, then removes the oldest other
   // files until the directory is within the bound. Throws SessionFileError when the session alone
-  // exceeds the bound (nothing is written) or the file cannot be written.
-  void save(const SessionSnapshot& s);
+  // exceeds the bound (nothing is written) or the file cannot be written. Returns the file's size.
+  int64_t save(const SessionSnapshot& s);
   // The saved session, decoded and checked (decode_session); nullopt when none is saved under id.
   // Throws SessionFileError for a damaged file, or one that holds another session.
   std::optional<SessionSnapshot> load(const std::string& id) const;
